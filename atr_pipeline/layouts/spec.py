@@ -1,0 +1,370 @@
+"""The mapping format: one YAML per payer layout (``mappings/<source>.yaml``).
+
+A mapping says how to find a source's files (file-name pattern, reporting month), how to cut
+them into records (delimited or fixed-width, header/detail/trailer record types), how to check
+control totals, and how each canonical field is filled (column or positions, transforms, date
+format, code map, default, constant). It is validated on load; every error names the YAML key
+path, e.g. ``fields.birth_date.date: unknown date token 'MM-DD'``.
+
+See README "Mapping format" for every key with an example.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from atr_pipeline.canonical import DATE_FIELDS, FIELD_BY_NAME, MAPPABLE_FIELDS
+
+Transform = Literal["trim", "upper", "lower", "title", "digits", "strip_zeros"]
+
+# Friendly date tokens accepted in mappings, translated to strftime codes.
+_DATE_TOKENS = (("YYYY", "%Y"), ("YY", "%y"), ("MM", "%m"), ("DD", "%d"))
+
+
+class MappingError(ValueError):
+    """A mapping file is invalid. ``problems`` holds (key path, message) pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in problems)
+        super().__init__(f"invalid mapping {source}:\n{lines}")
+
+
+def to_strftime(fmt: str) -> str:
+    """Translate ``MM/DD/YYYY``-style formats to strftime; strftime formats pass through."""
+    if "%" in fmt:
+        return fmt
+    out = fmt
+    for token, code in _DATE_TOKENS:
+        out = out.replace(token, code)
+    if re.search(r"[A-Za-z]", out.replace("%Y", "").replace("%y", "").replace("%m", "").replace("%d", "")):
+        raise ValueError(f"unknown date token in {fmt!r} (use YYYY, YY, MM, DD or a strftime format)")
+    return out
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Position(_Strict):
+    """Where a value sits in a record: ``column`` (name or 1-based index) or ``start``/``length`` (1-based)."""
+
+    column: str | int | None = None
+    start: int | None = Field(default=None, ge=1)
+    length: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Position:
+        has_fixed = self.start is not None or self.length is not None
+        if has_fixed and (self.start is None or self.length is None):
+            raise ValueError("fixed-width positions need both 'start' and 'length'")
+        if has_fixed and self.column is not None:
+            raise ValueError("give either 'column' or 'start'/'length', not both")
+        if isinstance(self.column, int) and self.column < 1:
+            raise ValueError("'column' positions are 1-based")
+        return self
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.start is not None
+
+    @property
+    def is_set(self) -> bool:
+        return self.column is not None or self.start is not None
+
+
+class FieldSpec(Position):
+    """How one canonical field is filled."""
+
+    constant: str | None = None
+    default: str | None = None
+    transforms: list[Transform] = Field(default_factory=lambda: ["trim"])
+    date: str | None = None  # e.g. MM/DD/YYYY, YYYYMMDD or %m/%d/%Y
+    map: dict[str, str] | None = None  # code map, raw value (after transforms) -> canonical code
+    # What a value outside ``map`` does: reject the row (default) or pass the raw value through.
+    unmapped: Literal["reject", "keep"] = "reject"
+
+    @field_validator("date")
+    @classmethod
+    def _date_fmt(cls, v: str | None) -> str | None:
+        if v is not None:
+            to_strftime(v)
+        return v
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _map_keys_str(cls, v: Any) -> Any:
+        # YAML reads 1: male as an int key; the file holds text, so compare as text.
+        if isinstance(v, dict):
+            return {str(k): (None if val is None else str(val)) for k, val in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> FieldSpec:
+        if self.constant is not None and self.is_set:
+            raise ValueError("a field is either a 'constant' or read from the file, not both")
+        if self.constant is None and not self.is_set and self.default is None:
+            raise ValueError("a field needs 'column', 'start'/'length', 'constant' or 'default'")
+        return self
+
+    @property
+    def strftime(self) -> str | None:
+        return to_strftime(self.date) if self.date else None
+
+
+class FileSpec(_Strict):
+    # Regular expression matched against the whole base name. Named groups ``year`` and ``month``
+    # (or ``yyyymm``) give the reporting month when ``month_from`` is ``filename``.
+    pattern: str
+    month_from: Literal["filename", "header"] = "filename"
+    month_header_field: str | None = None  # header field holding the month when month_from=header
+    month_format: str = "YYYYMM"
+    encoding: str = "utf-8"
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError as exc:
+            raise ValueError(f"unknown encoding {v!r}") from exc
+        return v
+
+    @field_validator("month_format")
+    @classmethod
+    def _month_fmt(cls, v: str) -> str:
+        to_strftime(v)
+        return v
+
+    @model_validator(mode="after")
+    def _month_source(self) -> FileSpec:
+        groups = re.compile(self.pattern).groupindex
+        if self.month_from == "filename" and not ({"year", "month"} <= set(groups) or "yyyymm" in groups):
+            raise ValueError("month_from=filename needs named groups (?P<year>...) and (?P<month>...) or (?P<yyyymm>...) in 'pattern'")
+        if self.month_from == "header" and not self.month_header_field:
+            raise ValueError("month_from=header needs 'month_header_field'")
+        return self
+
+    def match(self, name: str) -> re.Match[str] | None:
+        return re.fullmatch(self.pattern, name)
+
+
+class FormatSpec(_Strict):
+    kind: Literal["delimited", "fixed_width"]
+    delimiter: str | None = None
+    quote: str | None = '"'
+    header_row: bool = False  # delimited: the first detail line holds column names
+    record_length: int | None = Field(default=None, ge=1)  # fixed-width: expected detail line length
+    # fixed-width: lines shorter than record_length are padded with spaces (trailing blanks are
+    # often trimmed in transit); longer lines are always structural errors.
+    pad_short_lines: bool = True
+
+    @model_validator(mode="after")
+    def _kind(self) -> FormatSpec:
+        if self.kind == "delimited":
+            if not self.delimiter or len(self.delimiter) != 1:
+                raise ValueError("delimited layouts need a one-character 'delimiter'")
+            if self.record_length is not None:
+                raise ValueError("'record_length' is for fixed_width layouts")
+        else:
+            if self.record_length is None:
+                raise ValueError("fixed_width layouts need 'record_length'")
+            if self.delimiter is not None or self.header_row:
+                raise ValueError("'delimiter'/'header_row' are for delimited layouts")
+        if self.quote is not None and len(self.quote) != 1:
+            raise ValueError("'quote' is one character or null")
+        return self
+
+
+class RecordTypeSpec(_Strict):
+    code: str
+    fields: dict[str, Position] = Field(default_factory=dict)  # header/trailer fields, by name
+
+
+class RecordsSpec(_Strict):
+    """Record types told apart by a record-type field (header, detail, trailer)."""
+
+    type_field: Position
+    detail: RecordTypeSpec
+    header: RecordTypeSpec | None = None
+    trailer: RecordTypeSpec | None = None
+
+
+class HashTotalSpec(_Strict):
+    # Sum of this canonical numeric field (or raw source column) over detail records must equal
+    # the header/trailer field ``expected`` ("trailer.<name>" or "header.<name>").
+    expected: str
+    of: str  # canonical field name whose raw digits are summed
+    scale: int = 0  # implied decimals in the expected value
+
+
+class ControlSpec(_Strict):
+    record_count: str | None = None  # "trailer.<field>" or "header.<field>"
+    hash_total: HashTotalSpec | None = None
+
+
+class IdentifierSystems(_Strict):
+    """Payer-owned identifier system URIs. Mint them once and never change them."""
+
+    member_id: str
+    payer_id: str
+    contract_id: str
+    plan_id: str | None = None
+    settlement_entity_id: str | None = None
+    mrn: str | None = None
+    medicaid_id: str | None = None
+    subscriber_id: str | None = None
+
+
+class RecipientIdentifier(_Strict):
+    system: str
+    value: str
+
+
+class MappingSpec(_Strict):
+    source_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,62}$")]
+    description: str = ""
+    file: FileSpec
+    format: FormatSpec
+    records: RecordsSpec | None = None
+    control: ControlSpec = Field(default_factory=ControlSpec)
+    fields: dict[str, FieldSpec]
+    identifier_systems: IdentifierSystems
+    intended_recipient: RecipientIdentifier | None = None
+    # Share of rejected rows above which the whole file is refused.
+    reject_threshold: float = Field(default=0.05, ge=0.0, le=1.0)
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, v: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        unknown = sorted(set(v) - set(MAPPABLE_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown canonical field(s) {unknown}; known: {', '.join(MAPPABLE_FIELDS)}")
+        for name, spec in v.items():
+            if spec.date and name not in DATE_FIELDS:
+                raise ValueError(f"{name}: 'date' given but {name} is not a date field")
+            if name in DATE_FIELDS and spec.is_set and not spec.date:
+                raise ValueError(f"{name}: date fields read from the file need a 'date' format")
+        missing = [f for f in ("member_id", "payer_id", "contract_id") if f not in v]
+        if missing:
+            raise ValueError(f"required field(s) not mapped: {missing}")
+        return v
+
+    @model_validator(mode="after")
+    def _positions_fit_format(self) -> MappingSpec:
+        fixed = self.format.kind == "fixed_width"
+        problems = []
+        for name, spec in self.fields.items():
+            if not spec.is_set:
+                continue
+            if fixed and not spec.is_fixed:
+                problems.append(f"fields.{name}: fixed_width layouts use 'start'/'length', not 'column'")
+            if not fixed and spec.is_fixed:
+                problems.append(f"fields.{name}: delimited layouts use 'column', not 'start'/'length'")
+            if not fixed and isinstance(spec.column, str) and not self.format.header_row:
+                problems.append(f"fields.{name}: column names need format.header_row: true (use 1-based numbers otherwise)")
+            if fixed and spec.start is not None and spec.length is not None and self.format.record_length:
+                if spec.start + spec.length - 1 > self.format.record_length:
+                    problems.append(f"fields.{name}: ends at {spec.start + spec.length - 1}, past record_length {self.format.record_length}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.control.record_count and not self._control_ref_ok(self.control.record_count):
+            raise ValueError(f"control.record_count: {self.control.record_count!r} is not a defined header./trailer. field")
+        if self.control.hash_total:
+            if not self._control_ref_ok(self.control.hash_total.expected):
+                raise ValueError(f"control.hash_total.expected: {self.control.hash_total.expected!r} is not a defined header./trailer. field")
+            if self.control.hash_total.of not in self.fields:
+                raise ValueError(f"control.hash_total.of: {self.control.hash_total.of!r} is not a mapped field")
+        if self.file.month_from == "header":
+            if not (self.records and self.records.header and self.file.month_header_field in self.records.header.fields):
+                raise ValueError("file.month_header_field: must name a field of records.header")
+        return self
+
+    def _control_ref_ok(self, ref: str) -> bool:
+        kind, _, name = ref.partition(".")
+        rec = getattr(self.records, kind, None) if self.records and kind in ("header", "trailer") else None
+        return rec is not None and name in rec.fields
+
+    def month_from_name(self, name: str) -> date | None:
+        m = self.file.match(name)
+        if not m:
+            return None
+        g = m.groupdict()
+        try:
+            if g.get("yyyymm"):
+                return date(int(g["yyyymm"][:4]), int(g["yyyymm"][4:6]), 1)
+            return date(int(g["year"]), int(g["month"]), 1)
+        except (TypeError, ValueError):
+            return None
+
+
+def _loc_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif p in ("function-after", "function-before") or str(p).startswith(("function-", "literal[", "tagged-union")):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts)
+
+
+def parse_mapping(data: Any, source: str = "<mapping>") -> MappingSpec:
+    if not isinstance(data, dict):
+        raise MappingError(source, [("", "a mapping is a YAML object with keys source_id, file, format, fields, ...")])
+    try:
+        return MappingSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append((_loc_path(err["loc"]), msg))
+        raise MappingError(source, problems) from None
+
+
+def load_mapping(path: str | Path) -> MappingSpec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise MappingError(str(path), [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    spec = parse_mapping(data, str(path))
+    if spec.source_id != path.stem:
+        raise MappingError(str(path), [("source_id", f"must equal the file name stem {path.stem!r}, got {spec.source_id!r}")])
+    return spec
+
+
+def load_mappings(folder: str | Path) -> dict[str, MappingSpec]:
+    """All mappings in a folder, by source id."""
+    return {p.stem: load_mapping(p) for p in sorted(Path(folder).glob("*.yaml"))}
+
+
+def field_doc(name: str) -> str:
+    return FIELD_BY_NAME[name].description
