@@ -149,3 +149,22 @@ def schema_markdown() -> str:
     for f in FIELDS:
         lines.append(f"| `{f.name}` | {f.dtype} | {f.group.value} | {f.description} | {f.fhir} |")
     return "\n".join(lines)
+
+
+# One reject record per (row, problem). A row with three problems has three records; "rows
+# rejected" counts distinct line numbers. Reasons never contain the offending value (PHI);
+# the rejects CSV adds the raw record separately for the sender to fix and resend.
+REJECT_SCHEMA: pl.Schema = pl.Schema(
+    {
+        "source_id": pl.String(),
+        "file_name": pl.String(),
+        "line_number": pl.Int64(),
+        "field": pl.String(),
+        "rule": pl.String(),
+        "reason": pl.String(),
+    }
+)
+
+
+def empty_rejects() -> pl.DataFrame:
+    return pl.DataFrame(schema=REJECT_SCHEMA)
