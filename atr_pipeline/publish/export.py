@@ -1,0 +1,330 @@
+"""Bulk Data export directory: one NDJSON file (or several) per resource type plus ``manifest.json``.
+
+In:  ``resources`` type -> polars DataFrame with columns ``id`` and ``json`` (compact JSON text of one
+     resource per row, as the fhir/ stage produces it), the rejects as OperationOutcome JSON bytes,
+     the export's ``transactionTime`` and kick-off ``request``.
+Out: ``out_dir`` holding ``<Type>.ndjson`` (or ``<Type>.000.ndjson``, ``<Type>.001.ndjson`` ... when a
+     type has more than ``max_lines_per_file`` resources), optionally gzipped (``.ndjson.gz``),
+     ``OperationOutcome.ndjson`` for the rejects, and ``manifest.json`` in the Bulk Data manifest shape.
+     Manifest ``url`` values are file names relative to the manifest (see ``Manifest.with_base_url``).
+Refused: resource types outside ``systems.LOAD_ORDER``, missing ``id``/``json`` columns, null or
+     duplicate ids, JSON text containing a raw newline, a naive ``transaction_time``.
+
+The directory appears complete or not at all: everything is written into a hidden sibling folder,
+fsynced, and swapped into place with one atomic rename (``renameat2(RENAME_EXCHANGE)`` when a previous
+export of the same run exists). The same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import gzip
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from atr_pipeline.errors import AtrError
+from atr_pipeline.systems import LOAD_ORDER
+
+MANIFEST_NAME = "manifest.json"
+ERROR_TYPE = "OperationOutcome"
+# exportType of the ATR $davinci-data-export operation (ATR 2.1.0 section 4.1).
+# Belongs in systems.py; kept here until that shared module grows it.
+ATR_EXPORT_TYPE = "hl7.fhir.us.davinci-atr"
+_GZIP_LEVEL = 6  # fixed so the bytes never depend on a library default
+_PARTIAL_MARK = ".partial-"
+
+
+class ManifestFile(BaseModel):
+    """One ``output`` or ``error`` item of a Bulk Data manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    url: str
+    count: int = Field(ge=0)
+
+
+class Manifest(BaseModel):
+    """Bulk Data (FHIR Bulk Data Access 2.0) complete-status manifest."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    transaction_time: str = Field(alias="transactionTime")
+    request: str
+    requires_access_token: bool = Field(default=True, alias="requiresAccessToken")
+    output: list[ManifestFile]
+    error: list[ManifestFile] = Field(default_factory=list)
+    extension: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json_bytes(self) -> bytes:
+        """Deterministic bytes: sorted keys, two-space indent, trailing newline."""
+        data = self.model_dump(by_alias=True, mode="json")
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+    def with_base_url(self, base_url: str) -> Manifest:
+        """The same manifest with absolute URLs, for serving the export over HTTP(S)."""
+        base = base_url.rstrip("/") + "/"
+        return self.model_copy(
+            update={
+                "output": [f.model_copy(update={"url": base + f.url}) for f in self.output],
+                "error": [f.model_copy(update={"url": base + f.url}) for f in self.error],
+            }
+        )
+
+    def files_of(self, resource_type: str) -> list[ManifestFile]:
+        items = self.error if resource_type == ERROR_TYPE else self.output
+        return [f for f in items if f.type == resource_type]
+
+    def count_of(self, resource_type: str) -> int:
+        return sum(f.count for f in self.files_of(resource_type))
+
+
+def format_instant(moment: datetime) -> str:
+    """FHIR instant in UTC with milliseconds, e.g. ``2026-11-01T00:00:00.000Z``."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise AtrError("transaction_time must be timezone-aware (a FHIR instant needs an offset)")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _part_names(resource_type: str, parts: int, gz: bool) -> list[str]:
+    suffix = ".ndjson.gz" if gz else ".ndjson"
+    if parts == 1:
+        return [f"{resource_type}{suffix}"]
+    width = max(3, len(str(parts - 1)))
+    return [f"{resource_type}.{i:0{width}d}{suffix}" for i in range(parts)]
+
+
+def _open_for_write(path: Path, gz: bool) -> tuple[BinaryIO, BinaryIO]:
+    raw = open(path, "xb")  # noqa: SIM115 - closed by _close
+    if not gz:
+        return raw, raw
+    # filename="" keeps the original name out of the header; mtime=0 keeps the bytes stable.
+    return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=_GZIP_LEVEL), raw
+
+
+def _close(writer: BinaryIO, raw: BinaryIO) -> None:
+    if writer is not raw:
+        writer.close()
+    raw.flush()
+    os.fsync(raw.fileno())
+    raw.close()
+
+
+def _write_lines(folder: Path, resource_type: str, lines: list[bytes] | pl.Series, max_lines: int, gz: bool) -> tuple[list[ManifestFile], dict[str, str]]:
+    total = len(lines)
+    parts = max(1, -(-total // max_lines))
+    names = _part_names(resource_type, parts, gz)
+    items: list[ManifestFile] = []
+    digests: dict[str, str] = {}
+    for index, name in enumerate(names):
+        chunk = lines[index * max_lines : (index + 1) * max_lines]
+        if isinstance(chunk, pl.Series):
+            payload = ("\n".join(chunk.to_list()) + "\n").encode("utf-8")
+        else:
+            payload = b"\n".join(chunk) + b"\n"
+        writer, raw = _open_for_write(folder / name, gz)
+        try:
+            writer.write(payload)
+        finally:
+            _close(writer, raw)
+        digests[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        items.append(ManifestFile(type=resource_type, url=name, count=len(chunk)))
+    return items, digests
+
+
+def _checked_frame(resource_type: str, frame: pl.DataFrame) -> pl.Series:
+    """The JSON column in id order, after the checks that keep NDJSON and PUT-by-id sound."""
+    missing = {"id", "json"} - set(frame.columns)
+    if missing:
+        raise AtrError(f"{resource_type}: export input lacks column(s) {sorted(missing)}")
+    if frame["id"].null_count() or frame["json"].null_count():
+        raise AtrError(f"{resource_type}: {frame['id'].null_count()} null id(s), {frame['json'].null_count()} null json value(s)")
+    duplicates = frame.height - frame["id"].n_unique()
+    if duplicates:
+        raise AtrError(f"{resource_type}: {duplicates} duplicate id(s); ids must be unique for PUT by id")
+    newlines = int(frame["json"].str.contains("\n", literal=True).sum())
+    if newlines:
+        raise AtrError(f"{resource_type}: {newlines} resource(s) contain a raw newline; NDJSON needs compact JSON")
+    # Sorting again is cheap and makes the bytes independent of the caller's row order.
+    return frame.sort("id")["json"]
+
+
+def _sweep_stale_partials(out_dir: Path) -> None:
+    """Remove partial folders left by crashed writers of this same export (dead pid only)."""
+    prefix = f".{out_dir.name}{_PARTIAL_MARK}"
+    for candidate in out_dir.parent.glob(f"{prefix}*"):
+        pid_text = candidate.name[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(candidate, ignore_errors=True)
+        except PermissionError:
+            pass  # a live process of another user: not ours to remove
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2). False when the platform cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(partial: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        if _exchange(partial, out_dir):
+            shutil.rmtree(partial)  # now holds the previous export
+        else:
+            # No atomic swap available: a crash between these two renames leaves the old export
+            # under a hidden name and no out_dir, never a mixed one.
+            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(out_dir, old)
+            os.rename(partial, out_dir)
+            shutil.rmtree(old)
+    else:
+        os.rename(partial, out_dir)
+    _fsync_dir(out_dir.parent)
+
+
+def write_bulk_export(
+    out_dir: Path,
+    resources: dict[str, pl.DataFrame],
+    *,
+    errors: list[bytes] | None,
+    transaction_time: datetime,
+    request: str,
+    max_lines_per_file: int = 100_000,
+    gzip: bool = False,
+) -> Manifest:
+    """Write a complete Bulk Data export to ``out_dir`` atomically and return its manifest."""
+    if max_lines_per_file < 1:
+        raise AtrError("max_lines_per_file must be at least 1")
+    unknown = sorted(set(resources) - set(LOAD_ORDER))
+    if unknown:
+        raise AtrError(f"resource type(s) {unknown} are not in systems.LOAD_ORDER; add them there so the loader knows their order")
+    instant = format_instant(transaction_time)
+    columns = {t: _checked_frame(t, resources[t]) for t in LOAD_ORDER if t in resources and resources[t].height}
+    error_lines = [_checked_error_line(i, line) for i, line in enumerate(errors or [], start=1)]
+
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_partials(out_dir)
+    partial = out_dir.with_name(f".{out_dir.name}{_PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    partial.mkdir()
+    try:
+        output: list[ManifestFile] = []
+        digests: dict[str, str] = {}
+        for resource_type, json_column in columns.items():
+            items, sums = _write_lines(partial, resource_type, json_column, max_lines_per_file, gzip)
+            output.extend(items)
+            digests.update(sums)
+        error_items: list[ManifestFile] = []
+        if error_lines:
+            error_items, sums = _write_lines(partial, ERROR_TYPE, error_lines, max_lines_per_file, gzip)
+            digests.update(sums)
+        manifest = Manifest(
+            transaction_time=instant,
+            request=request,
+            requires_access_token=True,
+            output=output,
+            error=error_items,
+            extension={"exportType": ATR_EXPORT_TYPE, "sha256": digests},
+        )
+        # The manifest is written last: a folder with a manifest is a finished export.
+        manifest_path = partial / MANIFEST_NAME
+        with open(manifest_path, "xb") as fh:
+            fh.write(manifest.to_json_bytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(partial)
+        _publish(partial, out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _checked_error_line(index: int, line: bytes) -> bytes:
+    stripped = line.rstrip(b"\n")
+    if b"\n" in stripped:
+        raise AtrError(f"error entry {index} contains a raw newline; NDJSON needs compact JSON")
+    return stripped
+
+
+def read_manifest(export_dir: Path) -> Manifest:
+    """The manifest of a finished export; AtrError when the folder is not one."""
+    path = Path(export_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise AtrError(f"{export_dir}: no {MANIFEST_NAME}; not a complete bulk export")
+    try:
+        return Manifest.model_validate(orjson.loads(path.read_bytes()))
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        raise AtrError(f"{path}: not a valid bulk data manifest ({type(exc).__name__})") from None
+
+
+def manifest_digest(export_dir: Path) -> str:
+    """sha256 of manifest.json: it lists every file's sha256, so it fingerprints the whole export."""
+    return hashlib.sha256((Path(export_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
+
+
+def _open_for_read(path: Path) -> BinaryIO:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")  # noqa: SIM115
+
+
+def iter_ndjson(export_dir: Path, resource_type: str, manifest: Manifest | None = None) -> Iterator[bytes]:
+    """Every line of one type, across split and gzipped files, one line in memory at a time.
+
+    Lines come without the trailing newline. Raises AtrError when a file holds a different number
+    of lines than the manifest says (a truncated or swapped file).
+    """
+    export_dir = Path(export_dir)
+    manifest = manifest or read_manifest(export_dir)
+    for item in manifest.files_of(resource_type):
+        path = export_dir / item.url
+        if not path.is_file():
+            raise AtrError(f"{item.url}: listed in the manifest but missing from {export_dir}")
+        seen = 0
+        with _open_for_read(path) as fh:
+            for line in fh:
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    continue
+                seen += 1
+                yield line
+        if seen != item.count:
+            raise AtrError(f"{item.url}: manifest says {item.count} lines, file has {seen}")
