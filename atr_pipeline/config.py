@@ -60,12 +60,18 @@ def _load_or_create_key(home: Path) -> bytes:
     return key
 
 
-def load_settings(home: str | Path | None = None) -> Settings:
+def load_settings(
+    home: str | Path | None = None,
+    *,
+    inbox: str | Path | None = None,
+    mappings_dir: str | Path | None = None,
+) -> Settings:
+    """Explicit arguments win over ATR_* variables, which win over the embedded defaults."""
     home_path = Path(home or _env("ATR_HOME", ".atr_home")).resolve()
-    home_path.mkdir(parents=True, exist_ok=True)
+    home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Settings(
         home=home_path,
-        mappings_dir=Path(_env("ATR_MAPPINGS_DIR", "mappings")).resolve(),
-        inbox_dir=Path(_env("ATR_INBOX", str(home_path / "inbox"))).resolve(),
+        mappings_dir=Path(mappings_dir or _env("ATR_MAPPINGS_DIR", "mappings")).resolve(),
+        inbox_dir=Path(inbox or _env("ATR_INBOX", str(home_path / "inbox"))).resolve(),
         id_key=_load_or_create_key(home_path),
     )

@@ -1,0 +1,70 @@
+"""Jobs, the monthly schedule per source, and the run-failure message."""
+
+from __future__ import annotations
+
+import os
+from datetime import date, datetime
+
+import dagster as dg
+
+from atr_pipeline.defs.partitions import PARTITIONS, partition_key, source_ids
+
+attribution_job = dg.define_asset_job(
+    "attribution_job",
+    selection=dg.AssetSelection.groups("sources", "layouts", "validate", "history", "fhir", "publish")
+    - dg.AssetSelection.assets("server_load"),
+    partitions_def=PARTITIONS,
+    description="One month of one source: land, read, validate, diff, build FHIR, export.",
+)
+
+
+def previous_month(today: date) -> date:
+    return date(today.year - 1, 12, 1) if today.month == 1 else date(today.year, today.month - 1, 1)
+
+
+def monthly_schedule(source_id: str, day: int) -> dg.ScheduleDefinition:
+    """Runs on `day` of each month for the month just ended (ATR_SCHEDULE_DAY, default 5)."""
+
+    def _requests(context: dg.ScheduleEvaluationContext):
+        when: datetime = context.scheduled_execution_time or datetime.now()
+        month = previous_month(when.date())
+        key = partition_key(month, source_id)
+        return dg.RunRequest(run_key=f"schedule:{source_id}:{month:%Y-%m}", partition_key=key)
+
+    return dg.ScheduleDefinition(
+        name=f"{source_id}_monthly_schedule",
+        cron_schedule=f"0 6 {day} * *",
+        job=attribution_job,
+        execution_fn=_requests,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Monthly run for {source_id}: the previous month's partition on day {day}.",
+    )
+
+
+def schedules() -> list[dg.ScheduleDefinition]:
+    day = int(os.environ.get("ATR_SCHEDULE_DAY", "5"))
+    if not 1 <= day <= 28:
+        raise ValueError(f"ATR_SCHEDULE_DAY must be 1..28 (every month has it), got {day}")
+    return [monthly_schedule(s, day) for s in source_ids()]
+
+
+# What to do, by the step that failed. Read by the failure sensor and shown in the run's logs.
+WHAT_TO_DO = {
+    "landed_file": "Check the inbox / SFTP settings (ATR_INBOX, ATR_SFTP_*) and that a file for this month exists; a duplicate delivery needs no action.",
+    "canonical_rows": "The file was refused whole (see the control_totals_match check): ask the sender for a corrected file and re-run the partition.",
+    "validated_rows": "Too many rows were rejected (see rejects_under_threshold and the rejects CSV): send the rejects CSV back to the payer.",
+    "attribution_snapshot": "History could not be written: check ATR_HOME is writable and no other process holds the DuckDB file.",
+    "fhir_resources": "Conformance failed (see conformance_passed): fix the mapping or report the rule to the team; nothing was exported.",
+    "bulk_export": "The export folder could not be written: check disk space and permissions under ATR_HOME/exports.",
+    "server_load": "The FHIR server load stopped: read load_report.json in the export folder, fix the server or credentials and re-run (the load resumes).",
+}
+
+
+@dg.run_failure_sensor(name="attribution_failure_sensor", default_status=dg.DefaultSensorStatus.RUNNING)
+def attribution_failure_sensor(context: dg.RunFailureSensorContext) -> None:
+    """Logs, for a failed run, which step failed and what to do about it (no PHI: step names only)."""
+    steps = [e.step_key for e in context.get_step_failure_events() if e.step_key]
+    for step in steps or ["(run)"]:
+        asset = step.split(".")[-1]
+        hint = WHAT_TO_DO.get(asset, "Open the run in the UI, read the failed step's error, fix and re-run the partition.")
+        context.log.error(f"run {context.dagster_run.run_id} failed at {step}: {hint}")

@@ -1,0 +1,235 @@
+"""Materialization metadata and check results, built from stage outputs.
+
+Everything here is counts, rule names, line numbers, file provenance and schema: never a value
+from a member row (tests/test_privacy.py checks the whole event log for that).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from atr_pipeline.canonical import FIELD_BY_NAME, FIELDS
+from atr_pipeline.errors import FileRefused
+from atr_pipeline.layouts.spec import FieldSpec, MappingSpec
+
+MAX_EXAMPLE_LINES = 5
+
+
+def provenance(landed: Any) -> dict[str, Any]:
+    return {
+        "file_name": landed.original_name,
+        "sha256": landed.sha256,
+        "size_bytes": dg.MetadataValue.int(landed.size),
+        "received_at": landed.received_at.isoformat(),
+        "source": landed.source_id,
+        "reporting_month": f"{landed.month:%Y-%m}",
+        "supersedes_sha256": landed.supersedes or "",
+    }
+
+
+def canonical_schema() -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[dg.TableColumn(f.name, str(f.dtype), description=f.description) for f in FIELDS]
+    )
+
+
+def source_column(spec: FieldSpec) -> str | None:
+    """A readable name of where a field comes from in the file (None for constants/defaults)."""
+    if spec.constant is not None:
+        return None
+    if spec.is_fixed:
+        return f"pos {spec.start}-{spec.start + spec.length - 1}"  # type: ignore[operator]
+    if spec.column is not None:
+        return str(spec.column) if isinstance(spec.column, str) else f"column {spec.column}"
+    return None
+
+
+def mapping_lineage_markdown(spec: MappingSpec) -> str:
+    """Source column -> canonical field -> FHIR element, one line per mapped field."""
+    rows = ["| source column | canonical field | ATR element |", "|---|---|---|"]
+    for name, f in spec.fields.items():
+        src = source_column(f) or (f"constant `{f.constant}`" if f.constant is not None else f"default `{f.default}`")
+        rows.append(f"| {src} | `{name}` | {FIELD_BY_NAME[name].fhir or '(lineage / not in FHIR)'} |")
+    return "\n".join(rows)
+
+
+def canonical_lineage(spec: MappingSpec) -> dg.TableColumnLineage:
+    deps = {}
+    for name, f in spec.fields.items():
+        src = source_column(f)
+        if src:
+            deps[name] = [dg.TableColumnDep(asset_key=dg.AssetKey("landed_file"), column_name=src)]
+    return dg.TableColumnLineage(deps_by_column=deps)
+
+
+def fhir_lineage(spec: MappingSpec) -> dg.TableColumnLineage:
+    deps: dict[str, list[dg.TableColumnDep]] = {}
+    for name in spec.fields:
+        for element in (e.strip() for e in FIELD_BY_NAME[name].fhir.split(";")):
+            if element:
+                deps.setdefault(element, []).append(dg.TableColumnDep(asset_key=dg.AssetKey("canonical_rows"), column_name=name))
+    return dg.TableColumnLineage(deps_by_column=dict(sorted(deps.items())))
+
+
+def read_metadata(read: Any, refused: FileRefused | None, spec: MappingSpec) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "dagster/column_schema": canonical_schema(),
+        "dagster/column_lineage": canonical_lineage(spec),
+        "mapping": spec.source_id,
+        "column_lineage_table": dg.MetadataValue.md(mapping_lineage_markdown(spec)),
+    }
+    if refused is not None:
+        meta.update({"refused": True, "refused_rule": refused.rule, "refused_reason": refused.reason, "dagster/row_count": 0})
+        return meta
+    meta.update(
+        {
+            "refused": False,
+            "dagster/row_count": read.rows.height,
+            "records_read": read.records_read,
+            "structural_rejects": read.structural_rejects.get_column("line_number").n_unique() if read.structural_rejects.height else 0,
+            "control_expected_records": read.control.expected_records if read.control.expected_records is not None else "not declared",
+            "control_actual_records": read.control.actual_records,
+        }
+    )
+    return meta
+
+
+def control_check(read: Any, refused: FileRefused | None) -> dg.AssetCheckResult:
+    if refused is not None:
+        return dg.AssetCheckResult(
+            check_name="control_totals_match",
+            asset_key="canonical_rows",
+            passed=False,
+            metadata={"rule": refused.rule, "reason": refused.reason, "line": refused.line_number or 0,
+                      "what_to_do": "Ask the sender for a corrected file; nothing from this one was used."},
+        )
+    c = read.control
+    return dg.AssetCheckResult(
+        check_name="control_totals_match",
+        asset_key="canonical_rows",
+        passed=True,
+        metadata={
+            "expected_records": c.expected_records if c.expected_records is not None else "not declared",
+            "actual_records": c.actual_records,
+            "expected_hash": str(c.expected_hash) if c.expected_hash is not None else "not declared",
+            "actual_hash": str(c.actual_hash) if c.actual_hash is not None else "not computed",
+        },
+    )
+
+
+def rejects_table(failure_rows: list[dict[str, Any]]) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({"rule": r["rule"], "rows": int(r["count"]), "example_lines": ", ".join(str(x) for x in r["example_lines"][:MAX_EXAMPLE_LINES])})
+            for r in failure_rows
+        ],
+        schema=dg.TableSchema(columns=[dg.TableColumn("rule", "string"), dg.TableColumn("rows", "int"), dg.TableColumn("example_lines", "string")]),
+    )
+
+
+def _failure_rows(rejects: Any) -> list[dict[str, Any]]:
+    from atr_pipeline.validate.rejects import failure_table
+
+    return failure_table(rejects, max_examples=MAX_EXAMPLE_LINES)
+
+
+def validate_metadata(validated: Any, csv_path: Path) -> dict[str, Any]:
+    return {
+        "dagster/row_count": validated.rows_accepted,
+        "rows_read": validated.records_read,
+        "rows_accepted": validated.rows_accepted,
+        "rows_rejected": validated.rows_rejected,
+        "rejects_by_rule": rejects_table(_failure_rows(validated.rejects)),
+        "warnings_by_rule": dg.MetadataValue.json(validated.warnings_by_rule),
+        "rejects_csv": dg.MetadataValue.path(str(csv_path)),
+    }
+
+
+def threshold_check(validated: Any, refused: FileRefused | None, spec: MappingSpec) -> dg.AssetCheckResult:
+    share = validated.rows_rejected / validated.records_read if validated.records_read else 0.0
+    return dg.AssetCheckResult(
+        check_name="rejects_under_threshold",
+        asset_key="validated_rows",
+        passed=refused is None,
+        metadata={
+            "rows_read": validated.records_read,
+            "rows_rejected": validated.rows_rejected,
+            "rejected_share": dg.MetadataValue.float(round(share, 6)),
+            "threshold": dg.MetadataValue.float(spec.reject_threshold),
+            "failures": rejects_table(_failure_rows(validated.rejects)),
+        },
+    )
+
+
+def history_metadata(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "dagster/row_count": summary["member_entries"],
+        "member_entries": summary["member_entries"],
+        "change_types": dg.MetadataValue.json(summary["change_types"]),
+        "previous_month": summary.get("previous_month") or "none (first month)",
+        "lineage": dg.MetadataValue.json(summary["lineage"]),
+        "trends": dg.MetadataValue.md(summary["trends_markdown"]),
+        "trend_chart": dg.MetadataValue.json(summary["trend_chart"]),
+    }
+
+
+def history_check(summary: dict[str, Any]) -> dg.AssetCheckResult:
+    dup = summary["duplicate_entries"]
+    redropped = summary["dropped_twice"]
+    return dg.AssetCheckResult(
+        check_name="history_consistent",
+        asset_key="attribution_snapshot",
+        passed=dup == 0 and redropped == 0,
+        metadata={"duplicate_member_entries": dup, "entries_dropped_twice": redropped},
+    )
+
+
+def fhir_metadata(built: Any, spec: MappingSpec) -> dict[str, Any]:
+    return {
+        "dagster/row_count": sum(built.resources_by_type.values()),
+        "resources_by_type": dg.MetadataValue.json(built.resources_by_type),
+        "member_entries": built.member_entries,
+        "change_types": dg.MetadataValue.json(built.change_types),
+        "group_versions": dg.MetadataValue.json(built.group_versions),
+        "transaction_time": built.transaction_time.isoformat(),
+        "dagster/column_lineage": fhir_lineage(spec),
+    }
+
+
+def conformance_check(report: Any) -> dg.AssetCheckResult:
+    errors = [r for r in report.results if r.severity == "error"]
+    table = dg.MetadataValue.table(
+        records=[dg.TableRecord({"rule": r.rule, "severity": r.severity, "count": r.count, "examples": ", ".join(r.examples)}) for r in report.results],
+        schema=dg.TableSchema(columns=[dg.TableColumn("rule", "string"), dg.TableColumn("severity", "string"), dg.TableColumn("count", "int"), dg.TableColumn("examples", "string")]),
+    )
+    return dg.AssetCheckResult(
+        check_name="conformance_passed",
+        asset_key="fhir_resources",
+        passed=not errors,
+        metadata={
+            "resources_checked": report.resources_checked,
+            "structurally_checked": report.structurally_checked,
+            "errors": sum(r.count for r in errors),
+            "results": table,
+        },
+    )
+
+
+def export_metadata(export_dir: Path) -> dict[str, Any]:
+    from atr_pipeline.publish.export import read_manifest
+
+    manifest = read_manifest(export_dir)
+    counts: dict[str, int] = {}
+    for out in manifest.output:
+        counts[out.type] = counts.get(out.type, 0) + out.count
+    errors = sum(e.count for e in manifest.error)
+    return {
+        "export_dir": dg.MetadataValue.path(str(export_dir)),
+        "transaction_time": manifest.transactionTime,
+        "resources_by_type": dg.MetadataValue.json(counts),
+        "files": len(manifest.output),
+        "operation_outcomes": errors,
+    }

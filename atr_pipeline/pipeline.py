@@ -1,0 +1,507 @@
+"""One landed file through every stage, as plain functions the CLI and Dagster both call.
+
+    landed file -> layouts.read_file -> validate.validate_rows -> history (snapshot + diff)
+      -> fhir.build_resources -> conform.check_ndjson_frames -> publish.write_bulk_export
+
+Each stage function below takes and returns plain values so a Dagster asset can wrap exactly
+one of them; ``process_file`` chains them for the CLI. A refused file (FileRefused) stops
+before history: nothing from it reaches the history or FHIR stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import polars as pl
+
+from atr_pipeline.canonical import MEMBER_ENTRY_KEY, REJECT_SCHEMA
+from atr_pipeline.config import Settings
+from atr_pipeline.errors import FileRefused
+from atr_pipeline.layouts.read import ReadResult, read_file
+from atr_pipeline.layouts.spec import MappingSpec
+from atr_pipeline.sources.landing import LandedFile
+
+log = logging.getLogger("atr_pipeline")
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class ValidatedFile:
+    """Outcome of reading + validating one file (no PHI: counts, rules, line numbers)."""
+
+    landed: LandedFile
+    accepted: pl.DataFrame
+    rejects: pl.DataFrame  # REJECT_SCHEMA, structural + rule rejects
+    records_read: int
+    rows_accepted: int
+    rows_rejected: int
+    rejects_by_rule: dict[str, int]
+    warnings_by_rule: dict[str, int]
+    control: dict[str, object]
+    source_columns: list[str]
+
+
+@dataclass
+class PublishedMonth:
+    source_id: str
+    month: date
+    export_dir: Path
+    resources_by_type: dict[str, int]
+    change_types: dict[str, int]
+    conformance_ok: bool
+    conformance_errors: dict[str, int]
+    group_versions: dict[str, int]
+    transaction_time: datetime
+
+
+@dataclass
+class FileOutcome:
+    file_name: str
+    source_id: str
+    month: date | None
+    status: str  # processed | refused | skipped
+    records_read: int = 0
+    rows_accepted: int = 0
+    rows_rejected: int = 0
+    rejects_by_rule: dict[str, int] = field(default_factory=dict)
+    resources_by_type: dict[str, int] = field(default_factory=dict)
+    export_dir: Path | None = None
+    rejects_csv: Path | None = None
+    message: str = ""
+
+
+def month_key(month: date) -> str:
+    return f"{month:%Y-%m}"
+
+
+# ---------------------------------------------------------------- read + validate
+
+
+def read_landed(landed: LandedFile, spec: MappingSpec) -> ReadResult:
+    """Cut a landed file into canonical rows; raises FileRefused for a broken file."""
+    return read_file(landed.path, spec, sha256=landed.sha256)
+
+
+def validate_read(read: ReadResult, landed: LandedFile, spec: MappingSpec, *, today: date | None = None) -> ValidatedFile:
+    """Apply every row rule; split accepted rows from reject records."""
+    from atr_pipeline.validate.rules import validate_rows
+
+    result = validate_rows(read.rows, spec, today=today or date.today())
+    rejects = pl.concat([read.structural_rejects.select(REJECT_SCHEMA.names()), result.rejects.select(REJECT_SCHEMA.names())])
+    rejects = rejects.sort("line_number", "field", "rule")
+    structural_lines = read.structural_rejects.get_column("line_number").n_unique() if read.structural_rejects.height else 0
+    rows_rejected = result.rows_rejected + structural_lines
+    by_rule = dict(result.counts_by_rule)
+    if read.structural_rejects.height:
+        for rule, n in read.structural_rejects.group_by("rule").agg(pl.col("line_number").n_unique()).iter_rows():
+            by_rule[rule] = by_rule.get(rule, 0) + n
+    validated = ValidatedFile(
+        landed=landed,
+        accepted=result.accepted,
+        rejects=rejects,
+        records_read=read.records_read,
+        rows_accepted=result.rows_accepted,
+        rows_rejected=rows_rejected,
+        rejects_by_rule=dict(sorted(by_rule.items())),
+        warnings_by_rule=dict(result.warnings_by_rule),
+        control=control_dict(read),
+        source_columns=list(read.source_columns),
+    )
+    # The invariant every later number relies on: nothing read goes unaccounted for.
+    if validated.records_read != validated.rows_accepted + validated.rows_rejected:
+        raise AssertionError(
+            f"{landed.original_name}: {validated.records_read} records read but "
+            f"{validated.rows_accepted} accepted + {validated.rows_rejected} rejected"
+        )
+    return validated
+
+
+def refuse_if_over_threshold(validated: ValidatedFile, spec: MappingSpec) -> None:
+    """Raise FileRefused when the rejected share is above the mapping's threshold."""
+    from atr_pipeline.validate.rejects import check_reject_threshold
+
+    check_reject_threshold(result_like(validated), file_name=validated.landed.original_name, threshold=spec.reject_threshold)
+
+
+def control_dict(read: ReadResult) -> dict[str, object]:
+    c = read.control
+    return {
+        "expected_records": c.expected_records,
+        "actual_records": c.actual_records,
+        "expected_hash": None if c.expected_hash is None else str(c.expected_hash),
+        "actual_hash": None if c.actual_hash is None else str(c.actual_hash),
+    }
+
+
+@dataclass
+class _Counts:
+    rows_read: int
+    rows_accepted: int
+    rows_rejected: int
+
+
+def result_like(v: ValidatedFile) -> _Counts:
+    """The counts the threshold check needs, including structural rejects."""
+    return _Counts(v.records_read, v.rows_accepted, v.rows_rejected)
+
+
+def write_rejects(validated: ValidatedFile, settings: Settings, spec: MappingSpec) -> tuple[Path, list[bytes]]:
+    """Rejects CSV (for the sender) and OperationOutcome NDJSON lines (for the export's error list)."""
+    from atr_pipeline.validate.rejects import rejects_to_operation_outcomes, write_rejects_csv
+
+    landed = validated.landed
+    folder = settings.rejects_dir / spec.source_id / month_key(landed.month)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    csv_path = folder / f"{Path(landed.original_name).stem}.rejects.csv"
+    write_rejects_csv(validated.rejects, csv_path, source_file=landed.path)
+    outcomes = rejects_to_operation_outcomes(validated.rejects)
+    return csv_path, outcomes
+
+
+# ---------------------------------------------------------------- history
+
+
+def record_history(validated: ValidatedFile, settings: Settings, spec: MappingSpec) -> None:
+    from atr_pipeline.history.store import HistoryStore, SnapshotLineage
+
+    landed = validated.landed
+    store = HistoryStore(settings.history_path)
+    store.record_snapshot(
+        validated.accepted,
+        source_id=spec.source_id,
+        month=landed.month,
+        lineage=SnapshotLineage(
+            file_name=landed.original_name,
+            file_sha256=landed.sha256,
+            received_at=landed.received_at,
+            rows=validated.rows_accepted,
+        ),
+    )
+
+
+def contract_content_hashes(members: pl.DataFrame) -> dict[str, str]:
+    """sha256 per contract of its member list (lineage excluded), to version Groups only on change."""
+    content_cols = [c for c in members.columns if c not in ("source_id", "file_name", "file_sha256", "line_number", "reporting_month")]
+    out: dict[str, str] = {}
+    for (contract_id,), part in members.sort(["contract_id", *MEMBER_ENTRY_KEY]).group_by("contract_id", maintain_order=True):
+        out[str(contract_id)] = hashlib.sha256(part.select(content_cols).write_csv().encode("utf-8")).hexdigest()
+    return out
+
+
+# ---------------------------------------------------------------- FHIR + conformance + export
+
+
+@dataclass
+class BuiltMonth:
+    """The ATR resources of one source x month, before they are written anywhere."""
+
+    source_id: str
+    month: date
+    resources: dict[str, pl.DataFrame]  # type -> (id, json), sorted by id
+    member_entries: int
+    change_types: dict[str, int]
+    group_versions: dict[str, int]
+    transaction_time: datetime
+
+    @property
+    def resources_by_type(self) -> dict[str, int]:
+        return {t: df.height for t, df in self.resources.items()}
+
+
+def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress: Progress = _quiet) -> BuiltMonth:
+    """Member list from history (with change types) -> versioned ATR resources."""
+    from atr_pipeline.fhir.build import BuildContext, build_resources
+    from atr_pipeline.history.store import HistoryStore
+
+    store = HistoryStore(settings.history_path)
+    members = store.member_list(spec.source_id, month)
+    change_types = dict(sorted(members.group_by("change_type").len().iter_rows())) if members.height else {}
+    hashes = contract_content_hashes(members)
+    now = datetime.now(UTC).replace(microsecond=0)
+    versions = store.publish_group_versions(spec.source_id, month, sorted(hashes), now, content_hashes=hashes)
+    # Re-publishing unchanged content keeps each Group's version and lastUpdated, so a re-run
+    # writes byte-identical output; the export's transaction time is the newest Group version's.
+    transaction_time = max((v.last_updated for v in versions.values()), default=now)
+    progress(f"building FHIR resources for {members.height:,} member entries")
+    ctx = BuildContext(
+        id_key=settings.id_key,
+        systems=spec.identifier_systems,
+        transaction_time=transaction_time,
+        list_status=_single_status({c: v.status for c, v in versions.items()}),
+        group_versions={c: v.version_id for c, v in versions.items()},
+        intended_recipient=spec.intended_recipient,
+    )
+    return BuiltMonth(
+        source_id=spec.source_id,
+        month=month,
+        resources=build_resources(members, ctx),
+        member_entries=members.height,
+        change_types=change_types,
+        group_versions={c: v.version_id for c, v in versions.items()},
+        transaction_time=transaction_time,
+    )
+
+
+def check_month(built: BuiltMonth, *, structural: str = "auto", progress: Progress = _quiet):
+    """ATR conformance of what build_month produced (cheap rules on all, structure on all or a sample)."""
+    from atr_pipeline.conform.checker import check_ndjson_frames
+
+    total = sum(built.resources_by_type.values())
+    if structural == "auto":
+        structural = "all" if total <= 50_000 else "sample"
+    progress(f"checking conformance of {total:,} resources (structural: {structural})")
+    return check_ndjson_frames(built.resources, structural=structural)
+
+
+def export_month(built: BuiltMonth, settings: Settings, *, errors: list[bytes] | None, progress: Progress = _quiet) -> Path:
+    """Write the bulk export folder (manifest + NDJSON), replacing that month's previous export."""
+    from atr_pipeline.publish.export import write_bulk_export
+
+    export_dir = settings.exports_dir / built.source_id / month_key(built.month)
+    progress(f"writing bulk export to {export_dir}")
+    write_bulk_export(
+        export_dir,
+        built.resources,
+        errors=errors,
+        transaction_time=built.transaction_time,
+        request=f"atr run --source {built.source_id} --month {month_key(built.month)}",
+    )
+    return export_dir
+
+
+def publish_month(
+    spec: MappingSpec,
+    month: date,
+    settings: Settings,
+    *,
+    errors: list[bytes] | None = None,
+    structural: str = "auto",
+    progress: Progress = _quiet,
+) -> PublishedMonth:
+    """Build, check and export one source x month."""
+    built = build_month(spec, month, settings, progress=progress)
+    report = check_month(built, structural=structural, progress=progress)
+    export_dir = export_month(built, settings, errors=errors, progress=progress)
+    return PublishedMonth(
+        source_id=spec.source_id,
+        month=month,
+        export_dir=export_dir,
+        resources_by_type=built.resources_by_type,
+        change_types=built.change_types,
+        conformance_ok=report.ok,
+        conformance_errors={r.rule: r.count for r in report.results if r.severity == "error"},
+        group_versions=built.group_versions,
+        transaction_time=built.transaction_time,
+    )
+
+
+def _single_status(statuses: dict[str, str]) -> str:
+    # BuildContext takes one list status per build; per-contract statuses differ only after
+    # `atr finalize`, which the Group builder reads through group_statuses when available.
+    values = set(statuses.values())
+    return values.pop() if len(values) == 1 else "draft"
+
+
+# ---------------------------------------------------------------- the whole chain, for the CLI
+
+
+def process_landed(
+    landed: LandedFile,
+    spec: MappingSpec,
+    settings: Settings,
+    *,
+    out_dir: Path | None = None,
+    progress: Progress = _quiet,
+    today: date | None = None,
+) -> FileOutcome:
+    """Every stage for one landed file. Refusals come back as an outcome, never as a traceback."""
+    ledger = _ledger(settings)
+    outcome = FileOutcome(file_name=landed.original_name, source_id=spec.source_id, month=landed.month, status="processed")
+    try:
+        progress(f"{landed.original_name}: reading and validating")
+        validated = validate_read(read_landed(landed, spec), landed, spec, today=today)
+        outcome.records_read = validated.records_read
+        outcome.rows_accepted = validated.rows_accepted
+        outcome.rows_rejected = validated.rows_rejected
+        outcome.rejects_by_rule = validated.rejects_by_rule
+        # Rejects are written before the threshold check: a refused file's sender needs them most.
+        csv_path, outcomes = write_rejects(validated, settings, spec)
+        outcome.rejects_csv = csv_path
+        refuse_if_over_threshold(validated, spec)
+    except FileRefused as refused:
+        ledger.mark(landed.sha256, "refused", refused.rule)
+        outcome.status = "refused"
+        outcome.message = str(refused)
+        log.warning("file refused: %s", refused)
+        return outcome
+    progress(f"{landed.original_name}: recording {validated.rows_accepted:,} rows in history")
+    record_history(validated, settings, spec)
+    published = publish_month(spec, landed.month, settings, errors=outcomes, progress=progress)
+    if out_dir is not None:
+        _copy_export(published.export_dir, out_dir / spec.source_id / month_key(landed.month))
+        outcome.export_dir = out_dir / spec.source_id / month_key(landed.month)
+    else:
+        outcome.export_dir = published.export_dir
+    outcome.resources_by_type = published.resources_by_type
+    if not published.conformance_ok:
+        outcome.status = "refused"
+        outcome.message = f"conformance errors: {published.conformance_errors}"
+    ledger.mark(landed.sha256, "processed" if outcome.status == "processed" else "refused")
+    return outcome
+
+
+def _copy_export(src: Path, dest: Path) -> None:
+    """Copy an export atomically (temporary sibling + rename), replacing an older copy."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(dest)
+
+
+# ---------------------------------------------------------------- landing and the cross-run gate
+
+
+def parse_month(value: str | date) -> date:
+    if isinstance(value, date):
+        return value
+    y, m = value[:7].split("-")
+    return date(int(y), int(m), 1)
+
+
+def _ledger(settings: Settings):
+    from atr_pipeline.sources.landing import Ledger
+
+    return Ledger.for_landing(settings.landing_dir)
+
+
+def landed_from_entry(entry) -> LandedFile:
+    return LandedFile(entry.path, entry.original_name, entry.source_id, entry.month, entry.sha256, entry.size, entry.received_at, entry.supersedes)
+
+
+def land_path(path: Path, spec: MappingSpec, settings: Settings) -> LandedFile:
+    """Land one local file. The same bytes under the same name come back as the earlier landing
+    (re-running is safe); the same bytes under another name are a duplicate delivery, refused."""
+    from atr_pipeline.sources.landing import land_local
+
+    ledger = _ledger(settings)
+    outcome = land_local(path, spec=spec, landing_dir=settings.landing_dir, ledger=ledger)
+    if outcome.status == "landed" and outcome.file is not None:
+        return outcome.file
+    if outcome.duplicate_of != path.name:
+        raise FileRefused(path.name, "duplicate_delivery", f"same bytes as {outcome.duplicate_of}, which was already delivered")
+    from atr_pipeline.layouts.files import sha256_file
+
+    entry = ledger.get(sha256_file(path))
+    if entry is None:  # pragma: no cover - the ledger said duplicate, so the entry exists
+        raise FileRefused(path.name, "ledger", "landing ledger lost the earlier delivery")
+    return landed_from_entry(entry)
+
+
+def land_for_partition(spec: MappingSpec, month: date, settings: Settings, *, remote_name: str | None = None) -> LandedFile:
+    """The delivery for one source x month: from SFTP when the run names a remote file, else the inbox.
+
+    Several inbox files for the same month (a correction) -> the most recently modified wins,
+    and it supersedes the earlier one in history.
+    """
+    if remote_name:
+        from atr_pipeline.sources.sftp import fetch_for_run
+
+        return fetch_for_run(remote_name, spec=spec, settings=settings)
+    inbox = settings.inbox_dir
+    candidates = []
+    if inbox.is_dir():
+        for p in inbox.iterdir():
+            if p.is_file() and spec.file.match(p.name):
+                m = spec.month_from_name(p.name) if spec.file.month_from == "filename" else None
+                if m == month or m is None:
+                    candidates.append(p)
+    if not candidates:
+        raise FileRefused(
+            f"{spec.source_id} {month_key(month)}", "no_file",
+            f"no file matching {spec.file.pattern!r} for {month_key(month)} in the inbox {inbox}",
+        )
+    landed: list[LandedFile] = []
+    for p in sorted(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name)):
+        lf = land_path(p, spec, settings)
+        if lf.month == month:
+            landed.append(lf)
+    if not landed:
+        raise FileRefused(f"{spec.source_id} {month_key(month)}", "no_file", f"no file for {month_key(month)} in the inbox {inbox}")
+    return landed[-1]
+
+
+def mark_refused(landed: LandedFile, settings: Settings, reason: str | None = None) -> None:
+    _ledger(settings).mark(landed.sha256, "refused", reason)
+
+
+def mark_processed(landed: LandedFile, settings: Settings) -> None:
+    _ledger(settings).mark(landed.sha256, "processed")
+
+
+def ensure_current_delivery(landed: LandedFile, settings: Settings) -> None:
+    """Refuse to record a file the ledger says was refused, or one a newer delivery superseded.
+
+    Dagster's blocking checks only stop later steps of the same run; this gate also holds when a
+    later run materializes history from an older stored upstream value.
+    """
+    ledger = _ledger(settings)
+    entry = ledger.get(landed.sha256)
+    if entry is None or entry.status == "refused":
+        raise FileRefused(landed.original_name, "refused_earlier", "this delivery was refused; it never reaches history")
+    newer = [e for e in ledger.entries() if e.source_id == landed.source_id and e.month == landed.month
+             and e.received_at > landed.received_at and e.status != "refused"]
+    if newer:
+        raise FileRefused(landed.original_name, "superseded", f"superseded by {newer[-1].original_name}; re-run the partition from landed_file")
+
+
+def history_summary(spec: MappingSpec, month: date, settings: Settings) -> dict:
+    """Counts, lineage and trends of a recorded month, for metadata and checks (no PHI)."""
+    from atr_pipeline.history.store import HistoryStore, trend_markdown, trend_vega_lite
+
+    store = HistoryStore(settings.history_path)
+    members = store.member_list(spec.source_id, month)
+    key_cols = list(MEMBER_ENTRY_KEY)
+    duplicates = members.height - members.select(key_cols).unique().height if members.height else 0
+    dropped_twice = 0
+    months = [m for m in store.months(spec.source_id) if m < month]
+    previous = months[-1] if months else None
+    if previous is not None and members.height:
+        prev = store.member_list(spec.source_id, previous)
+        now_dropped = members.filter(pl.col("change_type") == "dropped").select(key_cols)
+        prev_dropped = prev.filter(pl.col("change_type") == "dropped").select(key_cols)
+        dropped_twice = now_dropped.join(prev_dropped, on=key_cols, how="inner", nulls_equal=True).height
+    trends = store.trends(spec.source_id)
+    return {
+        "source_id": spec.source_id,
+        "month": month_key(month),
+        "previous_month": month_key(previous) if previous else None,
+        "member_entries": members.height,
+        "change_types": dict(sorted(members.group_by("change_type").len().iter_rows())) if members.height else {},
+        "duplicate_entries": duplicates,
+        "dropped_twice": dropped_twice,
+        "lineage": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in d.items()} for d in store.lineage(spec.source_id, month)],
+        "trends_markdown": trend_markdown(trends),
+        "trend_chart": trend_vega_lite(trends),
+    }
