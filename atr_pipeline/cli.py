@@ -189,6 +189,50 @@ def fixtures(
     console.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
 
 
+@app.command("demo")
+def demo(
+    home: Annotated[Path, typer.Option(help="demo state folder (inbox, DuckDB, exports, DAGSTER_HOME)")] = Path(".atr_home/demo"),
+    fixtures_dir: Annotated[Path, typer.Option("--fixtures", help="bundled fixture files, one folder per source")] = Path("fixtures"),
+    mappings_dir: Annotated[Path, typer.Option("--mappings", help="mapping folder")] = Path("mappings"),
+) -> None:
+    """Run the Dagster attribution_job on every bundled fixture partition and print a summary."""
+    from rich.table import Table
+
+    from atr_pipeline.demo import prepare_home, run_partitions
+
+    home = home.resolve()
+    partitions = prepare_home(home, fixtures_dir, mappings_dir)
+    if not partitions:
+        err.print(f"[red]error:[/red] no fixture files under {fixtures_dir} match a mapping in {mappings_dir}")
+        raise typer.Exit(USAGE)
+    results = run_partitions(partitions, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    table = Table(title="atr demo: attribution_job per partition")
+    for col in ("source", "month", "rows read", "accepted", "rejected", "change types", "resources", "checks"):
+        table.add_column(col)
+    failed = 0
+    for r in results:
+        v = r.metadata.get("validated_rows", {})
+        h = r.metadata.get("attribution_snapshot", {})
+        f = r.metadata.get("fhir_resources", {})
+        checks = " ".join(("ok " if ok else "FAILED ") + name for name, ok in sorted(r.checks.items()))
+        if not r.success:
+            failed += 1
+            checks += f" | {r.failure}"
+        table.add_row(
+            r.source_id, r.month,
+            str(v.get("rows_read", "-")), str(v.get("rows_accepted", "-")), str(v.get("rows_rejected", "-")),
+            ", ".join(f"{k} {n}" for k, n in (h.get("change_types") or {}).items()),
+            str(sum((f.get("resources_by_type") or {}).values()) or "-"),
+            checks,
+        )
+    console.print(table)
+    console.print(f"exports:  {home / 'exports'}")
+    console.print(f"rejects:  {home / 'rejects'}")
+    console.print(f"history:  {home / 'history.duckdb'}")
+    console.print(f"Dagster UI on the same data:  DAGSTER_HOME={home / 'dagster'} ATR_HOME={home} ATR_INBOX={home / 'inbox'} .venv/bin/dagster dev -w workspace.yaml")
+    raise typer.Exit(REFUSED if failed else 0)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
