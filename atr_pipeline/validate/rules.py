@@ -260,9 +260,15 @@ def check_contract(rows: pl.DataFrame) -> None:
     except (SchemaErrors, SchemaError) as exc:
         cases = getattr(exc, "failure_cases", None)
         problems: list[str] = []
-        if isinstance(cases, pl.DataFrame) and {"column", "check"} <= set(cases.columns):
-            for column, check in cases.select("column", "check").unique(maintain_order=True).iter_rows():
-                problems.append(f"{column}: {check}")
+        if isinstance(cases, pl.DataFrame) and {"column", "check", "failure_case", "index"} <= set(cases.columns):
+            grouped = cases.group_by("column", "check", maintain_order=True).agg(
+                pl.col("failure_case").cast(pl.String), pl.col("index").is_null().all().alias("schema_level")
+            )
+            for column, check, failed, schema_level in grouped.iter_rows():
+                # Schema-level failure cases are column names and dtypes; data-level ones could be
+                # values, so only their count is shown.
+                what = ", ".join(sorted(set(failed))) if schema_level else f"{len(failed)} row(s)"
+                problems.append(f"{column}: {check} ({what})")
         else:
             problems.append(type(exc).__name__)
         raise CanonicalContractError("rows break the canonical contract: " + "; ".join(problems)) from None
@@ -281,7 +287,7 @@ def _issue_records(rows: pl.DataFrame) -> pl.DataFrame:
         .select(pl.col(ISSUES_COLUMN))
         .with_row_index(_INDEX)
         .filter(pl.col(ISSUES_COLUMN).list.len() > 0)
-        .explode(ISSUES_COLUMN)
+        .explode(ISSUES_COLUMN, empty_as_null=True)
         .filter(pl.col(ISSUES_COLUMN).is_not_null())
         .select(_INDEX, pl.col(ISSUES_COLUMN).struct.unnest())
         .with_columns(
@@ -336,7 +342,7 @@ def _to_reject_schema(rows: pl.DataFrame, records: pl.DataFrame, spec: MappingSp
         return empty_rejects()
     lineage = rows.select("source_id", "file_name", "line_number")[records[_INDEX]]
     return (
-        pl.concat([lineage, records.select("field", "rule", "reason")], how="horizontal")
+        lineage.with_columns(records["field"], records["rule"], records["reason"])
         .with_columns(pl.col("source_id").fill_null(spec.source_id))
         .select(list(REJECT_SCHEMA))
         .cast(dict(REJECT_SCHEMA))
