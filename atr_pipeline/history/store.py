@@ -1,0 +1,587 @@
+"""The history store: one DuckDB file holding every accepted snapshot, per source x month.
+
+In: accepted canonical rows of one file (one source, one reporting month, any number of
+contracts) with the file's lineage (``record_snapshot``).
+Out: the ATR member list of any recorded month with change types derived on read
+(``member_list``), recorded months, lineage, Group versions and list status, trends.
+Refused (``AtrError``): rows missing canonical columns, rows of another source or month,
+duplicate member entry keys, unknown list statuses, months that were never recorded.
+
+Only snapshots are stored; change types are computed from two consecutive recorded months
+each time they are read. So a corrected re-delivery of a month (``record_snapshot`` again)
+changes that month and the next one with no recomputation step, a backfill equals monthly
+runs, and months may arrive in any order. "Previous month" is the nearest earlier recorded
+month of the same source; a gap month (no delivery) is skipped, not treated as empty.
+
+Tables: ``snapshot_rows`` (canonical columns; key ``source_id, reporting_month``),
+``snapshots`` (one row per source x month in effect), ``deliveries`` (every distinct file
+recorded for a month), ``group_versions``, ``list_status``. Frames go in and out through the
+Arrow C stream interface, never row by row (pyarrow is not needed).
+One writer at a time: every write connection holds an exclusive ``flock`` on ``<db>.lock``;
+reads use read-only connections under a shared lock (see ``locking.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from atr_pipeline.canonical import CANONICAL_SCHEMA, FIELDS, ISSUES_COLUMN, LINEAGE_FIELDS, MEMBER_ENTRY_KEY
+from atr_pipeline.errors import AtrError
+from atr_pipeline.history.changes import (
+    CHANGE_FIELDS,
+    CHANGE_TYPE_COLUMN,
+    INACTIVE_COLUMN,
+    MEMBER_KEY,
+    PREVIOUS_MONTH_COLUMN,
+    compute_changes,
+    provider_switches,
+)
+from atr_pipeline.history.locking import file_lock, lock_path_for
+from atr_pipeline.systems import LIST_STATUSES
+
+# The status a month's list starts in; `atr finalize` moves it to final.
+DEFAULT_STATUS_ENV = "ATR_LIST_STATUS"
+DEFAULT_STATUSES = ("draft", "open")
+SCHEMA_VERSION = "1"
+
+_DUCK_TYPES: dict[type[pl.DataType], str] = {
+    pl.String: "VARCHAR",
+    pl.Date: "DATE",
+    pl.Int64: "BIGINT",
+    pl.Float64: "DOUBLE",
+}
+
+# Columns trends() needs: the key, what decides "changed", and what compute_changes edits.
+_TREND_COLUMNS: tuple[str, ...] = tuple(
+    dict.fromkeys(("source_id", "reporting_month", *MEMBER_ENTRY_KEY, *CHANGE_FIELDS, "attribution_end"))
+)
+
+TREND_SCHEMA: pl.Schema = pl.Schema(
+    {
+        "source_id": pl.String(),
+        "contract_id": pl.String(),
+        "month": pl.Date(),
+        "previous_month": pl.Date(),
+        "entries": pl.Int64(),  # member entries listed as attributed (not dropped)
+        "members": pl.Int64(),  # distinct members (member_id, payer_id) among them
+        "new": pl.Int64(),
+        "changed": pl.Int64(),
+        "nochange": pl.Int64(),
+        "dropped": pl.Int64(),
+        "provider_switches": pl.Int64(),
+    }
+)
+
+
+@dataclass(frozen=True)
+class SnapshotLineage:
+    """Where a snapshot came from. No PHI: a file name, its hash, when it arrived, a count."""
+
+    file_name: str
+    file_sha256: str
+    received_at: datetime
+    rows: int
+
+
+@dataclass(frozen=True)
+class GroupVersion:
+    """The published version of one contract's Group for one month.
+
+    ``version_id`` is the Group's ``meta.versionId`` (a FHIR id, hence a string of digits);
+    ``last_updated`` its ``meta.lastUpdated``: the transaction time of the publication that
+    created this version, so re-publishing unchanged content reproduces both.
+    """
+
+    contract_id: str
+    month: date
+    version_id: str
+    last_updated: datetime
+    status: str
+    content_hash: str
+    bumped: bool  # True when this call created the version
+
+
+class _ArrowStream:
+    """Expose only ``__arrow_c_stream__`` so DuckDB scans a polars frame without pyarrow."""
+
+    def __init__(self, df: pl.DataFrame):
+        self._df = df
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self._df.__arrow_c_stream__(requested_schema)
+
+
+def _utc_naive(moment: datetime) -> datetime:
+    # Stored as naive UTC; a naive input is taken to be UTC already.
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def content_hash(members: pl.DataFrame, status: str) -> str:
+    """sha256 of a contract's member list as published: non-lineage columns, sorted, plus status."""
+    cols = [c for c in members.columns if c not in LINEAGE_FIELDS and c != PREVIOUS_MONTH_COLUMN]
+    order = ["contract_id", *[k for k in MEMBER_ENTRY_KEY if k != "contract_id"]]
+    digest = hashlib.sha256(f"status={status}\n".encode())
+    digest.update(members.select(cols).sort(order, nulls_last=True).write_csv().encode("utf-8"))
+    return digest.hexdigest()
+
+
+class HistoryStore:
+    """Monthly snapshots of accepted rows in one DuckDB file; change types derived on read."""
+
+    def __init__(self, path: Path, *, default_status: str | None = None, lock_timeout: float = 600.0):
+        self.path = Path(path)
+        self.lock_path = lock_path_for(self.path)
+        self.lock_timeout = lock_timeout
+        status = default_status or os.environ.get(DEFAULT_STATUS_ENV) or "draft"
+        if status not in DEFAULT_STATUSES:
+            raise AtrError(f"default list status must be one of {', '.join(DEFAULT_STATUSES)}, not {status!r}")
+        self.default_status = status
+        if not self.path.exists():
+            with self._writer():
+                pass  # _writer creates the schema
+
+    # ------------------------------------------------------------------ connections
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold the store's exclusive writer lock (every write method takes it itself)."""
+        with file_lock(self.lock_path, exclusive=True, timeout=self.lock_timeout):
+            yield
+
+    @contextmanager
+    def _writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.write_lock():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(str(self.path))
+            try:
+                _ensure_schema(con)
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with file_lock(self.lock_path, exclusive=False, timeout=self.lock_timeout):
+            con = duckdb.connect(str(self.path), read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    # ------------------------------------------------------------------ snapshots
+
+    def record_snapshot(
+        self, accepted: pl.DataFrame, *, source_id: str, month: date, lineage: SnapshotLineage
+    ) -> None:
+        """Make ``accepted`` the snapshot of ``source_id`` x ``month``, replacing any earlier one.
+
+        All of the month's contracts are replaced in one transaction: a reader sees the old
+        snapshot or the new one, never a mix, and re-recording never duplicates rows.
+        """
+        month = _first_of_month(month)
+        rows = _checked_rows(accepted, source_id=source_id, month=month)
+        recorded_at = _now()
+        with self._writer() as con:
+            con.register("incoming", _ArrowStream(rows))
+            con.begin()
+            try:
+                con.execute("DELETE FROM snapshot_rows WHERE source_id = ? AND reporting_month = ?", [source_id, month])
+                con.execute("INSERT INTO snapshot_rows BY NAME SELECT * FROM incoming")
+                con.execute(
+                    "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)",
+                    [source_id, month, rows.height, lineage.file_sha256, recorded_at],
+                )
+                # One delivery per distinct file: re-running the same file refreshes its entry.
+                con.execute(
+                    """INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (source_id, month, file_sha256) DO UPDATE SET
+                         file_name = excluded.file_name, received_at = excluded.received_at,
+                         rows = excluded.rows, last_recorded_at = excluded.last_recorded_at""",
+                    [
+                        source_id,
+                        month,
+                        lineage.file_sha256,
+                        lineage.file_name,
+                        _utc_naive(lineage.received_at),
+                        lineage.rows,
+                        recorded_at,
+                        recorded_at,
+                    ],
+                )
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+            finally:
+                con.unregister("incoming")
+
+    def months(self, source_id: str) -> list[date]:
+        with self._reader() as con:
+            found = con.execute("SELECT month FROM snapshots WHERE source_id = ? ORDER BY month", [source_id]).fetchall()
+        return [row[0] for row in found]
+
+    def sources(self) -> list[str]:
+        with self._reader() as con:
+            return [r[0] for r in con.execute("SELECT DISTINCT source_id FROM snapshots ORDER BY 1").fetchall()]
+
+    def previous_month(self, source_id: str, month: date) -> date | None:
+        """The nearest recorded month before ``month``: what ``member_list`` diffs against."""
+        with self._reader() as con:
+            return _previous_month(con, source_id, _first_of_month(month))
+
+    def snapshot(self, source_id: str, month: date, contract_id: str | None = None) -> pl.DataFrame:
+        """The stored canonical rows of a month as recorded (no change types)."""
+        month = _first_of_month(month)
+        with self._reader() as con:
+            _require_month(con, source_id, month)
+            return _load(con, source_id, month, contract_id, CANONICAL_SCHEMA.names())
+
+    def member_list(self, source_id: str, month: date, contract_id: str | None = None) -> pl.DataFrame:
+        """The ATR member list of a recorded month, dropped entries included.
+
+        Columns: canonical columns, ``change_type`` (String), ``inactive`` (Boolean) and
+        ``previous_month`` (Date: the recorded month it was diffed against, null for the first).
+        """
+        month = _first_of_month(month)
+        columns = CANONICAL_SCHEMA.names()
+        with self._reader() as con:
+            _require_month(con, source_id, month)
+            previous = _previous_month(con, source_id, month)
+            current = _load(con, source_id, month, contract_id, columns)
+            before = _load(con, source_id, previous, contract_id, columns) if previous else None
+        return compute_changes(current, before, month=month, previous_month=previous)
+
+    def lineage(self, source_id: str, month: date) -> list[dict]:
+        """Every distinct file recorded for the month, oldest first; ``current`` marks the one in effect."""
+        month = _first_of_month(month)
+        with self._reader() as con:
+            found = con.execute(
+                """SELECT d.file_name, d.file_sha256, d.received_at, d.rows, d.last_recorded_at,
+                          d.first_recorded_at, (s.file_sha256 IS NOT NULL) AS current
+                   FROM deliveries d LEFT JOIN snapshots s
+                     ON s.source_id = d.source_id AND s.month = d.month AND s.file_sha256 = d.file_sha256
+                   WHERE d.source_id = ? AND d.month = ?
+                   ORDER BY d.first_recorded_at, d.file_sha256""",
+                [source_id, month],
+            ).fetchall()
+        return [
+            {
+                "file_name": name,
+                "file_sha256": sha,
+                "received_at": _as_utc(received),
+                "rows": rows,
+                "recorded_at": _as_utc(recorded),
+                "first_recorded_at": _as_utc(first),
+                "current": bool(current),
+            }
+            for name, sha, received, rows, recorded, first, current in found
+        ]
+
+    # ------------------------------------------------------------------ Group versions and status
+
+    def list_status(self, source_id: str, contract_id: str, month: date) -> str:
+        """The contract list's status for the month: set by set_list_status, else the default."""
+        with self._reader() as con:
+            return _status(con, source_id, contract_id, _first_of_month(month), self.default_status)
+
+    def set_list_status(self, source_id: str, contract_id: str, status: str) -> None:
+        """Set the status of the contract's list for the source's latest recorded month.
+
+        ``final`` is what ``atr finalize`` sets. A month recorded later starts again at the
+        default status: each monthly list is finalized on its own.
+        """
+        if status not in LIST_STATUSES:
+            raise AtrError(f"list status must be one of {', '.join(LIST_STATUSES)}, not {status!r}")
+        with self._writer() as con:
+            latest = con.execute("SELECT max(month) FROM snapshots WHERE source_id = ?", [source_id]).fetchone()
+            month = latest[0] if latest else None
+            if month is None:
+                raise AtrError(f"source {source_id!r} has no recorded month to set a list status on")
+            present = con.execute(
+                "SELECT count(*) FROM snapshot_rows WHERE source_id = ? AND reporting_month = ? AND contract_id = ?",
+                [source_id, month, contract_id],
+            ).fetchone()
+            if not present or not present[0]:
+                raise AtrError(f"contract {contract_id!r} has no rows in source {source_id!r} month {month:%Y-%m}")
+            con.execute(
+                "INSERT OR REPLACE INTO list_status VALUES (?, ?, ?, ?, ?)",
+                [source_id, contract_id, month, status, _now()],
+            )
+
+    def publish_group_versions(
+        self,
+        source_id: str,
+        month: date,
+        contract_ids: list[str],
+        transaction_time: datetime,
+        content_hashes: dict[str, str] | None = None,
+    ) -> dict[str, GroupVersion]:
+        """The ``meta.versionId`` / ``lastUpdated`` / status of each contract's Group for the month.
+
+        A version is created only when the content changed. The content is ``content_hashes``'
+        value when given (e.g. a hash of the built Group), else ``content_hash`` of the
+        contract's member list; the list status is always part of it, so finalizing bumps.
+        Unchanged means: the same content and status as this month's latest publication, or as
+        the contract's latest version overall; then that version is returned as it was
+        (``bumped`` False, same ``last_updated``), so a re-run writes byte-identical Groups.
+        Otherwise the version is the contract's highest so far + 1, stamped ``transaction_time``.
+        """
+        month = _first_of_month(month)
+        hashes = dict(content_hashes or {})
+        missing = [c for c in contract_ids if c not in hashes]
+        statuses: dict[str, str] = {}
+        if missing:
+            members = self.member_list(source_id, month)
+            for contract_id in missing:
+                with self._reader() as con:
+                    statuses[contract_id] = _status(con, source_id, contract_id, month, self.default_status)
+                part = members.filter(pl.col("contract_id") == contract_id)
+                hashes[contract_id] = content_hash(part, statuses[contract_id])
+        stamp = _utc_naive(transaction_time)
+        published_at = _now()
+        out: dict[str, GroupVersion] = {}
+        with self._writer() as con:
+            con.begin()
+            try:
+                for contract_id in sorted(dict.fromkeys(contract_ids)):
+                    status = statuses.get(contract_id) or _status(con, source_id, contract_id, month, self.default_status)
+                    out[contract_id] = _publish_one(
+                        con, source_id, contract_id, month, hashes[contract_id], status, stamp, published_at
+                    )
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        return out
+
+    def group_versions(self, source_id: str, contract_id: str | None = None) -> pl.DataFrame:
+        """Publication log: contract_id, month, version_id, last_updated, status, content_hash."""
+        sql = (
+            "SELECT contract_id, month, CAST(version AS VARCHAR) AS version_id, last_updated, status, content_hash"
+            " FROM group_versions WHERE source_id = ?"
+        )
+        params: list[Any] = [source_id]
+        if contract_id is not None:
+            sql += " AND contract_id = ?"
+            params.append(contract_id)
+        with self._reader() as con:
+            return pl.DataFrame(con.sql(sql + " ORDER BY contract_id, version, month", params=params))
+
+    # ------------------------------------------------------------------ trends
+
+    def trends(self, source_id: str, contract_id: str | None = None) -> pl.DataFrame:
+        """Per contract per recorded month: entries, members, new, changed, nochange, dropped,
+        provider_switches (``TREND_SCHEMA``), ordered by contract and month."""
+        columns = list(_TREND_COLUMNS)
+        parts: list[pl.DataFrame] = []
+        with self._reader() as con:
+            months = [r[0] for r in con.execute(
+                "SELECT month FROM snapshots WHERE source_id = ? ORDER BY month", [source_id]
+            ).fetchall()]
+            previous: pl.DataFrame | None = None
+            previous_month: date | None = None
+            for month in months:
+                current = _load(con, source_id, month, contract_id, columns)
+                listed = compute_changes(current, previous, month=month, previous_month=previous_month)
+                parts.append(_month_counts(source_id, month, previous_month, listed, provider_switches(current, previous)))
+                previous, previous_month = current, month
+        if not parts:
+            return pl.DataFrame(schema=TREND_SCHEMA)
+        return pl.concat(parts).sort(["contract_id", "month"])
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _first_of_month(month: date) -> date:
+    return month.replace(day=1)
+
+
+def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    columns = ",\n  ".join(f"{f.name} {_DUCK_TYPES[type(f.dtype)]}" for f in FIELDS)
+    con.execute(f"CREATE TABLE IF NOT EXISTS snapshot_rows (\n  {columns}\n)")
+    # A canonical field added after the store was created becomes a nullable column here.
+    have = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'snapshot_rows'"
+    ).fetchall()}
+    for f in FIELDS:
+        if f.name not in have:
+            con.execute(f"ALTER TABLE snapshot_rows ADD COLUMN {f.name} {_DUCK_TYPES[type(f.dtype)]}")
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS snapshots (
+             source_id VARCHAR, month DATE, rows BIGINT, file_sha256 VARCHAR, recorded_at TIMESTAMP,
+             PRIMARY KEY (source_id, month))"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS deliveries (
+             source_id VARCHAR, month DATE, file_sha256 VARCHAR, file_name VARCHAR, received_at TIMESTAMP,
+             rows BIGINT, first_recorded_at TIMESTAMP, last_recorded_at TIMESTAMP,
+             PRIMARY KEY (source_id, month, file_sha256))"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS group_versions (
+             source_id VARCHAR, contract_id VARCHAR, month DATE, version INTEGER, content_hash VARCHAR,
+             status VARCHAR, last_updated TIMESTAMP, published_at TIMESTAMP)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS list_status (
+             source_id VARCHAR, contract_id VARCHAR, month DATE, status VARCHAR, set_at TIMESTAMP,
+             PRIMARY KEY (source_id, contract_id, month))"""
+    )
+    con.execute("CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT OR IGNORE INTO store_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+
+
+def _checked_rows(accepted: pl.DataFrame, *, source_id: str, month: date) -> pl.DataFrame:
+    missing = [name for name in CANONICAL_SCHEMA.names() if name not in accepted.columns]
+    if missing:
+        raise AtrError(f"snapshot for {source_id!r} {month:%Y-%m} lacks canonical columns: {', '.join(missing)}")
+    extra = [c for c in accepted.columns if c not in CANONICAL_SCHEMA and c != ISSUES_COLUMN]
+    if extra:
+        raise AtrError(f"snapshot for {source_id!r} {month:%Y-%m} has non-canonical columns: {', '.join(extra)}")
+    rows = accepted.select(pl.col(name).cast(dtype) for name, dtype in CANONICAL_SCHEMA.items())
+    other_source = rows.filter(pl.col("source_id").is_not_null() & (pl.col("source_id") != source_id)).height
+    other_month = rows.filter(
+        pl.col("reporting_month").is_not_null() & (pl.col("reporting_month").dt.month_start() != month)
+    ).height
+    if other_source or other_month:
+        raise AtrError(
+            f"snapshot for {source_id!r} {month:%Y-%m}: {other_source} rows of another source, "
+            f"{other_month} rows of another reporting month"
+        )
+    duplicates = rows.select(pl.struct(list(MEMBER_ENTRY_KEY)).is_duplicated().sum()).item()
+    if duplicates:
+        raise AtrError(
+            f"snapshot for {source_id!r} {month:%Y-%m}: {duplicates} rows share a member entry key "
+            f"({', '.join(MEMBER_ENTRY_KEY)}); validation should have rejected them"
+        )
+    return rows.with_columns(
+        pl.lit(source_id, dtype=pl.String).alias("source_id"),
+        pl.lit(month, dtype=pl.Date).alias("reporting_month"),
+    )
+
+
+def _require_month(con: duckdb.DuckDBPyConnection, source_id: str, month: date) -> None:
+    found = con.execute("SELECT 1 FROM snapshots WHERE source_id = ? AND month = ?", [source_id, month]).fetchone()
+    if not found:
+        raise AtrError(f"no snapshot recorded for source {source_id!r} month {month:%Y-%m}")
+
+
+def _previous_month(con: duckdb.DuckDBPyConnection, source_id: str, month: date) -> date | None:
+    found = con.execute(
+        "SELECT max(month) FROM snapshots WHERE source_id = ? AND month < ?", [source_id, month]
+    ).fetchone()
+    return found[0] if found else None
+
+
+def _load(
+    con: duckdb.DuckDBPyConnection, source_id: str, month: date, contract_id: str | None, columns: list[str]
+) -> pl.DataFrame:
+    sql = f"SELECT {', '.join(columns)} FROM snapshot_rows WHERE source_id = ? AND reporting_month = ?"
+    params: list[Any] = [source_id, month]
+    if contract_id is not None:
+        sql += " AND contract_id = ?"
+        params.append(contract_id)
+    frame = pl.DataFrame(con.sql(sql, params=params))
+    return frame.select(pl.col(c).cast(CANONICAL_SCHEMA[c]) for c in columns)
+
+
+def _status(con: duckdb.DuckDBPyConnection, source_id: str, contract_id: str, month: date, default: str) -> str:
+    found = con.execute(
+        "SELECT status FROM list_status WHERE source_id = ? AND contract_id = ? AND month = ?",
+        [source_id, contract_id, month],
+    ).fetchone()
+    return found[0] if found else default
+
+
+def _publish_one(
+    con: duckdb.DuckDBPyConnection,
+    source_id: str,
+    contract_id: str,
+    month: date,
+    digest: str,
+    status: str,
+    stamp: datetime,
+    published_at: datetime,
+) -> GroupVersion:
+    def latest(where: str, params: list[Any]) -> tuple[int, str, str, datetime] | None:
+        return con.execute(
+            f"""SELECT version, content_hash, status, last_updated FROM group_versions
+                WHERE source_id = ? AND contract_id = ? {where}
+                ORDER BY version DESC, published_at DESC LIMIT 1""",
+            [source_id, contract_id, *params],
+        ).fetchone()
+
+    for same in (latest("AND month = ?", [month]), latest("", [])):
+        if same and same[1] == digest and same[2] == status:
+            version, _, _, last_updated = same
+            con.execute(
+                "INSERT INTO group_versions SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ("
+                " SELECT 1 FROM group_versions WHERE source_id = ? AND contract_id = ? AND month = ? AND version = ?)",
+                [source_id, contract_id, month, version, digest, status, last_updated, published_at,
+                 source_id, contract_id, month, version],
+            )
+            return GroupVersion(contract_id, month, str(version), _as_utc(last_updated), status, digest, bumped=False)
+    top = con.execute(
+        "SELECT coalesce(max(version), 0) FROM group_versions WHERE source_id = ? AND contract_id = ?",
+        [source_id, contract_id],
+    ).fetchone()
+    version = (top[0] if top else 0) + 1
+    con.execute(
+        "INSERT INTO group_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [source_id, contract_id, month, version, digest, status, stamp, published_at],
+    )
+    return GroupVersion(contract_id, month, str(version), _as_utc(stamp), status, digest, bumped=True)
+
+
+def _month_counts(
+    source_id: str, month: date, previous_month: date | None, listed: pl.DataFrame, switches: pl.DataFrame
+) -> pl.DataFrame:
+    attributed = pl.col(CHANGE_TYPE_COLUMN) != "dropped"
+    counts = listed.group_by("contract_id").agg(
+        attributed.sum().alias("entries"),
+        pl.struct(list(MEMBER_KEY)).filter(attributed).n_unique().alias("members"),
+        *((pl.col(CHANGE_TYPE_COLUMN) == kind).sum().alias(kind) for kind in ("new", "changed", "nochange", "dropped")),
+    )
+    return (
+        counts.join(switches, on="contract_id", how="left", nulls_equal=True)
+        .with_columns(
+            pl.lit(source_id).alias("source_id"),
+            pl.lit(month, dtype=pl.Date).alias("month"),
+            pl.lit(previous_month, dtype=pl.Date).alias("previous_month"),
+            pl.col("provider_switches").fill_null(0),
+        )
+        .select(TREND_SCHEMA.names())
+        .cast(dict(TREND_SCHEMA))  # type: ignore[arg-type]
+    )
+
+
+# INACTIVE_COLUMN is part of member_list's contract; re-exported for callers of this module.
+__all__ = [
+    "CHANGE_TYPE_COLUMN",
+    "INACTIVE_COLUMN",
+    "PREVIOUS_MONTH_COLUMN",
+    "TREND_SCHEMA",
+    "GroupVersion",
+    "HistoryStore",
+    "SnapshotLineage",
+    "content_hash",
+]
