@@ -1,0 +1,54 @@
+"""fhir/: member rows -> Da Vinci ATR 2.1.0 resources, column-wise.
+
+In: ``members`` = the canonical columns (canonical.CANONICAL_SCHEMA, rows already validated)
+plus ``change_type`` (new|changed|nochange|dropped|cancelled) and ``inactive`` (Boolean); one row
+per ATR member entry (member + payer + contract + plan + provider). A BuildContext with the id
+key, the mapping's identifier systems, the transaction time and the list status.
+Out: resource type -> DataFrame(id: String, json: String), one compact JSON resource per row,
+sorted by id, for Organization, Practitioner, PractitionerRole, Patient, RelatedPerson,
+Coverage and Group (in systems.LOAD_ORDER). Same rows + same key -> byte-identical output.
+Refused (FhirBuildError): see fhir/rows.py.
+
+Each type has its own module; docs/FHIR.md maps every canonical field to its elements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import polars as pl
+
+from atr_pipeline.fhir.context import BuildContext
+from atr_pipeline.fhir.coverage import build_coverages
+from atr_pipeline.fhir.group import build_groups
+from atr_pipeline.fhir.json import empty_resources
+from atr_pipeline.fhir.organization import build_organizations
+from atr_pipeline.fhir.patient import build_patients
+from atr_pipeline.fhir.practitioner import build_practitioners
+from atr_pipeline.fhir.practitioner_role import build_practitioner_roles
+from atr_pipeline.fhir.related_person import build_related_persons
+from atr_pipeline.fhir.rows import FhirBuildError, prepare
+from atr_pipeline.systems import LOAD_ORDER
+
+__all__ = ["BuildContext", "FhirBuildError", "build_resources", "BUILDERS"]
+
+Builder = Callable[[pl.DataFrame, BuildContext], pl.DataFrame]
+
+BUILDERS: dict[str, Builder] = {
+    "Organization": build_organizations,
+    "Practitioner": build_practitioners,
+    "PractitionerRole": build_practitioner_roles,
+    "Patient": build_patients,
+    "RelatedPerson": build_related_persons,
+    "Coverage": build_coverages,
+    "Group": build_groups,
+}
+
+
+def build_resources(members: pl.DataFrame, ctx: BuildContext) -> dict[str, pl.DataFrame]:
+    """All ATR resources for these member entries, by type (systems.LOAD_ORDER)."""
+    types = [t for t in LOAD_ORDER if t in BUILDERS]
+    if members.height == 0:
+        return {t: empty_resources() for t in types}
+    rows = prepare(members, ctx)
+    return {t: BUILDERS[t](rows, ctx) for t in types}

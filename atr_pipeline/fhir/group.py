@@ -1,0 +1,150 @@
+"""Group (atr-group): one Member Attribution List per payer + contract.
+
+In: prepared rows (fhir/rows.py) and the BuildContext. Out: (id, json) per Group, sorted by id.
+
+Header: meta (profile, versionId from ctx.group_versions[contract_id] or 1, lastUpdated =
+transaction time), extensions contractValidityPeriod (earliest contract_start, latest
+contract_end) when known, attributionListStatus (ctx.list_status), intended recipient when set;
+identifiers: the contract (mapping's contract system), settlement entities, then the NPI and TIN
+slices of the contract's provider organizations (sorted); active, type person, actual, name
+(contract_name), quantity, managingEntity -> the payer Organization.
+
+quantity = member entries that are not inactive (active attributions, so a member attributed to
+two providers counts twice; dropped entries do not count).
+
+member[]: one per row, ordered by Patient id, Coverage id, attributed provider, period, so the
+order is deterministic and reveals nothing. Each has changeType, coverageReference,
+attributedProvider (PractitionerRole, else Practitioner, else provider Organization, else the
+settlement entity Organization; omitted when none is known), entity, period, inactive.
+
+Member entries are encoded column-wise and joined as text; only the header (one per contract) is
+a Python dict. The Group is spliced as ``header[:-1] + ',"member":[...]}'`` so a 500k-member Group
+never becomes a Python object tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from atr_pipeline.fhir.context import BuildContext
+from atr_pipeline.fhir.ids import reference
+from atr_pipeline.fhir.json import dumps, encode, items, ref, some
+from atr_pipeline.fhir.rows import (
+    COVERAGE_ID,
+    GROUP_ID,
+    ORG_NPI,
+    PATIENT_ID,
+    PAYER_ORG_ID,
+    PRACTITIONER_ID,
+    PROVIDER_ORG_ID,
+    ROLE_ID,
+    SETTLEMENT_ORG_ID,
+    representative,
+)
+from atr_pipeline.systems import (
+    EXT_ATTRIBUTED_PROVIDER,
+    EXT_ATTRIBUTION_LIST_STATUS,
+    EXT_CHANGE_TYPE,
+    EXT_CONTRACT_VALIDITY_PERIOD,
+    EXT_COVERAGE_REFERENCE,
+    EXT_INTENDED_RECIPIENT,
+    PROFILE_GROUP,
+    SYS_NPI,
+    SYS_TIN,
+)
+
+_ATTRIBUTED = "_attributed_provider"
+_MEMBER_JSON = "_member_json"
+
+
+def attributed_provider() -> pl.Expr:
+    return pl.coalesce(
+        reference("PractitionerRole", ROLE_ID),
+        reference("Practitioner", PRACTITIONER_ID),
+        reference("Organization", PROVIDER_ORG_ID),
+        reference("Organization", SETTLEMENT_ORG_ID),
+    )
+
+
+def member_struct() -> pl.Expr:
+    attributed = pl.col(_ATTRIBUTED)
+    return pl.struct(
+        extension=items(
+            pl.struct(url=pl.lit(EXT_CHANGE_TYPE), valueCode=pl.col("change_type")),
+            pl.struct(url=pl.lit(EXT_COVERAGE_REFERENCE), valueReference=ref(reference("Coverage", COVERAGE_ID))),
+            some(attributed.is_not_null(), url=pl.lit(EXT_ATTRIBUTED_PROVIDER), valueReference=ref(attributed)),
+        ),
+        entity=ref(reference("Patient", PATIENT_ID)),
+        period=some(
+            pl.col("attribution_start").is_not_null() | pl.col("attribution_end").is_not_null(),
+            start=pl.col("attribution_start"),
+            end=pl.col("attribution_end"),
+        ),
+        inactive=pl.col("inactive"),
+    )
+
+
+def _members(rows: pl.DataFrame) -> pl.DataFrame:
+    """GROUP_ID -> the member array's inner text (entries joined by commas)."""
+    entries = rows.with_columns(attributed_provider().alias(_ATTRIBUTED))
+    order = [GROUP_ID, PATIENT_ID, COVERAGE_ID, _ATTRIBUTED, "attribution_start", "attribution_end", "inactive", "change_type"]
+    entries = entries.sort(order, nulls_last=True).select(GROUP_ID, encode(member_struct()).alias(_MEMBER_JSON))
+    return entries.group_by(GROUP_ID, maintain_order=True).agg(pl.col(_MEMBER_JSON).str.join(","))
+
+
+def _headers(rows: pl.DataFrame) -> pl.DataFrame:
+    def distinct(col: str) -> pl.Expr:
+        return pl.col(col).drop_nulls().unique().sort()
+
+    agg = rows.group_by(GROUP_ID).agg(
+        pl.col("contract_start").min(),
+        pl.col("contract_end").max(),
+        distinct("settlement_entity_id").alias("_settlements"),
+        distinct(ORG_NPI).alias("_npis"),
+        distinct("provider_tin").alias("_tins"),
+        (~pl.col("inactive")).sum().alias("_quantity"),
+    )
+    chosen = representative(rows, GROUP_ID).select(GROUP_ID, PAYER_ORG_ID, "contract_id", "contract_name")
+    return chosen.join(agg, on=GROUP_ID, how="left").sort(GROUP_ID)
+
+
+def _header(h: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
+    s = ctx.systems
+    extension: list[dict[str, Any]] = []
+    if h["contract_start"] or h["contract_end"]:
+        extension.append({"url": EXT_CONTRACT_VALIDITY_PERIOD, "valuePeriod": {"start": h["contract_start"], "end": h["contract_end"]}})
+    extension.append({"url": EXT_ATTRIBUTION_LIST_STATUS, "valueCode": ctx.list_status})
+    if ctx.intended_recipient is not None:
+        r = ctx.intended_recipient
+        extension.append({"url": EXT_INTENDED_RECIPIENT, "valueIdentifier": {"system": r.system, "value": r.value}})
+    identifier = [{"system": s.contract_id, "value": h["contract_id"]}]
+    identifier += [{"system": s.settlement_entity_id, "value": v} for v in h["_settlements"]]
+    identifier += [{"system": SYS_NPI, "value": v} for v in h["_npis"]]
+    identifier += [{"system": SYS_TIN, "value": v} for v in h["_tins"]]
+    version = ctx.group_versions.get(h["contract_id"], 1) if h["contract_id"] is not None else 1
+    return {
+        "resourceType": "Group",
+        "id": h[GROUP_ID],
+        "meta": {"versionId": str(version), "lastUpdated": ctx.last_updated(), "profile": [PROFILE_GROUP]},
+        "extension": extension,
+        "identifier": identifier,
+        "active": True,
+        "type": "person",
+        "actual": True,
+        "name": h["contract_name"],
+        "quantity": h["_quantity"],
+        "managingEntity": {"reference": f"Organization/{h[PAYER_ORG_ID]}"},
+    }
+
+
+def build_groups(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
+    members = dict(_members(rows).iter_rows())
+    ids: list[str] = []
+    texts: list[str] = []
+    for h in _headers(rows).iter_rows(named=True):
+        head = dumps(_header(h, ctx))
+        ids.append(h[GROUP_ID])
+        texts.append(f'{head[:-1]},"member":[{members[h[GROUP_ID]]}]}}')
+    return pl.DataFrame({"id": ids, "json": texts}, schema={"id": pl.String(), "json": pl.String()})
