@@ -40,7 +40,7 @@ def trends(
         frame = _store(home).trends(source, contract)
     except AtrError as exc:
         _err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     if frame.is_empty():
         _console.print(f"no months recorded for source {source}" + (f" contract {contract}" if contract else ""))
         return
@@ -73,5 +73,5 @@ def finalize(
         months = store.months(source)
     except AtrError as exc:
         _err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     _console.print(f"source {source} contract {contract}: list for {months[-1]:%Y-%m} is now final")

@@ -1,0 +1,89 @@
+"""One writer at a time: the flock on <db>.lock, exercised by real separate processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from atr_pipeline.history.locking import HistoryLocked
+from atr_pipeline.history.store import HistoryStore
+from test_history_cases import M1, M2, M3, SOURCE, lineage_for, month1
+
+TESTS_DIR = Path(__file__).parent
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from atr_pipeline.history.store import HistoryStore
+    store = HistoryStore(Path(sys.argv[1]))
+    with store.write_lock():
+        print("locked", flush=True)
+        sys.stdin.readline()  # hold the lock until the parent says so
+    print("released", flush=True)
+    """
+)
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from datetime import date
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[3])
+    from test_history_cases import MONTHS, SOURCE, lineage_for
+    from atr_pipeline.history.store import HistoryStore
+    month = date.fromisoformat(sys.argv[2])
+    df = MONTHS[month]()
+    store = HistoryStore(Path(sys.argv[1]), lock_timeout=120)
+    for _ in range(5):  # several transactions each, so the two writers interleave
+        store.record_snapshot(df, source_id=SOURCE, month=month, lineage=lineage_for(df))
+    print("ok", flush=True)
+    """
+)
+
+
+def test_second_writer_waits_then_times_out(tmp_path: Path) -> None:
+    db = tmp_path / "history.duckdb"
+    HistoryStore(db)  # create the schema first
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "locked"
+        blocked = HistoryStore(db, lock_timeout=0.3)
+        df = month1()
+        with pytest.raises(HistoryLocked, match="write lock not obtained within 0.3 s"):
+            blocked.record_snapshot(df, source_id=SOURCE, month=M1, lineage=lineage_for(df))
+        with pytest.raises(HistoryLocked, match="read lock not obtained"):
+            blocked.months(SOURCE)  # readers wait for the writer too (DuckDB would refuse to open)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+    finally:
+        holder.wait(timeout=30)
+    blocked.record_snapshot(df, source_id=SOURCE, month=M1, lineage=lineage_for(df))
+    assert blocked.months(SOURCE) == [M1]
+
+
+def test_two_writer_processes_are_serialised(tmp_path: Path) -> None:
+    db = tmp_path / "history.duckdb"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db), month.isoformat(), str(TESTS_DIR)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for month in (M2, M3)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, results)] == [(0, "ok"), (0, "ok")], results
+    store = HistoryStore(db)
+    assert store.months(SOURCE) == [M2, M3]
+    assert store.snapshot(SOURCE, M2).height == 8
+    assert store.snapshot(SOURCE, M3).height == 8
