@@ -1,0 +1,69 @@
+"""``atr conform EXPORT_DIR``: check a bulk export directory against ATR 2.1.0.
+
+In: an export directory (manifest.json + NDJSON). Out: a table per rule (severity, count, example
+``Type/id`` keys, element paths) or the report as JSON with ``--json-out``. Exit code 0 when no
+error-severity rule fired, 1 when one did, 2 when the directory is not an export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from atr_pipeline.conform.checker import STRUCTURAL_MODES
+from atr_pipeline.conform.export import check_export
+from atr_pipeline.conform.report import ConformReport
+from atr_pipeline.errors import AtrError
+
+
+def render_table(report: ConformReport, console: Console) -> None:
+    verdict = "[green]PASS[/green]" if report.ok else "[red]FAIL[/red]"
+    types = ", ".join(f"{t} {n}" for t, n in report.by_type.items()) or "none"
+    console.print(f"ATR conformance: {verdict}  resources {report.resources_checked} ({types}); "
+                  f"R4 structure checked {report.structurally_checked}; "
+                  f"errors {report.error_count}, warnings {report.warning_count}")
+    if not report.results:
+        return
+    table = Table(show_lines=False)
+    for column in ("rule", "severity", "count", "examples", "paths"):
+        table.add_column(column, overflow="fold")
+    for r in report.results:
+        sev = f"[red]{r.severity}[/red]" if r.severity == "error" else f"[yellow]{r.severity}[/yellow]"
+        table.add_row(r.rule, sev, str(r.count), "\n".join(r.examples), "\n".join(r.paths))
+    console.print(table)
+
+
+def conform(
+    export_dir: Annotated[Path, typer.Argument(help="Bulk export directory (manifest.json + NDJSON files)")],
+    structural: Annotated[
+        str, typer.Option(help="R4 structure check with the R4B models: all | sample | none")
+    ] = "all",
+    sample_size: Annotated[int, typer.Option(help="Resources checked structurally with --structural sample")] = 1000,
+    json_out: Annotated[bool, typer.Option("--json-out", help="Print the report as JSON")] = False,
+) -> None:
+    """Check an ATR bulk export: profile rules, references, NPIs, R4 structure. Exit 1 on errors."""
+    if structural not in STRUCTURAL_MODES:
+        raise typer.BadParameter(f"use one of {', '.join(STRUCTURAL_MODES)}", param_hint="--structural")
+    console = Console(soft_wrap=json_out)
+    try:
+        report = check_export(export_dir, structural=structural, sample_size=sample_size)
+    except AtrError as exc:
+        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(code=2) from None
+    if json_out:
+        typer.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        render_table(report, console)
+    raise typer.Exit(code=0 if report.ok else 1)
+
+
+app = typer.Typer(add_completion=False)
+app.command()(conform)
+
+if __name__ == "__main__":
+    app()

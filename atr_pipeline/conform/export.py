@@ -1,0 +1,96 @@
+"""Conformance of a bulk export directory: manifest.json plus one NDJSON file (or .ndjson.gz) per type.
+
+In: the export directory. ``manifest.json`` follows the Bulk Data manifest: ``output`` is a list of
+``{"type", "url", "count"}``; ``url`` may be absolute or relative, only its file name is used,
+looked up in the directory. Out: a ``ConformReport`` over every resource in every listed file, plus
+``export.*`` findings (missing file, count differing from the line count, resource of another type
+than its file, unlisted NDJSON files, blank lines), whose examples are file names.
+Refused (``AtrError``): a directory without a readable manifest.json.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+import orjson
+
+from atr_pipeline.conform.checker import Checker, frame_order
+from atr_pipeline.conform.report import ConformReport
+from atr_pipeline.errors import AtrError
+
+MANIFEST = "manifest.json"
+
+
+def _file_name(url: str) -> str:
+    return PurePosixPath(urlparse(url).path).name
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def read_manifest(export_dir: Path) -> list[dict]:
+    path = export_dir / MANIFEST
+    try:
+        manifest = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise AtrError(f"{path}: no manifest.json; is this a bulk export directory?") from None
+    except orjson.JSONDecodeError as exc:
+        raise AtrError(f"{path}: manifest.json is not valid JSON (position {exc.pos})") from None
+    output = manifest.get("output") if isinstance(manifest, dict) else None
+    if not isinstance(output, list) or not all(isinstance(o, dict) and isinstance(o.get("url"), str) for o in output):
+        raise AtrError(f"{path}: manifest.json needs an 'output' list of {{type, url, count}} entries")
+    return output
+
+
+def check_export(
+    export_dir: Path,
+    *,
+    structural: str = "all",
+    sample_size: int = 1000,
+    seed: int = 0,
+    assume_profiles: bool = False,
+    resolve_references: bool = True,
+) -> ConformReport:
+    export_dir = Path(export_dir)
+    entries = read_manifest(export_dir)
+    checker = Checker(
+        structural=structural,
+        sample_size=sample_size,
+        seed=seed,
+        assume_profiles=assume_profiles,
+        resolve_references=resolve_references,
+    )
+    f = checker.findings
+    by_type: dict[str, list[dict]] = {}
+    for entry in entries:
+        by_type.setdefault(str(entry.get("type") or ""), []).append(entry)
+
+    listed: set[str] = set()
+    for rtype in frame_order(by_type):
+        for entry in by_type[rtype]:
+            name = _file_name(entry["url"])
+            listed.add(name)
+            path = export_dir / name
+            if not path.is_file():
+                f.add("export.file-missing", name)
+                continue
+            lines = 0
+            with _open(path) as fh:
+                for raw in fh:
+                    line = raw.rstrip(b"\r\n")
+                    if not line.strip():
+                        f.add("export.blank-line", name)
+                        continue
+                    lines += 1
+                    checker.add_text(line, expected_type=rtype or None)
+            count = entry.get("count")
+            if count is not None and count != lines:
+                f.add("export.count-mismatch", name)
+
+    for path in sorted(export_dir.iterdir()):
+        if (path.name.endswith(".ndjson") or path.name.endswith(".ndjson.gz")) and path.name not in listed:
+            f.add("export.file-unlisted", path.name)
+    return checker.report()
