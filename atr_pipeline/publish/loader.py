@@ -1,0 +1,652 @@
+"""Load a bulk export into a FHIR server by PUT, in dependency order, resumably.
+
+In:  an export folder written by ``export.write_bulk_export`` (manifest + NDJSON, plain or gzipped,
+     split or not) and a ``ServerConfig``.
+Out: every resource PUT to ``<base>/<Type>/<id>`` (batch or transaction Bundles of ``bundle_size``
+     entries, cut earlier at ``max_request_bytes``), types in ``systems.LOAD_ORDER`` with each type
+     finished before the next starts; a ``LoadReport`` also written as ``<export>/load_report.json``;
+     a checkpoint under ``<export>/.load_state/`` so a re-run skips what the server already accepted.
+Refused: lines that are not a resource of the file's type with a valid FHIR id (reported as failed
+     with reason ``invalid-line``, never sent); a folder without a manifest (AtrError).
+
+Retries: 408, 409, 425, 429, 5xx, timeouts and dropped connections, with exponential backoff and
+jitter, honouring Retry-After; in batch mode only the entries that failed are sent again. Each
+request gets ``max_attempts``; all sleeps together get ``max_total_retry_seconds``, after which the
+load stops and the report says so. 401/403 stop the load at once (credentials will not heal).
+
+Large Groups (more than ``max_group_members_per_request`` members, or a line above the request size
+limit): PUT the Group with its first chunk of members, then grow it with JSON Patch
+(``add`` to ``/member/-``) one chunk at a time, each PATCH guarded by ``If-Match`` on the version the
+previous step produced. A PATCH is not idempotent, so after any failed or unanswered PATCH the
+loader reads the Group back and compares the member count (and the last member) before deciding
+whether the chunk still has to be sent. Only one Group line is held in memory at a time; its members
+are kept as encoded bytes, not Python objects.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import orjson
+
+from atr_pipeline.errors import AtrError
+from atr_pipeline.publish.auth import auth_from_env
+from atr_pipeline.publish.checkpoint import Checkpoint
+from atr_pipeline.publish.export import Manifest, iter_ndjson, manifest_digest, read_manifest
+from atr_pipeline.publish.report import FailedEntry, LoadReport, SanitizedIssue, TypeCounts, sanitize_outcome
+from atr_pipeline.publish.server import ServerConfig
+from atr_pipeline.systems import LOAD_ORDER
+
+REPORT_NAME = "load_report.json"
+FHIR_JSON = "application/fhir+json"
+JSON_PATCH = "application/json-patch+json"
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+FATAL_STATUS = frozenset({401, 403})
+MAX_FAILED_LISTED = 10_000
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_VERSION_IN_BODY = re.compile(rb'"versionId"\s*:\s*"([^"]+)"')
+_BUNDLE_ENTRY_OVERHEAD = 96  # bytes of request wrapper per entry, for the size cut
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """Sent to the ``progress`` callback after each chunk the server answered."""
+
+    resource_type: str
+    chunk_index: int
+    entries: int
+    done: int  # entries of this type handled so far, skipped ones included
+    total: int
+
+
+@dataclass
+class _Entry:
+    resource_type: str
+    id: str
+    body: bytes
+
+
+@dataclass
+class _LargeGroup:
+    id: str
+    head: bytes  # the Group JSON without "member", closing brace removed
+    members: list[bytes]
+
+
+@dataclass
+class _Chunk:
+    resource_type: str
+    index: int
+    entries: list[_Entry] = field(default_factory=list)
+    group: _LargeGroup | None = None
+    invalid: list[FailedEntry] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.entries) + (1 if self.group else 0)
+
+
+@dataclass
+class _ChunkResult:
+    outcomes: dict[str, int] = field(default_factory=dict)  # created/updated/unchanged -> n
+    failed: list[FailedEntry] = field(default_factory=list)
+    group_patches: int = 0
+
+
+class _Stopped(Exception):
+    """Raised inside a worker when the load has been stopped (budget spent, fatal status)."""
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def _status_code(text: str | None) -> int | None:
+    match = re.match(r"\s*(\d{3})", text or "")
+    return int(match.group(1)) if match else None
+
+
+def _is_unchanged(outcome: object) -> bool:
+    """Servers that tell: HAPI's SUCCESSFUL_UPDATE_NO_CHANGE, Medplum-style not-modified."""
+    text = orjson.dumps(outcome).lower() if outcome else b""
+    return b"no_change" in text or b"not-modified" in text or b"notmodified" in text
+
+
+def _outcome_of_entry(answer: dict) -> object:
+    """A batch-response entry's OperationOutcome: in ``response.outcome`` or, on some servers, ``resource``."""
+    outcome = (answer.get("response") or {}).get("outcome")
+    if outcome:
+        return outcome
+    resource = answer.get("resource") or {}
+    return resource if resource.get("resourceType") == "OperationOutcome" else None
+
+
+# -- planning: NDJSON lines -> chunks ---------------------------------------------------------------
+
+
+def _plan(lines: Iterator[bytes], resource_type: str, config: ServerConfig) -> Iterator[_Chunk]:
+    index = 0
+    current = _Chunk(resource_type, index)
+    current_bytes = 0
+    for line_number, line in enumerate(lines, start=1):
+        try:
+            resource = orjson.loads(line)
+            rid = resource.get("id") if isinstance(resource, dict) else None
+            rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        except orjson.JSONDecodeError:
+            rid = rtype = None
+            resource = None
+        if rtype != resource_type or not isinstance(rid, str) or not _FHIR_ID.match(rid):
+            current.invalid.append(
+                FailedEntry(resource_type=resource_type, id=f"line-{line_number}", reason="invalid-line", attempts=0)
+            )
+            continue
+        if resource_type == "Group" and _is_large_group(resource, len(line), config):
+            if current.entries or current.invalid:
+                yield current
+                index += 1
+            members = [orjson.dumps(m) for m in resource.pop("member")]
+            head = orjson.dumps(resource)[:-1]
+            del resource
+            yield _Chunk(resource_type, index, group=_LargeGroup(rid, head, members))
+            index += 1
+            current, current_bytes = _Chunk(resource_type, index), 0
+            continue
+        del resource
+        entry_bytes = len(line) + _BUNDLE_ENTRY_OVERHEAD
+        if current.entries and (len(current.entries) >= config.bundle_size or current_bytes + entry_bytes > config.max_request_bytes):
+            yield current
+            index += 1
+            current, current_bytes = _Chunk(resource_type, index), 0
+        current.entries.append(_Entry(resource_type, rid, line))
+        current_bytes += entry_bytes
+    if current.entries or current.invalid:
+        yield current
+
+
+def _is_large_group(resource: dict, line_bytes: int, config: ServerConfig) -> bool:
+    members = resource.get("member") or []
+    if len(members) < 2:
+        return False
+    return len(members) > config.max_group_members_per_request or line_bytes > config.max_request_bytes
+
+
+def _bundle_bytes(kind: str, entries: list[_Entry]) -> bytes:
+    parts = [b'{"resourceType":"Bundle","type":"', kind.encode(), b'","entry":[']
+    for i, entry in enumerate(entries):
+        if i:
+            parts.append(b",")
+        url = f"{entry.resource_type}/{entry.id}".encode()
+        parts.append(b'{"request":{"method":"PUT","url":"' + url + b'"},"resource":' + entry.body + b"}")
+    parts.append(b"]}")
+    return b"".join(parts)
+
+
+def _member_slices(group: _LargeGroup, config: ServerConfig) -> list[tuple[int, int]]:
+    """[start, end) ranges of members per request, cut by count and by bytes."""
+    limit_bytes = max(1024, config.max_request_bytes - len(group.head) - 64)
+    slices = []
+    start = 0
+    size = 0
+    for i, member in enumerate(group.members):
+        cost = len(member) + 40  # the JSON Patch op wrapper
+        if i > start and (i - start >= config.max_group_members_per_request or size + cost > limit_bytes):
+            slices.append((start, i))
+            start, size = i, 0
+        size += cost
+    slices.append((start, len(group.members)))
+    return slices
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, config: ServerConfig, auth: httpx.Auth | None, report: LoadReport):
+        self.config = config
+        self.auth = auth
+        self.report = report
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._slept = 0.0
+
+    # http plumbing
+    def client(self) -> httpx.Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            t = self.config.timeouts
+            client = httpx.Client(
+                auth=self.auth,
+                timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
+                verify=self.config.verify_tls,
+                limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
+                headers={"Accept": FHIR_JSON},
+            )
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+
+    def request(self, method: str, path: str, content: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response | str:
+        """One attempt. Returns the response, or a retry reason string for transport failures."""
+        if self.stop.is_set():
+            raise _Stopped
+        url = f"{self.config.base_url}/{path}" if path else self.config.base_url
+        with self._lock:
+            self.report.requests += 1
+        try:
+            return self.client().request(method, url, content=content, headers=headers)
+        except httpx.TimeoutException:
+            return "timeout"
+        except (httpx.NetworkError, httpx.RemoteProtocolError):
+            return "connection"
+
+    def fatal(self, status: int) -> None:
+        with self._lock:
+            if not self.stop.is_set():
+                self.report.stop_reason = f"http-{status}: the server refused the credentials; fix auth and re-run"
+            self.stop.set()
+
+    def backoff(self, attempt: int, reason: str, retry_after: float | None) -> None:
+        """Sleep before attempt ``attempt + 1``; raises _Stopped when the budget is spent."""
+        policy = self.config.retry
+        if retry_after is not None:
+            delay = min(retry_after, policy.max_retry_after) * random.uniform(1.0, 1.1)
+        else:
+            delay = min(policy.max_backoff, policy.initial_backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        with self._lock:
+            if self._slept + delay > policy.max_total_retry_seconds:
+                if not self.stop.is_set():
+                    self.report.stop_reason = (
+                        f"retry budget exhausted: {policy.max_total_retry_seconds:g} s of backoff spent "
+                        f"(last failure: {reason}); re-run to resume"
+                    )
+                self.stop.set()
+                raise _Stopped
+            self._slept += delay
+            self.report.retries += 1
+            self.report.retries_by_reason[reason] = self.report.retries_by_reason.get(reason, 0) + 1
+            self.report.retry_sleep_seconds = round(self._slept, 3)
+        if self.stop.wait(delay):
+            raise _Stopped
+
+    # one bundle
+    def send_bundle(self, chunk: _Chunk) -> _ChunkResult:
+        result = _ChunkResult()
+        pending = list(chunk.entries)
+        attempt = 0
+        kind = self.config.mode
+        while pending:
+            attempt += 1
+            retry_reason, retry_after, retry_entries = "", None, []
+            try:
+                response = self.request("POST", "", _bundle_bytes(kind, pending), {"Content-Type": FHIR_JSON})
+            except _Stopped:
+                self._fail(result, pending, None, "stopped", attempt - 1)
+                return result
+            if isinstance(response, str):
+                retry_reason, retry_entries = response, pending
+            elif response.status_code in FATAL_STATUS:
+                self.fatal(response.status_code)
+                self._fail(result, pending, response.status_code, f"http-{response.status_code}", attempt, self._outcome(response))
+                return result
+            elif response.status_code in RETRYABLE_STATUS or response.status_code >= 500:
+                retry_reason, retry_entries = f"http-{response.status_code}", pending
+                retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+            elif response.status_code >= 400:
+                self._fail(result, pending, response.status_code, f"http-{response.status_code}", attempt, self._outcome(response))
+                return result
+            else:
+                retry_entries, retry_reason = self._read_bundle_response(response, pending, result, attempt, kind)
+            if not retry_entries:
+                return result
+            if attempt >= self.config.retry.max_attempts:
+                self._fail(result, retry_entries, None, "max-attempts", attempt, reason_detail=retry_reason)
+                return result
+            try:
+                self.backoff(attempt, retry_reason, retry_after)
+            except _Stopped:
+                self._fail(result, retry_entries, None, "stopped", attempt, reason_detail=retry_reason)
+                return result
+            pending = retry_entries
+        return result
+
+    def _read_bundle_response(self, response: httpx.Response, pending: list[_Entry], result: _ChunkResult, attempt: int, kind: str) -> tuple[list[_Entry], str]:
+        try:
+            body = response.json()
+            entries = body.get("entry") or []
+        except (ValueError, AttributeError):
+            return pending, "invalid-response"
+        if len(entries) != len(pending):
+            return pending, "invalid-response"
+        retry: list[_Entry] = []
+        reason = ""
+        for entry, answer in zip(pending, entries, strict=True):
+            answer_response = (answer or {}).get("response") or {}
+            status = _status_code(answer_response.get("status"))
+            outcome = _outcome_of_entry(answer or {})
+            if status is None:
+                retry.append(entry)
+                reason = "invalid-response"
+            elif status == 304 or (status == 200 and _is_unchanged(outcome)):
+                result.outcomes["unchanged"] = result.outcomes.get("unchanged", 0) + 1
+            elif status == 201:
+                result.outcomes["created"] = result.outcomes.get("created", 0) + 1
+            elif 200 <= status < 300:
+                result.outcomes["updated"] = result.outcomes.get("updated", 0) + 1
+            elif status in RETRYABLE_STATUS or status >= 500:
+                retry.append(entry)
+                reason = f"http-{status}"
+            else:
+                self._fail(result, [entry], status, f"http-{status}", attempt, outcome)
+        return retry, reason
+
+    def _outcome(self, response: httpx.Response) -> object:
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    def _fail(self, result: _ChunkResult, entries: list[_Entry], status: int | None, reason: str, attempts: int, outcome: object = None, reason_detail: str = "") -> None:
+        issues = sanitize_outcome(outcome)
+        if reason_detail and not issues:
+            issues = [SanitizedIssue(severity="error", code="transient", details=[f"last-failure|{reason_detail}"])]
+        for entry in entries:
+            result.failed.append(
+                FailedEntry(resource_type=entry.resource_type, id=entry.id, status=status, reason=reason, attempts=attempts, issues=issues)
+            )
+
+    # one large Group
+    def send_large_group(self, chunk: _Chunk) -> _ChunkResult:
+        assert chunk.group is not None
+        group = chunk.group
+        result = _ChunkResult()
+        entry = _Entry("Group", group.id, b"")
+        slices = _member_slices(group, self.config)
+        try:
+            for _restart in range(2):
+                status, version = self._put_group_head(group, slices[0], result)
+                if status is None:
+                    return result
+                patched = self._patch_members(group, slices, version, result)
+                if patched:
+                    key = "created" if status == 201 else "updated"
+                    result.outcomes[key] = 1
+                    return result
+                if result.failed:
+                    return result
+            self._fail(result, [entry], None, "group-restarts-exhausted", 2)
+        except _Stopped:
+            result.failed = []
+            self._fail(result, [entry], None, "stopped", 0)
+        return result
+
+    def _retrying(self, method: str, path: str, content: bytes | None, headers: dict[str, str], reason_prefix: str = "") -> tuple[httpx.Response | None, int]:
+        """Send with retries; the final response (any status) or None when attempts ran out."""
+        attempt = 0
+        while True:
+            attempt += 1
+            response = self.request(method, path, content, headers)
+            if isinstance(response, httpx.Response) and response.status_code in FATAL_STATUS:
+                self.fatal(response.status_code)
+                return response, attempt
+            if isinstance(response, httpx.Response) and not (response.status_code in RETRYABLE_STATUS or response.status_code >= 500):
+                return response, attempt
+            reason = response if isinstance(response, str) else f"http-{response.status_code}"
+            retry_after = None if isinstance(response, str) else _parse_retry_after(response.headers.get("Retry-After"))
+            if attempt >= self.config.retry.max_attempts:
+                return (response if isinstance(response, httpx.Response) else None), attempt
+            self.backoff(attempt, reason_prefix + reason, retry_after)
+
+    def _put_group_head(self, group: _LargeGroup, first: tuple[int, int], result: _ChunkResult) -> tuple[int | None, str | None]:
+        start, end = first
+        body = group.head + b',"member":[' + b",".join(group.members[start:end]) + b"]}"
+        response, attempts = self._retrying("PUT", f"Group/{group.id}", body, {"Content-Type": FHIR_JSON})
+        entry = _Entry("Group", group.id, b"")
+        if response is None or response.status_code >= 300:
+            status = response.status_code if response is not None else None
+            reason = f"http-{status}" if status and status < 500 and status not in RETRYABLE_STATUS else "max-attempts"
+            self._fail(result, [entry], status, reason, attempts, self._outcome(response) if response is not None else None)
+            return None, None
+        return response.status_code, self._version(response)
+
+    def _version(self, response: httpx.Response) -> str | None:
+        etag = response.headers.get("ETag", "")
+        match = re.search(r'"([^"]+)"', etag)
+        if match:
+            return match.group(1)
+        found = _VERSION_IN_BODY.search(response.content[:1_000_000]) or _VERSION_IN_BODY.search(response.content)
+        return found.group(1).decode() if found else None
+
+    def _server_member_state(self, group: _LargeGroup) -> tuple[int, bytes | None, str | None]:
+        """(member count, last member's entity reference, versionId) as the server has it now."""
+        response, _ = self._retrying("GET", f"Group/{group.id}", None, {}, reason_prefix="verify-")
+        if response is None or response.status_code != 200:
+            return -1, None, None
+        data = orjson.loads(response.content)
+        members = data.get("member") or []
+        last = orjson.dumps(members[-1].get("entity")) if members else None
+        return len(members), last, (data.get("meta") or {}).get("versionId")
+
+    def _patch_members(self, group: _LargeGroup, slices: list[tuple[int, int]], version: str | None, result: _ChunkResult) -> bool:
+        """True when every slice is on the server; False to ask for a restart from the PUT."""
+        entry = _Entry("Group", group.id, b"")
+        for start, end in slices[1:]:
+            ops = b",".join(b'{"op":"add","path":"/member/-","value":' + m + b"}" for m in group.members[start:end])
+            body = b"[" + ops + b"]"
+            attempt = 0
+            while True:
+                attempt += 1
+                headers = {"Content-Type": JSON_PATCH, "Prefer": "return=minimal"}
+                if version:
+                    headers["If-Match"] = f'W/"{version}"'
+                response = self.request("PATCH", f"Group/{group.id}", body, headers)
+                if isinstance(response, httpx.Response) and response.status_code < 300:
+                    result.group_patches += 1
+                    version = self._version(response)
+                    break
+                if isinstance(response, httpx.Response) and response.status_code in FATAL_STATUS:
+                    self.fatal(response.status_code)
+                    self._fail(result, [entry], response.status_code, f"http-{response.status_code}", attempt)
+                    return False
+                status = response.status_code if isinstance(response, httpx.Response) else None
+                if status is not None and status not in RETRYABLE_STATUS and status < 500 and status != 412:
+                    self._fail(result, [entry], status, f"http-{status}", attempt, self._outcome(response))
+                    return False
+                # Unknown whether the PATCH applied (lost answer, 5xx, or 412 because it did): look.
+                count, last, server_version = self._server_member_state(group)
+                expected_last = orjson.dumps(orjson.loads(group.members[end - 1]).get("entity"))
+                if count == end and last == expected_last:
+                    result.group_patches += 1
+                    version = server_version
+                    break
+                if count != start:
+                    return False  # someone else changed it, or an earlier step is missing: redo from PUT
+                version = server_version
+                if attempt >= self.config.retry.max_attempts:
+                    self._fail(result, [entry], status, "max-attempts", attempt)
+                    return False
+                reason = f"http-{status}" if status else (response if isinstance(response, str) else "unknown")
+                retry_after = _parse_retry_after(response.headers.get("Retry-After")) if isinstance(response, httpx.Response) else None
+                self.backoff(attempt, f"patch-{reason}", retry_after)
+        return True
+
+
+# -- the public entry point ------------------------------------------------------------------------
+
+
+def load_export(
+    export_dir: Path,
+    server: ServerConfig,
+    *,
+    progress: Callable[[LoadProgress], None] | None = None,
+    auth: httpx.Auth | None = None,
+    resume: bool = True,
+    write_report: bool = True,
+) -> LoadReport:
+    """Load ``export_dir`` into ``server``; see the module docstring for the rules.
+
+    ``auth`` defaults to what ``server.auth`` and the environment configure (``auth_from_env``).
+    With ``resume`` (the default) chunks logged in the checkpoint are skipped; ``resume=False``
+    starts over (the same as ``atr load --restart``).
+    """
+    export_dir = Path(export_dir)
+    manifest: Manifest = read_manifest(export_dir)
+    if auth is None and server.auth != "none":
+        auth = auth_from_env(server.auth)
+    digest = manifest_digest(export_dir)
+    fingerprint = "|".join(
+        [digest, server.mode, str(server.bundle_size), str(server.max_request_bytes), str(server.max_group_members_per_request)]
+    )
+    checkpoint = Checkpoint(export_dir, server.key, fingerprint, restart=not resume)
+    report = LoadReport(
+        server_url=server.base_url,
+        server_key=server.key,
+        export_digest=digest,
+        transaction_time=manifest.transaction_time,
+        mode=server.mode,
+        bundle_size=server.bundle_size,
+        concurrency=server.concurrency,
+        resumed=checkpoint.resumed,
+        checkpoint_note=checkpoint.note,
+    )
+    run = _Run(server, auth, report)
+    started = time.monotonic()
+    types = [t for t in LOAD_ORDER if manifest.files_of(t)]
+    try:
+        with ThreadPoolExecutor(max_workers=server.concurrency, thread_name_prefix="atr-load") as pool:
+            try:
+                for resource_type in types:
+                    _load_type(resource_type, export_dir, manifest, server, checkpoint, run, pool, progress)
+                    if run.stop.is_set():
+                        break
+            except BaseException:
+                # Crash or Ctrl-C: workers give up at their next request; nothing more is logged
+                # in the checkpoint, so a re-run repeats (idempotently) what was in flight.
+                run.stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    except BaseException as exc:
+        report.status = "stopped"
+        report.stop_reason = report.stop_reason or f"interrupted by {type(exc).__name__}; re-run to resume"
+        raise
+    finally:
+        run.close()
+        checkpoint.close()
+        report.elapsed_seconds = round(time.monotonic() - started, 3)
+        _finish(report, types)
+        if write_report:
+            (export_dir / REPORT_NAME).write_bytes(
+                orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+            )
+    return report
+
+
+def _all_done(report: LoadReport) -> bool:
+    return all(c.total == c.created + c.updated + c.unchanged + c.failed + c.skipped for c in report.counts.values())
+
+
+def _finish(report: LoadReport, types: list[str]) -> None:
+    order = {t: i for i, t in enumerate(types)}
+    report.failed.sort(key=lambda f: (order.get(f.resource_type, 99), f.id))
+    if len(report.failed) > MAX_FAILED_LISTED:
+        report.failed_truncated = len(report.failed) - MAX_FAILED_LISTED
+        del report.failed[MAX_FAILED_LISTED:]
+    if report.status != "stopped":
+        if report.stop_reason:
+            report.status = "stopped"
+        elif report.total("failed") or not _all_done(report):
+            report.status = "failed_entries" if report.total("failed") else "stopped"
+
+
+def _load_type(
+    resource_type: str,
+    export_dir: Path,
+    manifest: Manifest,
+    server: ServerConfig,
+    checkpoint: Checkpoint,
+    run: _Run,
+    pool: ThreadPoolExecutor,
+    progress: Callable[[LoadProgress], None] | None,
+) -> None:
+    counts = run.report.counts.setdefault(resource_type, TypeCounts(total=manifest.count_of(resource_type)))
+    if checkpoint.type_done(resource_type):
+        counts.skipped = counts.total
+        return
+    done = 0
+    clean = True
+    inflight: dict[Future, _Chunk] = {}
+
+    def settle(future: Future, chunk: _Chunk) -> None:
+        nonlocal done, clean
+        result: _ChunkResult = future.result()
+        for outcome, n in result.outcomes.items():
+            setattr(counts, outcome, getattr(counts, outcome) + n)
+        counts.failed += len(result.failed)
+        counts.group_patches += result.group_patches
+        run.report.failed.extend(result.failed)
+        done += chunk.size
+        if result.failed:
+            clean = False
+        else:
+            checkpoint.mark_chunk(resource_type, chunk.index)
+        if progress:
+            progress(LoadProgress(resource_type, chunk.index, chunk.size, done, counts.total))
+
+    def drain(until: int) -> None:
+        while len(inflight) > until:
+            finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: inflight[f].index):
+                settle(future, inflight.pop(future))
+
+    for chunk in _plan(iter_ndjson(export_dir, resource_type, manifest), resource_type, server):
+        if chunk.invalid:
+            counts.failed += len(chunk.invalid)
+            run.report.failed.extend(chunk.invalid)
+            done += len(chunk.invalid)
+            clean = False
+        if not chunk.size:
+            continue
+        if checkpoint.chunk_done(resource_type, chunk.index):
+            counts.skipped += chunk.size
+            done += chunk.size
+            continue
+        if run.stop.is_set():
+            break
+        if chunk.group is not None:
+            # One huge Group at a time, in this thread: bounded memory, ordered PATCHes.
+            drain(0)
+            future: Future = Future()
+            future.set_result(run.send_large_group(chunk))
+            settle(future, chunk)
+            continue
+        inflight[pool.submit(run.send_bundle, chunk)] = chunk
+        drain(server.concurrency * 2 - 1)
+    drain(0)
+    if clean and not run.stop.is_set():
+        checkpoint.mark_type(resource_type)
