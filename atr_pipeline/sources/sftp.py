@@ -117,6 +117,11 @@ class SftpConfig(BaseModel):
     def where(self) -> str:
         return f"{self.username}@{self.host}:{self.port}"
 
+    @property
+    def known_hosts_name(self) -> str:
+        """How known_hosts names this server: ``host``, or ``[host]:port`` off port 22."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
 
 def load_private_key(text: str | None = None, path: Path | None = None, passphrase: str | None = None) -> paramiko.PKey:
     """An Ed25519, ECDSA or RSA key from OpenSSH or PEM text or a file. Errors never quote the key."""
@@ -134,18 +139,20 @@ def load_private_key(text: str | None = None, path: Path | None = None, passphra
         raise KeyLoadError("the private key is encrypted: give its passphrase (ATR_SFTP_KEY_PASSPHRASE)") from None
     except (ValueError, paramiko.SSHException):
         raise KeyLoadError("the private key could not be read (wrong passphrase, or not an OpenSSH/PEM key)") from None
-    if isinstance(loaded, rsa.RSAPrivateKey):
-        cls: type[paramiko.PKey] = paramiko.RSAKey
-    elif isinstance(loaded, ed25519.Ed25519PrivateKey):
-        cls = paramiko.Ed25519Key
-    elif isinstance(loaded, ec.EllipticCurvePrivateKey):
-        cls = paramiko.ECDSAKey
-    else:
-        raise KeyLoadError("unsupported private key type (use Ed25519, ECDSA or RSA)")
+    # Build paramiko's key from the parsed object: paramiko's own OpenSSH parser rejects some
+    # valid ECDSA files (e.g. those written by asyncssh), cryptography reads them all.
     try:
-        return cls.from_private_key(io.StringIO(data.decode()), password=passphrase)
-    except (paramiko.SSHException, ValueError, UnicodeDecodeError):
-        raise KeyLoadError("the private key could not be read (wrong passphrase, or not an OpenSSH/PEM key)") from None
+        if isinstance(loaded, rsa.RSAPrivateKey):
+            return paramiko.RSAKey(key=loaded)
+        if isinstance(loaded, ec.EllipticCurvePrivateKey):
+            return paramiko.ECDSAKey(vals=(loaded, loaded.public_key()))
+        if isinstance(loaded, ed25519.Ed25519PrivateKey):
+            plain = loaded.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                         serialization.NoEncryption())
+            return paramiko.Ed25519Key.from_private_key(io.StringIO(plain.decode()))
+    except (paramiko.SSHException, ValueError):
+        raise KeyLoadError("the private key could not be used (unsupported curve or size)") from None
+    raise KeyLoadError("unsupported private key type (use Ed25519, ECDSA or RSA)")
 
 
 class _PinnedHostKeys(paramiko.MissingHostKeyPolicy):
@@ -179,6 +186,23 @@ def _is_transient(exc: BaseException) -> bool:
     # paramiko reports a dropped server as SSHException('Server connection dropped') or EOFError;
     # refused/reset/timed-out sockets are OSErrors (NoValidConnectionsError, ConnectionError, timeout).
     return isinstance(exc, (paramiko.SSHException, EOFError, OSError))
+
+
+def _quiet_prefetch(fh: paramiko.SFTPFile) -> None:
+    """Keep paramiko's prefetch thread from dying loudly when the connection drops.
+
+    The reading side sees the same drop and raises it (and we retry); the thread's own copy of
+    the error would only reach ``threading.excepthook`` as noise.
+    """
+    run = fh._prefetch_thread
+
+    def quiet(chunks, max_concurrent_requests):
+        try:
+            run(chunks, max_concurrent_requests)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    fh._prefetch_thread = quiet  # type: ignore[method-assign]
 
 
 class SftpSource:
@@ -242,11 +266,12 @@ class SftpSource:
         except SftpError:
             client.close()
             raise
-        except paramiko.BadHostKeyException:
+        except paramiko.BadHostKeyException as exc:
             client.close()
-            # paramiko's message quotes both keys; name the host only.
+            # paramiko's message quotes both keys; name the host and the key types only.
             raise HostKeyChanged(
-                f"host key for {c.host}:{c.port} does not match known_hosts {c.known_hosts}; refusing to connect. "
+                f"host key for {c.known_hosts_name} does not match known_hosts {c.known_hosts} (server offers a "
+                f"{exc.key.get_name()} key, known_hosts holds {exc.expected_key.get_name()}); refusing to connect. "
                 f"Verify the new key with the payer out of band before updating known_hosts (docs/SFTP.md)"
             ) from None
         except paramiko.AuthenticationException:
@@ -289,7 +314,7 @@ class SftpSource:
 
         retrying = Retrying(
             stop=stop_after_attempt(c.retries),
-            wait=wait_exponential_jitter(initial=c.backoff_initial, max=c.backoff_max, jitter=c.backoff_initial),
+            wait=wait_exponential_jitter(multiplier=c.backoff_initial, max=c.backoff_max, jitter=c.backoff_initial),
             retry=retry_if_exception_type(_Transient),
             reraise=False,
         )
@@ -328,6 +353,7 @@ class SftpSource:
         remote = self._path(self.config.inbox, name)
         with sftp.open(remote, "rb") as fh:
             # Pipelined reads: without prefetch paramiko waits one round trip per 32 KiB block.
+            _quiet_prefetch(fh)
             fh.prefetch(size, max_concurrent_requests=64)
             got = 0
             while chunk := fh.read(self.config.chunk_size):

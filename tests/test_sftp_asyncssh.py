@@ -1,0 +1,292 @@
+"""SftpSource against a real in-process asyncssh SFTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from atr_pipeline.sources.landing import Ledger
+from atr_pipeline.sources.polling import RemoteFile, SensorCursor, plan_runs, run_key_for
+from atr_pipeline.sources.sftp import (
+    AuthenticationFailed,
+    HostKeyChanged,
+    HostKeyUnknown,
+    KeyLoadError,
+    RemoteFileMissing,
+    SftpConfig,
+    SftpConnectionError,
+    SftpSource,
+    config_from_env,
+    load_private_key,
+)
+
+pytest_plugins = ["sftp_servers"]
+
+NAME = "acme_attribution_202601.csv"
+MTIME = 1767225600
+
+
+def _cfg(server, tmp_path: Path, **kw) -> SftpConfig:
+    values = dict(host="127.0.0.1", port=server.port, username=server.username, password=server.password,
+                  known_hosts=server.known_hosts(tmp_path / "known_hosts"), inbox="/inbox",
+                  retries=4, backoff_initial=0.05, backoff_max=0.5, connect_timeout=5)
+    values.update(kw)
+    return SftpConfig(**{k: v for k, v in values.items() if v is not None})
+
+
+def _put(server, name: str, data: bytes, mtime: int = MTIME) -> Path:
+    p = server.root / "inbox" / name
+    p.write_bytes(data)
+    os.utime(p, (mtime, mtime))
+    return p
+
+
+def _landed(landing: Path) -> list[Path]:
+    return sorted(p for p in landing.rglob("*") if p.is_file() and not p.name.startswith("ledger.sqlite"))
+
+
+def test_list_inbox_regular_files_sorted(sftp_server, tmp_path):
+    _put(sftp_server, "b_202601.csv", b"12345", MTIME + 60)
+    _put(sftp_server, NAME, b"abc")
+    _put(sftp_server, ".hidden", b"x")
+    _put(sftp_server, "upload.csv.part", b"x")
+    (sftp_server.root / "inbox" / "folder").mkdir()
+    with SftpSource(_cfg(sftp_server, tmp_path)) as src:
+        listing = src.list_inbox()
+    assert listing == [RemoteFile(NAME, 3, MTIME), RemoteFile("b_202601.csv", 5, MTIME + 60)]
+
+
+def test_one_connection_fetches_several_files(sftp_server, tmp_path, acme_spec):
+    bodies = {f"acme_attribution_20260{m}.csv": f"M{m},x\n".encode() * 1000 for m in (1, 2, 3)}
+    for name, body in bodies.items():
+        _put(sftp_server, name, body)
+    landing = tmp_path / "landing"
+    ledger = Ledger.for_landing(landing)
+    with SftpSource(_cfg(sftp_server, tmp_path)) as src:
+        outcomes = [src.fetch(n, spec=acme_spec, landing_dir=landing, ledger=ledger) for n in sorted(bodies)]
+        assert src.connects == 1
+    assert [o.file.sha256 for o in outcomes] == [hashlib.sha256(bodies[n]).hexdigest() for n in sorted(bodies)]
+    assert [o.file.path.read_bytes() for o in outcomes] == [bodies[n] for n in sorted(bodies)]
+    # leave is the default: the remote files stay
+    assert sorted(p.name for p in (sftp_server.root / "inbox").iterdir()) == sorted(bodies)
+
+
+def test_growing_file_requested_only_when_stable(sftp_server, tmp_path, acme_spec):
+    path = _put(sftp_server, NAME, b"x" * 1000)
+    mappings = {"acme": acme_spec}
+    cur = SensorCursor()
+    requested = []
+    with SftpSource(_cfg(sftp_server, tmp_path)) as src:
+        for tick, grow in enumerate([b"y" * 1000, b"z" * 500, b"", b""]):
+            if grow:
+                with open(path, "ab") as fh:
+                    fh.write(grow)
+                os.utime(path, (MTIME + tick, MTIME + tick))
+            runs, cur = plan_runs(src.list_inbox(), cur, mappings, now=datetime(2026, 1, 1, 0, tick, tzinfo=UTC))
+            requested.append([r.run_key for r in runs])
+    assert requested == [[], [], [run_key_for(RemoteFile(NAME, 2500, MTIME + 1))], []]
+
+
+def test_duplicate_under_new_name_and_supersede_under_old_name(sftp_server, tmp_path, acme_spec):
+    landing = tmp_path / "landing"
+    ledger = Ledger.for_landing(landing)
+    _put(sftp_server, NAME, b"v1\n")
+    _put(sftp_server, "acme_attribution_202602.csv", b"v1\n")
+    with SftpSource(_cfg(sftp_server, tmp_path)) as src:
+        first = src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=ledger)
+        dup = src.fetch("acme_attribution_202602.csv", spec=acme_spec, landing_dir=landing, ledger=ledger)
+        _put(sftp_server, NAME, b"v2\n")
+        second = src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=ledger)
+    assert (dup.status, dup.duplicate_of) == ("duplicate", NAME)
+    assert second.file.supersedes == first.file.sha256 == hashlib.sha256(b"v1\n").hexdigest()
+    assert [p.read_bytes() for p in _landed(landing)] == sorted([b"v1\n", b"v2\n"], key=lambda b: hashlib.sha256(b).hexdigest())
+
+
+def test_changed_host_key_is_refused_without_key_material(sftp_server, tmp_path):
+    cfg = _cfg(sftp_server, tmp_path)
+    old = sftp_server.public_host_key.split()[1]
+    sftp_server.set_host_key(asyncssh.generate_private_key("ssh-ed25519"))
+    new = sftp_server.public_host_key.split()[1]
+    with pytest.raises(HostKeyChanged) as err:
+        SftpSource(cfg).__enter__()
+    msg = str(err.value)
+    assert f"[127.0.0.1]:{sftp_server.port}" in msg
+    assert old not in msg and new not in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_key_of_another_type_counts_as_changed(sftp_server, tmp_path):
+    cfg = _cfg(sftp_server, tmp_path)
+    sftp_server.set_host_key(asyncssh.generate_private_key("ecdsa-sha2-nistp256"))
+    with pytest.raises(HostKeyChanged) as err:
+        SftpSource(cfg).__enter__()
+    assert "ecdsa-sha2-nistp256" in str(err.value) and "ssh-ed25519" in str(err.value)
+
+
+def test_unknown_host_is_refused(sftp_server, tmp_path):
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    with pytest.raises(HostKeyUnknown) as err:
+        SftpSource(_cfg(sftp_server, tmp_path, known_hosts=empty)).__enter__()
+    assert f"host [127.0.0.1]:{sftp_server.port} is not in known_hosts" in str(err.value)
+    with pytest.raises(HostKeyUnknown) as err:
+        SftpSource(_cfg(sftp_server, tmp_path, known_hosts=tmp_path / "nope")).__enter__()
+    assert "does not exist" in str(err.value)
+
+
+def test_wrong_password_fails_fast_and_never_shows_the_password(sftp_server, tmp_path, caplog):
+    secret = "Sup3r-Secret-Pw-9731"
+    cfg = _cfg(sftp_server, tmp_path, password=secret)
+    caplog.set_level(logging.DEBUG)
+    src = SftpSource(cfg)
+    with pytest.raises(AuthenticationFailed) as err:
+        src.__enter__()
+    text = "\n".join([str(err.value), repr(err.value), repr(cfg), str(cfg), repr(src), cfg.model_dump_json(),
+                      caplog.text])
+    assert secret not in text
+    assert str(err.value) == (f"authentication failed for payer@127.0.0.1:{sftp_server.port} (password); "
+                              "check ATR_SFTP_USER and its credentials")
+    assert src.connects == 0
+    assert "will retry" not in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa", "rsa"])
+def test_private_keys_of_each_type_authenticate(sftp_server, tmp_path, client_keys, kind):
+    key = client_keys[kind]
+    sftp_server.authorized_keys.add(key.public_openssh.split()[1])
+    _put(sftp_server, NAME, b"abc")
+    key_file = tmp_path / f"id_{kind}"
+    key_file.write_text(key.private_openssh)
+    for cfg in (_cfg(sftp_server, tmp_path, password=None, private_key=key.private_openssh),
+                _cfg(sftp_server, tmp_path, password=None, private_key_path=key_file)):
+        with SftpSource(cfg) as src:
+            assert src.list_inbox() == [RemoteFile(NAME, 3, MTIME)]
+
+
+@pytest.mark.filterwarnings("ignore:Warning. bcrypt.kdf:UserWarning")  # few KDF rounds keep the test fast
+def test_unauthorised_key_fails_and_passphrase_keys_load(sftp_server, tmp_path, client_keys):
+    with pytest.raises(AuthenticationFailed) as err:
+        SftpSource(_cfg(sftp_server, tmp_path, password=None, private_key=client_keys["ed25519"].private_openssh)).__enter__()
+    assert "(private key)" in str(err.value)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    encrypted = key.export_private_key("openssh", passphrase="open sesame", rounds=4).decode()
+    assert load_private_key(encrypted, passphrase="open sesame").get_name() == "ssh-ed25519"
+    with pytest.raises(KeyLoadError) as err:
+        load_private_key(encrypted)
+    assert "passphrase" in str(err.value) and encrypted[40:80] not in str(err.value)
+    with pytest.raises(KeyLoadError):
+        load_private_key(encrypted, passphrase="wrong")
+
+
+def test_dropped_connection_mid_download_is_retried(sftp_server, tmp_path, acme_spec):
+    body = os.urandom(24 << 20)
+    _put(sftp_server, NAME, body)
+    sftp_server.drop_after_bytes = 8 << 20
+    landing = tmp_path / "landing"
+    ledger = Ledger.for_landing(landing)
+    with SftpSource(_cfg(sftp_server, tmp_path)) as src:
+        out = src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=ledger)
+        assert src.connects == 2
+    assert sftp_server.drops == 1
+    assert out.file.sha256 == hashlib.sha256(body).hexdigest()
+    assert _landed(landing) == [out.file.path]
+    assert list((landing / ".incoming").iterdir()) == []
+
+
+def test_server_killed_mid_download_and_back_is_retried(sftp_server, tmp_path, acme_spec):
+    body = os.urandom(16 << 20)
+    _put(sftp_server, NAME, body)
+    sftp_server.drop_after_bytes = 4 << 20
+    sftp_server.on_drop, sftp_server.restart_after = "kill", 0.3
+    landing = tmp_path / "landing"
+    with SftpSource(_cfg(sftp_server, tmp_path, retries=8)) as src:
+        out = src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=Ledger.for_landing(landing))
+    assert out.file.sha256 == hashlib.sha256(body).hexdigest()
+    assert _landed(landing) == [out.file.path]
+
+
+def test_server_killed_for_good_fails_cleanly_and_keeps_remote_file(sftp_server, tmp_path, acme_spec):
+    body = os.urandom(16 << 20)
+    _put(sftp_server, NAME, body)
+    sftp_server.drop_after_bytes = 4 << 20
+    sftp_server.on_drop = "kill"
+    landing = tmp_path / "landing"
+    ledger = Ledger.for_landing(landing)
+    cfg = _cfg(sftp_server, tmp_path, retries=3, after_landing="archive", archive="/archive")
+    with SftpSource(cfg) as src:
+        with pytest.raises(SftpConnectionError) as err:
+            src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=ledger)
+    assert str(err.value).startswith(f"download of {NAME} on payer@127.0.0.1:{sftp_server.port} failed after 3 attempt(s)")
+    assert _landed(landing) == []
+    assert ledger.entries() == []
+    assert (sftp_server.root / "inbox" / NAME).read_bytes() == body
+    assert list((sftp_server.root / "archive").iterdir()) == []
+
+
+def test_file_vanishing_between_listing_and_download(sftp_server, tmp_path, acme_spec):
+    path = _put(sftp_server, NAME, b"abc")
+    landing = tmp_path / "landing"
+    with SftpSource(_cfg(sftp_server, tmp_path)) as src:
+        assert [f.name for f in src.list_inbox()] == [NAME]
+        path.unlink()
+        with pytest.raises(RemoteFileMissing) as err:
+            src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=Ledger.for_landing(landing))
+        assert src.connects == 1  # not treated as a connection problem
+    assert str(err.value) == (f"{NAME} is no longer in '/inbox' on payer@127.0.0.1:{sftp_server.port} "
+                              "(moved or deleted after listing); nothing landed")
+    assert _landed(landing) == []
+
+
+def test_archive_moves_only_after_landing(sftp_server, tmp_path, acme_spec):
+    _put(sftp_server, NAME, b"abc\n")
+    landing = tmp_path / "landing"
+    cfg = _cfg(sftp_server, tmp_path, after_landing="archive", archive="/archive")
+    with SftpSource(cfg) as src:
+        out = src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=Ledger.for_landing(landing))
+    assert list((sftp_server.root / "inbox").iterdir()) == []
+    assert [p.name for p in (sftp_server.root / "archive").iterdir()] == [f"{out.file.sha256[:12]}_{NAME}"]
+    assert out.file.path.read_bytes() == b"abc\n"
+
+
+def test_delete_after_landing(sftp_server, tmp_path, acme_spec):
+    _put(sftp_server, NAME, b"abc\n")
+    landing = tmp_path / "landing"
+    with SftpSource(_cfg(sftp_server, tmp_path, after_landing="delete")) as src:
+        out = src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=Ledger.for_landing(landing))
+    assert list((sftp_server.root / "inbox").iterdir()) == []
+    assert out.file.path.read_bytes() == b"abc\n"
+
+
+def test_upload_rejects_to_outbox(sftp_server, tmp_path):
+    rejects = tmp_path / "acme_attribution_202601.rejects.csv"
+    rejects.write_bytes(b"line_number,rule\n3,npi_check_digit\n" * 5000)
+    with SftpSource(_cfg(sftp_server, tmp_path)) as src:
+        remote = src.upload_rejects(rejects, "/outbox")
+        # a second upload of the same name replaces the first
+        rejects.write_bytes(b"line_number,rule\n")
+        src.upload_rejects(rejects, "/outbox")
+    assert remote == "/outbox/acme_attribution_202601.rejects.csv"
+    assert [p.name for p in (sftp_server.root / "outbox").iterdir()] == [rejects.name]
+    assert (sftp_server.root / "outbox" / rejects.name).read_bytes() == b"line_number,rule\n"
+
+
+def test_config_from_env(tmp_path, client_keys):
+    kh = tmp_path / "kh"
+    env = {"ATR_SFTP_HOST": "sftp.payer.example", "ATR_SFTP_PORT": "2222", "ATR_SFTP_USER": "atr",
+           "ATR_SFTP_KEY": client_keys["rsa"].private_openssh, "ATR_SFTP_KNOWN_HOSTS": str(kh),
+           "ATR_SFTP_INBOX": "/in", "ATR_SFTP_ARCHIVE": "/done", "ATR_SFTP_AFTER_LANDING": "archive",
+           "ATR_SFTP_TIMEOUT": "7", "ATR_SFTP_RETRIES": "2"}
+    cfg = config_from_env(env)
+    assert (cfg.host, cfg.port, cfg.username, cfg.known_hosts, cfg.inbox, cfg.archive, cfg.after_landing) == (
+        "sftp.payer.example", 2222, "atr", kh, "/in", "/done", "archive")
+    assert (cfg.connect_timeout, cfg.banner_timeout, cfg.auth_timeout, cfg.retries) == (7.0, 7.0, 7.0, 2)
+    assert cfg.private_key.get_secret_value() == client_keys["rsa"].private_openssh
+    assert client_keys["rsa"].private_openssh[50:90] not in repr(cfg)
+    path_cfg = config_from_env({**env, "ATR_SFTP_KEY": "/keys/id_ed25519"})
+    assert (path_cfg.private_key, path_cfg.private_key_path) == (None, Path("/keys/id_ed25519"))
