@@ -673,3 +673,10 @@ def test_catalogue_is_fully_exercised():
     }  # tests/test_conform_export.py
     tested = {c[0] for c in CASES} | {"json.parse"} | export_rules
     assert tested == set(RULES)
+
+
+def test_empty_array_with_whitespace_in_non_compact_text_is_found():
+    text = b'{"resourceType": "Basic", "id": "b-2", "code": {"text": "x"}, "identifier": [ ]}'
+    hits = fired(check_resources([text], structural="none"))
+    assert (hits["json.empty"].examples, hits["json.empty"].paths) == (["Basic/b-2"], ["Basic.identifier"])
+    assert set(hits) == {"json.empty", "resource.type.unknown"}

@@ -24,14 +24,19 @@ from atr_pipeline.errors import AtrError
 def render_table(report: ConformReport, console: Console) -> None:
     verdict = "[green]PASS[/green]" if report.ok else "[red]FAIL[/red]"
     types = ", ".join(f"{t} {n}" for t, n in report.by_type.items()) or "none"
-    console.print(f"ATR conformance: {verdict}  resources {report.resources_checked} ({types}); "
-                  f"R4 structure checked {report.structurally_checked}; "
-                  f"errors {report.error_count}, warnings {report.warning_count}")
+    console.print(f"ATR conformance: {verdict}")
+    console.print(f"resources {report.resources_checked} ({types})")
+    console.print(f"R4 structure checked {report.structurally_checked}")
+    console.print(f"errors {report.error_count}, warnings {report.warning_count}")
     if not report.results:
         return
     table = Table(show_lines=False)
-    for column in ("rule", "severity", "count", "examples", "paths"):
-        table.add_column(column, overflow="fold")
+    # Rule ids and Type/id keys are copied into searches: never wrap them mid-word.
+    table.add_column("rule", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("count", justify="right", no_wrap=True)
+    table.add_column("examples", no_wrap=True)
+    table.add_column("paths", overflow="fold")
     for r in report.results:
         sev = f"[red]{r.severity}[/red]" if r.severity == "error" else f"[yellow]{r.severity}[/yellow]"
         table.add_row(r.rule, sev, str(r.count), "\n".join(r.examples), "\n".join(r.paths))

@@ -18,7 +18,7 @@ class Findings:
     def __init__(self, *, resolve_references: bool = True) -> None:
         self._hits: dict[str, list] = {}  # rule -> [count, examples, paths]
         self._present: set[str] = set()
-        self._pending: dict[str, list] = {}  # unresolved-so-far target -> [count, first key, path]
+        self._pending: dict[str, list] = {}  # unresolved-so-far target -> [count, keys, paths]
         self.resolve_references = resolve_references
 
     def add(self, rule: str, key: str, path: str = "", n: int = 1) -> None:
@@ -65,14 +65,23 @@ class Findings:
             return
         pending = self._pending.get(target)
         if pending is None:
-            self._pending[target] = [1, key, path + ".reference"]
-        else:
-            pending[0] += 1
+            self._pending[target] = [1, [key], [path + ".reference"]]
+            return
+        pending[0] += 1
+        keys, paths = pending[1], pending[2]
+        if len(keys) < MAX_EXAMPLES and key not in keys:
+            keys.append(key)
+        if len(paths) < MAX_EXAMPLES and path + ".reference" not in paths:
+            paths.append(path + ".reference")
 
     def results(self) -> list[RuleResult]:
-        for target, (count, key, path) in self._pending.items():
+        for target, (count, keys, paths) in self._pending.items():
             if target not in self._present:
-                self.add("ref.unresolved", key, path, n=count)
+                self.add("ref.unresolved", keys[0], paths[0], n=count)
+                for key in keys[1:]:
+                    self.add("ref.unresolved", key, n=0)
+                for path in paths[1:]:
+                    self.add("ref.unresolved", keys[0], path, n=0)
         self._pending.clear()
         out = []
         for rule_id in sorted(self._hits):

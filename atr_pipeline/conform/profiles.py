@@ -84,7 +84,11 @@ def period(value: object, key: str, path: str, f: Findings) -> None:
 
 def _dicts(value: object) -> list[dict]:
     if isinstance(value, list):
-        return [v for v in value if isinstance(v, dict)]
+        # The valid case (all objects) returns the list itself: no copy on the hot path.
+        for v in value:
+            if not isinstance(v, dict):
+                return [v for v in value if isinstance(v, dict)]
+        return value
     return []
 
 
