@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from atr_pipeline.errors import FileRefused
@@ -160,7 +160,8 @@ def mutated(draw, line: str) -> str:
     return line
 
 
-ENDINGS = st.sampled_from(["\n", "\r\n", "\r"])
+# Mixed line ends; a lone CR (classic Mac) is rarer, as in real deliveries.
+ENDINGS = st.sampled_from(["\n"] * 4 + ["\r\n"] * 4 + ["\r"])
 
 
 def _encode(text: str, encoding: str, draw) -> bytes:
@@ -199,10 +200,13 @@ def _fixed(vals: list[str]) -> str:
 @st.composite
 def fixed_file(draw) -> bytes:
     details = [draw(mutated(_fixed(draw(values())))) for _ in range(draw(st.integers(0, 25)))]
-    count = len(details) + draw(st.sampled_from([0, 0, 0, 1]))
-    trailer = draw(st.sampled_from([f"T{count:09d}", f"T{count:09d}", "", "TXXXXXXXXX"]))
-    lines = ["H".ljust(FW_LENGTH), *details] + ([trailer] if trailer else [])
-    return _encode(_join(lines, draw), "ascii", draw)
+    body = _join(["H".ljust(FW_LENGTH), *details], draw)
+    # The trailer counts the non-blank physical lines between header and trailer (a lone CR
+    # joins two records into one line). Mostly right, so most files get past the control total
+    # into validation; sometimes off by one, missing or not a number.
+    count = sum(1 for line in body.split("\n")[1:] if line.strip()) + draw(st.sampled_from([0] * 6 + [1]))
+    trailer = draw(st.sampled_from([f"T{count:09d}"] * 6 + ["", "TXXXXXXXXX"]))
+    return _encode(body + (trailer + draw(ENDINGS) if trailer else ""), "ascii", draw)
 
 
 def run_pipeline(tmp: Path, name: str, data: bytes, spec: MappingSpec) -> str:
@@ -239,7 +243,10 @@ def run_pipeline(tmp: Path, name: str, data: bytes, spec: MappingSpec) -> str:
     return "accepted" if not all_rejects.height else "partial"
 
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# No shrinking: on this shared 2-core machine shrinking a failure took minutes; the failing
+# example is printed as found, and minimal regressions get their own test below.
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, phases=NO_SHRINK, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @FUZZ
@@ -260,7 +267,7 @@ def test_fuzz_fixed_width(tmp_path_factory, data):
     run_pipeline(tmp_path_factory.mktemp("fixed"), "fuzz_202601.dat", data, FW_SPEC)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True, phases=NO_SHRINK, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=400), which=st.sampled_from(["csv", "pipe", "fixed"]))
 def test_fuzz_random_bytes(tmp_path_factory, data, which):
     spec, name = {"csv": (CSV_SPEC, "fuzz_202601.csv"), "pipe": (PIPE_SPEC, "fuzz_202601.txt"), "fixed": (FW_SPEC, "fuzz_202601.dat")}[which]
