@@ -1,0 +1,234 @@
+"""Write canonical rows back out in a mapping's layout ("the reader in reverse").
+
+In: canonical rows (any subset of ``canonical.FIELDS``), a ``MappingSpec`` and the reporting
+month. Out: the file's bytes (header/trailer records with their control totals, column-name
+row, quoted CSV or padded fixed-width records) and a file name the mapping's pattern matches.
+Refused (``ValueError``): a file-name pattern this module cannot invert.
+
+Used by the synthetic generator and the fixture builder, so test files honour exactly the
+layout the reader expects. Values are written in file terms: code maps inverted (first raw
+code of each canonical code), dates in the mapping's format, risk scores with 4 decimals.
+Text longer than a fixed-width slot is cut; nothing else is altered.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Any
+
+import polars as pl
+
+from atr_pipeline.canonical import FIELD_BY_NAME
+from atr_pipeline.layouts.spec import FieldSpec, MappingSpec, Position, to_strftime
+
+try:  # Python 3.11+: the regex parser moved here
+    import re._parser as _sre  # type: ignore[import-not-found]
+    import re._constants as _src  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    import sre_constants as _src  # type: ignore[no-redef]
+    import sre_parse as _sre  # type: ignore[no-redef]
+
+NUMBER_DECIMALS = 4
+_RECORD_TYPE = "__record_type"
+
+
+def _raw_expr(fname: str, spec: FieldSpec, fixed_len: int | None) -> pl.Expr:
+    dtype = FIELD_BY_NAME[fname].dtype
+    col = pl.col(fname)
+    if dtype == pl.Date():
+        text = col.dt.strftime(spec.strftime or "%Y-%m-%d")
+    elif dtype == pl.Float64():
+        scaled = (col * 10**NUMBER_DECIMALS).round(0).cast(pl.Int64)
+        text = pl.format(
+            "{}.{}",
+            (scaled // 10**NUMBER_DECIMALS).cast(pl.String),
+            (scaled % 10**NUMBER_DECIMALS).cast(pl.String).str.pad_start(NUMBER_DECIMALS, "0"),
+        )
+        if fixed_len:
+            text = text.str.pad_start(fixed_len, "0")
+    else:
+        text = col.cast(pl.String)
+    if spec.map:
+        inverse: dict[str, str] = {}
+        for raw, canon in spec.map.items():
+            if canon is not None:
+                inverse.setdefault(canon, raw)
+        text = text.replace_strict(list(inverse), list(inverse.values()), default=text, return_dtype=pl.String())
+    return text
+
+
+def _fixed_line(parts: list[tuple[Position, pl.Expr]], length: int) -> pl.Expr:
+    """Concatenate slot values at their 1-based starts, blanks in between, padded to length."""
+    segs: list[pl.Expr] = []
+    cursor = 1
+    for pos, expr in sorted(parts, key=lambda p: p[0].start or 0):
+        start, width = pos.start or 1, pos.length or 1
+        if start > cursor:
+            segs.append(pl.lit(" " * (start - cursor)))
+        segs.append(expr.fill_null("").str.slice(0, width).str.pad_end(width))
+        cursor = start + width
+    line = pl.concat_str(segs) if segs else pl.lit("")
+    return line.str.pad_end(length)
+
+
+def _control_values(spec: MappingSpec, rows: pl.DataFrame, raw: pl.DataFrame, month: date, kind: str) -> dict[str, str]:
+    """Values of header/trailer fields the writer knows how to fill."""
+    rec = getattr(spec.records, kind)
+    out: dict[str, str] = {}
+    for fname in rec.fields:
+        ref = f"{kind}.{fname}"
+        if spec.control.record_count == ref:
+            out[fname] = str(rows.height)
+        elif spec.control.hash_total and spec.control.hash_total.expected == ref:
+            col = raw.get_column(spec.control.hash_total.of)
+            total = col.str.replace_all(r"[^0-9]", "").cast(pl.Decimal(38, 0), strict=False).sum()
+            out[fname] = str(int(total or 0))
+        elif kind == "header" and spec.file.month_from == "header" and spec.file.month_header_field == fname:
+            out[fname] = month.strftime(to_strftime(spec.file.month_format))
+        elif fname in FIELD_BY_NAME and fname in rows.columns and rows.height:
+            value = rows.get_column(fname)[0]
+            out[fname] = "" if value is None else str(value)
+        else:
+            out[fname] = ""
+    return out
+
+
+def _control_line(spec: MappingSpec, kind: str, values: dict[str, str]) -> str:
+    rec = getattr(spec.records, kind)
+    assert spec.records is not None
+    slots: list[tuple[Position, str]] = [(spec.records.type_field, rec.code)]
+    slots += [(rec.fields[f], v) for f, v in values.items()]
+    if spec.format.kind == "fixed_width":
+        line = [" "] * max((p.start or 1) + (p.length or 1) - 1 for p, _ in slots)
+        for pos, v in slots:
+            start, width = (pos.start or 1) - 1, pos.length or 1
+            # Counts and totals are right-aligned with zeros, as legacy trailers write them.
+            text = v.rjust(width, "0") if v.isdigit() else v.ljust(width)
+            line[start : start + width] = list(text[:width])
+        return "".join(line).rstrip()
+    cells = [""] * max(int(p.column) for p, _ in slots)  # type: ignore[arg-type]
+    for pos, v in slots:
+        cells[int(pos.column) - 1] = v  # type: ignore[arg-type]
+    return (spec.format.delimiter or ",").join(cells)
+
+
+def render(spec: MappingSpec, rows: pl.DataFrame, month: date, *, line_ending: str = "\n", quote_style: str = "necessary") -> bytes:
+    """The bytes of a file in ``spec``'s layout holding ``rows`` (in the given order)."""
+    fixed = spec.format.kind == "fixed_width"
+    # A slot read into two fields (e.g. member_id and medicaid_id) is written once.
+    written: dict[str, FieldSpec] = {}
+    seen: set[tuple[object, ...]] = set()
+    for f, s in spec.fields.items():
+        slot = (s.column, s.start, s.length)
+        if s.is_set and slot not in seen:
+            seen.add(slot)
+            written[f] = s
+    raw = rows.select(
+        [
+            (_raw_expr(f, s, s.length if fixed else None) if f in rows.columns else pl.lit("")).alias(f)
+            for f, s in written.items()
+        ]
+    )
+    lines: list[str] = []
+    if spec.records and spec.records.header:
+        lines.append(_control_line(spec, "header", _control_values(spec, rows, raw, month, "header")))
+
+    if fixed:
+        parts = [(s, pl.col(f)) for f, s in written.items()]
+        if spec.records:
+            parts.append((spec.records.type_field, pl.lit(spec.records.detail.code)))
+        body = raw.select(_fixed_line(parts, spec.format.record_length or 1).str.strip_chars_end().alias("l"))["l"]
+        body_text = line_ending.join(body.to_list())
+    else:
+        body_text = _delimited_body(spec, raw, written, line_ending, quote_style)
+    if body_text:
+        lines.append(body_text)
+
+    if spec.records and spec.records.trailer:
+        lines.append(_control_line(spec, "trailer", _control_values(spec, rows, raw, month, "trailer")))
+    return (line_ending.join(lines) + line_ending).encode(spec.file.encoding)
+
+
+def _delimited_body(spec: MappingSpec, raw: pl.DataFrame, written: dict[str, FieldSpec], line_ending: str, quote_style: str) -> str:
+    fmt = spec.format
+    positions: dict[str, Position] = {}
+    values = raw
+    if spec.records:
+        positions[_RECORD_TYPE] = spec.records.type_field
+        values = values.with_columns(pl.lit(spec.records.detail.code).alias(_RECORD_TYPE))
+    positions.update(written)
+    if fmt.header_row:
+        # Named columns in mapping order; numbered ones keep their place.
+        names: list[str] = []
+        for f, p in positions.items():
+            names.append(str(p.column) if isinstance(p.column, str) else f)
+        out = values.select([pl.col(f).alias(n) for f, n in zip(positions, names)])
+    else:
+        width = max(int(p.column) for p in positions.values())  # type: ignore[arg-type]
+        by_index = {int(p.column): f for f, p in positions.items()}  # type: ignore[arg-type]
+        out = values.select([(pl.col(by_index[i]) if i in by_index else pl.lit("")).alias(f"c{i}") for i in range(1, width + 1)])
+    text = out.write_csv(
+        include_header=fmt.header_row,
+        separator=fmt.delimiter or ",",
+        quote_char=fmt.quote or '"',
+        quote_style=quote_style if fmt.quote else "never",  # type: ignore[arg-type]
+        line_terminator=line_ending,
+    )
+    return text.removesuffix(line_ending)
+
+
+# --- file names ---------------------------------------------------------------------------------
+
+
+def file_name_for(spec: MappingSpec, month: date, stem: str = "") -> str:
+    """A base name the mapping's pattern matches and whose month (if any) is ``month``."""
+    groups = {
+        "year": f"{month:%Y}",
+        "month": f"{month:%m}",
+        "yyyymm": f"{month:%Y%m}",
+        "yyyymmdd": f"{month:%Y%m%d}",
+        "date": f"{month:%Y%m%d}",
+    }
+    parsed = _sre.parse(spec.file.pattern)
+    name = _invert(parsed, groups, parsed.state.groupdict if hasattr(parsed, "state") else {})
+    if not spec.file.match(name) or (spec.file.month_from == "filename" and spec.month_from_name(name) != month):
+        raise ValueError(f"cannot build a file name for pattern {spec.file.pattern!r}")
+    return name
+
+
+def _invert(items: Any, groups: dict[str, str], names: dict[str, int]) -> str:
+    by_number = {v: k for k, v in names.items()}
+    out: list[str] = []
+    for op, arg in items:
+        if op is _src.LITERAL:
+            out.append(chr(arg))
+        elif op is _src.SUBPATTERN:
+            num, _, _, sub = arg
+            gname = by_number.get(num)
+            out.append(groups[gname] if gname in groups else _invert(sub, groups, names))
+        elif op in (_src.MAX_REPEAT, _src.MIN_REPEAT):
+            lo, _, sub = arg
+            out.append(_invert(sub, groups, names) * max(lo, 1))
+        elif op is _src.BRANCH:
+            out.append(_invert(arg[1][0], groups, names))
+        elif op is _src.IN:
+            out.append(_class_char(arg))
+        elif op is _src.ANY:
+            out.append("X")
+        elif op is _src.AT:
+            continue
+        else:
+            raise ValueError(f"pattern element {op} is not supported by the file-name builder")
+    return "".join(out)
+
+
+def _class_char(items: Any) -> str:
+    for op, arg in items:
+        if op is _src.LITERAL:
+            return chr(arg)
+        if op is _src.RANGE:
+            return chr(arg[0])
+        if op is _src.CATEGORY:
+            return "0" if arg is _src.CATEGORY_DIGIT else "A"
+    return "X"
