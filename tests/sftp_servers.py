@@ -212,18 +212,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> bool:
+def _wait_listening(port: int, proc: subprocess.Popen, log: Path, timeout: float = 10.0) -> bool:
+    """Wait for sshd's "Server listening" log line (a probe connection would fork a session)."""
+    needle = f"Server listening on 127.0.0.1 port {port}".encode()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                # sshd is up when it sends its banner.
-                if s.recv(64).startswith(b"SSH-"):
-                    return True
-        except OSError:
-            time.sleep(0.02)
+        if needle in log.read_bytes():
+            return True
+        time.sleep(0.01)
     return False
 
 
@@ -281,29 +279,38 @@ class OpenSshServer:
             cfg = self._config(port)
             with open(self.log, "ab") as log:
                 proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdout=log, stderr=log)
-            if _wait_port(port, proc):
+            if _wait_listening(port, proc, self.log):
                 self.proc, self.port = proc, port
                 return self
             proc.kill()
             proc.wait()
         raise RuntimeError(f"sshd did not start; see {self.log}: {self.log.read_text()[-2000:]}")
 
-    def kill(self) -> None:
-        """Kill the listener and every session child (they setsid, so signalling the group misses them)."""
+    def kill(self, *, crash: bool = True) -> None:
+        """Kill the listener and every session child (they call setsid(): killing the listener
+        or its process group leaves them running).
+
+        ``crash``: listener first, so no retry can reconnect in between (a crashed server);
+        otherwise sessions first, so the listener reaps them and teardown does not wait on orphans.
+        """
         if self.proc is None:
             return
         try:
             children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             children = []
-        self.proc.kill()
-        self.proc.wait()
+        if crash:
+            self.proc.kill()
         for child in children:
             try:
                 child.kill()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(children, timeout=5)
+        if not crash:
+            psutil.wait_procs(children, timeout=2)
+            self.proc.kill()
+        self.proc.wait()
+        psutil.wait_procs(children, timeout=2)
         self.proc = None
 
 
@@ -339,7 +346,7 @@ def openssh_server() -> Iterator[OpenSshServer]:
     try:
         yield server
     finally:
-        server.kill()
+        server.kill(crash=False)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

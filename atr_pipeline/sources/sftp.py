@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import posixpath
 import stat
 from collections.abc import Iterator
@@ -32,9 +33,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from atr_pipeline.errors import AtrError
+from atr_pipeline.errors import AtrError, FileRefused
 from atr_pipeline.layouts.spec import MappingSpec
-from atr_pipeline.sources.landing import CHUNK_SIZE, Ledger, LandingOutcome, check_name, is_in_flight, land_stream
+from atr_pipeline.sources.landing import (
+    CHUNK_SIZE,
+    LandingOutcome,
+    Ledger,
+    check_name,
+    is_in_flight,
+    land_stream,
+    match_mapping,
+)
 from atr_pipeline.sources.polling import RemoteFile
 
 log = logging.getLogger(__name__)
@@ -487,17 +496,12 @@ def config_from_values(values: dict[str, str | None]) -> SftpConfig:
 
 def config_from_env(environ: dict[str, str] | None = None) -> SftpConfig:
     """SftpConfig from the ATR_SFTP_* environment variables."""
-    import os
-
     env = os.environ if environ is None else environ
     return config_from_values({field: env.get(var) for var, field in ENV_VARS.items()})
 
 
 def fetch_one(config: SftpConfig, name: str, mappings: dict[str, MappingSpec], *, landing_dir: Path) -> LandingOutcome:
     """Open a connection, land one remote file by the mapping its name matches, close."""
-    from atr_pipeline.errors import FileRefused
-    from atr_pipeline.sources.landing import match_mapping
-
     spec = match_mapping(name, mappings)
     if spec is None:
         raise FileRefused(name, "file_name", "no mapping (or more than one) matches this file name")
