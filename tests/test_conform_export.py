@@ -267,3 +267,20 @@ def test_every_rule_is_documented():
     assert missing == []
     assert "assume_profiles" in text
     assert S.PROFILE_GROUP in text
+
+
+def test_error_files_in_the_manifest_are_listed_and_counted_but_not_checked_as_atr(tmp_path):
+    exp = write_export(tmp_path / "exp", valid_set())
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
+    (exp / "OperationOutcome.ndjson").write_bytes(orjson.dumps(outcome) + b"\n" + orjson.dumps(outcome) + b"\n")
+    manifest = orjson.loads((exp / "manifest.json").read_bytes())
+    manifest["error"] = [{"type": "OperationOutcome", "url": "OperationOutcome.ndjson", "count": 2}]
+    (exp / "manifest.json").write_bytes(orjson.dumps(manifest))
+    report = check_export(exp)
+    assert report.results == []
+    assert report.resources_checked == 10
+    manifest["error"][0]["count"] = 5
+    (exp / "manifest.json").write_bytes(orjson.dumps(manifest))
+    assert [(r.rule, r.examples) for r in check_export(exp).results] == [
+        ("export.count-mismatch", ["OperationOutcome.ndjson"])
+    ]

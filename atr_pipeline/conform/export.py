@@ -4,7 +4,8 @@ In: the export directory. ``manifest.json`` follows the Bulk Data manifest: ``ou
 ``{"type", "url", "count"}``; ``url`` may be absolute or relative, only its file name is used,
 looked up in the directory. Out: a ``ConformReport`` over every resource in every listed file, plus
 ``export.*`` findings (missing file, count differing from the line count, resource of another type
-than its file, unlisted NDJSON files, blank lines), whose examples are file names.
+than its file, unlisted NDJSON files, blank lines), whose examples are file names. Files listed under
+the manifest's ``error`` (OperationOutcomes) are checked for presence and count only.
 Refused (``AtrError``): a directory without a readable manifest.json.
 """
 
@@ -31,7 +32,8 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
 
-def read_manifest(export_dir: Path) -> list[dict]:
+def read_manifest(export_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The manifest's ``output`` and ``error`` entries (error files hold OperationOutcomes)."""
     path = export_dir / MANIFEST
     try:
         manifest = orjson.loads(path.read_bytes())
@@ -42,7 +44,14 @@ def read_manifest(export_dir: Path) -> list[dict]:
     output = manifest.get("output") if isinstance(manifest, dict) else None
     if not isinstance(output, list) or not all(isinstance(o, dict) and isinstance(o.get("url"), str) for o in output):
         raise AtrError(f"{path}: manifest.json needs an 'output' list of {{type, url, count}} entries")
-    return output
+    errors = manifest.get("error")
+    errors = [e for e in errors if isinstance(e, dict) and isinstance(e.get("url"), str)] if isinstance(errors, list) else []
+    return output, errors
+
+
+def _count_lines(path: Path) -> int:
+    with _open(path) as fh:
+        return sum(1 for raw in fh if raw.strip())
 
 
 def check_export(
@@ -55,7 +64,7 @@ def check_export(
     resolve_references: bool = True,
 ) -> ConformReport:
     export_dir = Path(export_dir)
-    entries = read_manifest(export_dir)
+    entries, error_entries = read_manifest(export_dir)
     checker = Checker(
         structural=structural,
         sample_size=sample_size,
@@ -89,6 +98,16 @@ def check_export(
             count = entry.get("count")
             if count is not None and count != lines:
                 f.add("export.count-mismatch", name)
+
+    # Error files (OperationOutcomes about refused input) are not ATR content: only presence and count.
+    for entry in error_entries:
+        name = _file_name(entry["url"])
+        listed.add(name)
+        path = export_dir / name
+        if not path.is_file():
+            f.add("export.file-missing", name)
+        elif entry.get("count") is not None and entry["count"] != _count_lines(path):
+            f.add("export.count-mismatch", name)
 
     for path in sorted(export_dir.iterdir()):
         if (path.name.endswith(".ndjson") or path.name.endswith(".ndjson.gz")) and path.name not in listed:
