@@ -19,8 +19,7 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.ids import reference
-from atr_pipeline.fhir.json import concept, items, meta, ref, some, to_frame, typed_identifier
+from atr_pipeline.fhir.json import Json, arr, concept, concept_column, const, obj, reference, resource, text, to_frame, typed_identifier, when
 from atr_pipeline.fhir.rows import (
     COVERAGE_ID,
     PATIENT_ID,
@@ -43,54 +42,49 @@ _ATT_START = "_cov_attribution_start"
 _ATT_END = "_cov_attribution_end"
 
 
-def _period() -> pl.Expr:
+def _period() -> Json:
     has_coverage_dates = pl.col("coverage_start").is_not_null() | pl.col("coverage_end").is_not_null()
     start = pl.when(has_coverage_dates).then(pl.col("coverage_start")).otherwise(pl.coalesce(pl.col(_ATT_START), pl.col("reporting_month")))
     end = pl.when(has_coverage_dates).then(pl.col("coverage_end")).otherwise(pl.col(_ATT_END))
-    return pl.when(start.is_not_null() | end.is_not_null()).then(pl.struct(start=start, end=end))
+    return obj(start=text(start), end=text(end))
 
 
-def _subscriber() -> pl.Expr:
+def _subscriber() -> Json:
     kind = pl.col(SUBSCRIBER_KIND)
-    target = (
+    return (
         pl.when(kind == "Patient")
         .then(reference("Patient", PATIENT_ID))
         .when(kind == "RelatedPerson")
         .then(reference("RelatedPerson", RELATED_PERSON_ID))
     )
-    return ref(target)
 
 
-def coverage_struct(ctx: BuildContext) -> pl.Expr:
+def coverage_json(ctx: BuildContext) -> Json:
     product = pl.col("product_type")
-    return pl.struct(
-        resourceType=pl.lit("Coverage"),
-        id=pl.col(COVERAGE_ID),
-        meta=meta("Coverage"),
-        extension=items(
-            some(
+    product_display = product.replace_strict(PRODUCT_TYPES, default=None, return_dtype=pl.String())
+    plan = pl.col("plan_id")
+    return resource(
+        "Coverage",
+        COVERAGE_ID,
+        extension=arr(
+            when(
                 product.is_not_null(),
-                url=pl.lit(EXT_INSURANCE_PRODUCT_TYPE),
-                valueCodeableConcept=concept(
-                    CS_INSURANCE_PRODUCT_TYPE, product, product.replace_strict(PRODUCT_TYPES, default=None, return_dtype=pl.String())
-                ),
+                obj(url=const(EXT_INSURANCE_PRODUCT_TYPE), valueCodeableConcept=concept_column(CS_INSURANCE_PRODUCT_TYPE, product, product_display)),
             )
         ),
-        identifier=items(typed_identifier(ID_TYPE_MEMBER, ctx.systems.member_id, "member_id")),
-        status=pl.lit("active"),  # fixed by atr-coverage; an ended coverage shows in period.end
+        identifier=arr(typed_identifier(ID_TYPE_MEMBER, ctx.systems.member_id, "member_id")),
+        status=const("active"),  # fixed by atr-coverage; an ended coverage shows in period.end
         subscriber=_subscriber(),
-        subscriberId=pl.col(SUBSCRIBER_ID),
-        beneficiary=ref(reference("Patient", PATIENT_ID)),
-        relationship=some(pl.col("relationship").is_not_null(), coding=pl.concat_list(pl.struct(system=pl.lit(CS_SUBSCRIBER_RELATIONSHIP), code=pl.col("relationship")))),
+        subscriberId=text(SUBSCRIBER_ID),
+        beneficiary=reference("Patient", PATIENT_ID),
+        relationship=concept_column(CS_SUBSCRIBER_RELATIONSHIP, pl.col("relationship")),
         period=_period(),
-        payor=items(ref(reference("Organization", PAYER_ORG_ID))),
+        payor=arr(reference("Organization", PAYER_ORG_ID)),
         **{
-            "class": items(
-                some(
-                    pl.col("plan_id").is_not_null(),
-                    type=concept(CS_COVERAGE_CLASS, "plan"),
-                    value=pl.col("plan_id"),
-                    name=pl.col("plan_name"),
+            "class": arr(
+                when(
+                    plan.is_not_null(),
+                    obj(type=const(concept(CS_COVERAGE_CLASS, "plan")), value=text(plan), name=text("plan_name")),
                 )
             )
         },
@@ -103,4 +97,4 @@ def build_coverages(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
         pl.when(pl.col("attribution_end").null_count() == 0).then(pl.col("attribution_end").max()).alias(_ATT_END),
     )
     chosen = representative(rows, COVERAGE_ID).join(attribution, on=COVERAGE_ID, how="left")
-    return to_frame(chosen, COVERAGE_ID, coverage_struct(ctx))
+    return to_frame(chosen, COVERAGE_ID, coverage_json(ctx))

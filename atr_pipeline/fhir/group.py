@@ -29,8 +29,8 @@ from typing import Any
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.ids import reference
-from atr_pipeline.fhir.json import dumps, encode, items, ref, some
+from atr_pipeline.fhir.ids import reference as reference_string
+from atr_pipeline.fhir.json import Json, arr, boolean, const, dumps, obj, reference, reference_text, text, when
 from atr_pipeline.fhir.rows import (
     COVERAGE_ID,
     GROUP_ID,
@@ -61,28 +61,24 @@ _MEMBER_JSON = "_member_json"
 
 def attributed_provider() -> pl.Expr:
     return pl.coalesce(
-        reference("PractitionerRole", ROLE_ID),
-        reference("Practitioner", PRACTITIONER_ID),
-        reference("Organization", PROVIDER_ORG_ID),
-        reference("Organization", SETTLEMENT_ORG_ID),
+        reference_string("PractitionerRole", ROLE_ID),
+        reference_string("Practitioner", PRACTITIONER_ID),
+        reference_string("Organization", PROVIDER_ORG_ID),
+        reference_string("Organization", SETTLEMENT_ORG_ID),
     )
 
 
-def member_struct() -> pl.Expr:
+def member_json() -> Json:
     attributed = pl.col(_ATTRIBUTED)
-    return pl.struct(
-        extension=items(
-            pl.struct(url=pl.lit(EXT_CHANGE_TYPE), valueCode=pl.col("change_type")),
-            pl.struct(url=pl.lit(EXT_COVERAGE_REFERENCE), valueReference=ref(reference("Coverage", COVERAGE_ID))),
-            some(attributed.is_not_null(), url=pl.lit(EXT_ATTRIBUTED_PROVIDER), valueReference=ref(attributed)),
+    return obj(
+        extension=arr(
+            obj(url=const(EXT_CHANGE_TYPE), valueCode=text("change_type")),
+            obj(url=const(EXT_COVERAGE_REFERENCE), valueReference=reference("Coverage", COVERAGE_ID)),
+            when(attributed.is_not_null(), obj(url=const(EXT_ATTRIBUTED_PROVIDER), valueReference=reference_text(attributed))),
         ),
-        entity=ref(reference("Patient", PATIENT_ID)),
-        period=some(
-            pl.col("attribution_start").is_not_null() | pl.col("attribution_end").is_not_null(),
-            start=pl.col("attribution_start"),
-            end=pl.col("attribution_end"),
-        ),
-        inactive=pl.col("inactive"),
+        entity=reference("Patient", PATIENT_ID),
+        period=obj(start=text("attribution_start"), end=text("attribution_end")),
+        inactive=boolean(pl.col("inactive")),
     )
 
 
@@ -90,7 +86,7 @@ def _members(rows: pl.DataFrame) -> pl.DataFrame:
     """GROUP_ID -> the member array's inner text (entries joined by commas)."""
     entries = rows.with_columns(attributed_provider().alias(_ATTRIBUTED))
     order = [GROUP_ID, PATIENT_ID, COVERAGE_ID, _ATTRIBUTED, "attribution_start", "attribution_end", "inactive", "change_type"]
-    entries = entries.sort(order, nulls_last=True).select(GROUP_ID, encode(member_struct()).alias(_MEMBER_JSON))
+    entries = entries.sort(order, nulls_last=True).lazy().select(GROUP_ID, member_json().alias(_MEMBER_JSON)).collect()
     return entries.group_by(GROUP_ID, maintain_order=True).agg(pl.col(_MEMBER_JSON).str.join(","))
 
 

@@ -1,17 +1,19 @@
-"""Shared encoding helpers: polars expressions that build FHIR JSON without nulls or empties.
+"""Shared encoding helpers: polars expressions that write FHIR JSON text with no nulls or empties.
 
-In: polars expressions (struct fields, optional values). Out: one compact JSON string per row.
-Refused: nothing; but FHIR forbids ``null`` and empty strings, arrays and objects, so:
+In: polars expressions. Out: expressions whose value is a piece of compact JSON text (or null,
+meaning "leave this element out"). Refused: nothing.
 
-* ``encode`` runs ``struct.json_encode`` (which writes ``"k":null`` for every null field) and
-  then removes null members with three anchored regular expressions. They are safe on string
-  content: inside a JSON string every ``"`` is escaped as ``\\"``, so the patterns ``,"k":null``
-  and ``{"k":null`` (with a bare quote right after ``,`` or ``{``) can only match real members.
-* Empty arrays and objects are avoided where they are made: ``items`` drops null list items and
-  turns an empty list into null; ``some`` turns a struct into null unless a required part is
-  present. Builders must use them for every optional list or object (tests walk every resource).
+Why text and not ``struct(...).struct.json_encode()``: json_encode writes ``"k":null`` for every
+missing field (FHIR forbids nulls) and, in polars 1.44, mis-encodes struct lists after
+``list.drop_nulls`` (``"coding":[null]``), while ``concat_list`` of structs costs ~20 us a row.
+Building the text with ``concat_str(..., ignore_nulls=True)`` is fast and null-free by
+construction:
 
-``compact`` does the same for the few Python dicts (Group headers: one per contract).
+* ``text`` quotes and escapes a string column (escaping is polars' own JSON encoder);
+* ``obj``/``arr`` join the present members/items and become null when none is present, so an
+  empty ``{}`` or ``[]`` is never written; absent values simply disappear.
+
+``compact``/``dumps`` do the same for the few Python dicts (Group headers, one per contract).
 """
 
 from __future__ import annotations
@@ -23,89 +25,115 @@ import polars as pl
 
 from atr_pipeline.systems import CS_V2_0203, ID_TYPE_DISPLAY, PROFILE_BY_TYPE
 
-
-def encode(struct: pl.Expr) -> pl.Expr:
-    """One compact JSON object per row, with null members removed."""
-    return (
-        struct.struct.json_encode()
-        .str.replace_all(r',"\w+":null', "")  # a null member after another member
-        .str.replace_all(r'\{"\w+":null,', "{")  # a null first member
-        .str.replace_all(r'\{"\w+":null\}', "{}")  # an object whose members were all null
-    )
+Json = pl.Expr  # an expression whose value is JSON text, or null for "absent"
 
 
-def items(*elements: pl.Expr) -> pl.Expr:
-    """A JSON array of the non-null ``elements``; null (so omitted) when none is present."""
-    lst = pl.concat_list(list(elements)).list.drop_nulls()
-    return pl.when(lst.list.len() > 0).then(lst)
+def text(value: pl.Expr | str) -> Json:
+    """A JSON string for a String expression (``"..."``, escaped); null stays null."""
+    expr = pl.col(value) if isinstance(value, str) else value
+    encoded = pl.struct(v=expr).struct.json_encode().str.slice(5).str.strip_suffix("}")  # {"v":...}
+    return pl.when(expr.is_not_null()).then(encoded)
 
 
-def some(present: pl.Expr, **fields: pl.Expr | str | Any) -> pl.Expr:
-    """``struct(**fields)`` where ``present`` holds, else null (so the element is omitted)."""
-    return pl.when(present).then(pl.struct(**fields))
+def const(value: Any) -> Json:
+    """A constant JSON value (string, number, boolean, list or dict) as a literal."""
+    return pl.lit(dumps(value))
 
 
-def any_present(*columns: str) -> pl.Expr:
-    return pl.any_horizontal([pl.col(c).is_not_null() for c in columns])
+def boolean(value: pl.Expr) -> Json:
+    return pl.when(value).then(pl.lit("true")).when(~value).then(pl.lit("false"))
 
 
-def meta(resource_type: str) -> pl.Expr:
-    return pl.struct(profile=pl.lit([PROFILE_BY_TYPE[resource_type]]))
+def integer(value: pl.Expr) -> Json:
+    return value.cast(pl.Int64()).cast(pl.String())
 
 
-def ref(reference: pl.Expr) -> pl.Expr:
-    """``{"reference": ...}``; null when the reference string is null."""
-    return pl.when(reference.is_not_null()).then(pl.struct(reference=reference))
+def obj(**members: Json | None) -> Json:
+    """``{"k":v,...}`` of the members whose value is not null; null when none is."""
+    pieces = [pl.concat_str([pl.lit(f'"{key}":'), value]) for key, value in members.items() if value is not None]
+    inner = pl.concat_str(pieces, separator=",", ignore_nulls=True)
+    return pl.concat_str([pl.lit("{"), inner, pl.lit("}")]).replace("{}", None)
 
 
-def coding(system: str, code: pl.Expr | str, display: pl.Expr | str | None = None) -> pl.Expr:
-    code_expr = pl.lit(code) if isinstance(code, str) else code
-    fields: dict[str, pl.Expr] = {"system": pl.lit(system), "code": code_expr}
+def arr(*elements: Json) -> Json:
+    """``[a,b,...]`` of the non-null elements; null when every element is null."""
+    inner = pl.concat_str(list(elements), separator=",", ignore_nulls=True)
+    return pl.concat_str([pl.lit("["), inner, pl.lit("]")]).replace("[]", None)
+
+
+def when(condition: pl.Expr, value: Json) -> Json:
+    return pl.when(condition).then(value)
+
+
+def resource(resource_type: str, id_column: str, **members: Json | None) -> Json:
+    """A whole resource: resourceType, id, meta.profile, then ``members`` in order."""
+    profile = dumps({"profile": [PROFILE_BY_TYPE[resource_type]]})
+    head = pl.concat_str([pl.lit(f'{{"resourceType":"{resource_type}","id":'), text(id_column), pl.lit(f',"meta":{profile}')])
+    pieces = [pl.concat_str([pl.lit(f'"{key}":'), value]) for key, value in members.items() if value is not None]
+    return pl.concat_str([pl.concat_str([head, *pieces], separator=",", ignore_nulls=True), pl.lit("}")])
+
+
+def reference(resource_type: str, id_column: str) -> Json:
+    """``{"reference":"Type/<id>"}``; null when the id is null (ids are UUIDs: no escaping)."""
+    return pl.concat_str([pl.lit(f'{{"reference":"{resource_type}/'), pl.col(id_column), pl.lit('"}')])
+
+
+def reference_text(reference_string: pl.Expr) -> Json:
+    """``{"reference":...}`` from an expression already holding ``Type/<id>``."""
+    return pl.concat_str([pl.lit('{"reference":"'), reference_string, pl.lit('"}')])
+
+
+def coding(system: str, code: str, display: str | None = None) -> dict[str, str]:
+    out = {"system": system, "code": code}
     if display is not None:
-        fields["display"] = pl.lit(display) if isinstance(display, str) else display
-    return pl.struct(**fields)
+        out["display"] = display
+    return out
 
 
-def concept(system: str, code: pl.Expr | str, display: pl.Expr | str | None = None) -> pl.Expr:
-    """A CodeableConcept with exactly one coding."""
-    return pl.struct(coding=pl.concat_list(coding(system, code, display)))
+def concept(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    """A CodeableConcept with exactly one coding (a Python dict for ``const``)."""
+    return {"coding": [coding(system, code, display)]}
 
 
-def typed_identifier(type_code: str, system: str, value: str) -> pl.Expr:
-    """An identifier with a v2-0203 type (one coding), or null when the value column is null."""
-    return some(
-        pl.col(value).is_not_null(),
-        type=concept(CS_V2_0203, type_code, ID_TYPE_DISPLAY[type_code]),
-        system=pl.lit(system),
-        value=pl.col(value),
+def concept_column(system: str, code: pl.Expr, display: pl.Expr | None = None) -> Json:
+    """A one-coding CodeableConcept whose code (and display) come from columns."""
+    return when(
+        code.is_not_null(),
+        obj(coding=arr(obj(system=const(system), code=text(code), display=text(display) if display is not None else None))),
     )
 
 
-def system_identifier(system: str, value: str | pl.Expr) -> pl.Expr:
-    value_expr = pl.col(value) if isinstance(value, str) else value
-    return some(value_expr.is_not_null(), system=pl.lit(system), value=value_expr)
+def typed_identifier(type_code: str, system: str, value: str) -> Json:
+    """An identifier with one v2-0203 type coding; null when the value column is null."""
+    head = dumps({"type": concept(CS_V2_0203, type_code, ID_TYPE_DISPLAY[type_code]), "system": system})
+    return pl.concat_str([pl.lit(head[:-1] + ',"value":'), text(value), pl.lit("}")])
 
 
-def to_frame(df: pl.DataFrame, id_column: str, struct: pl.Expr) -> pl.DataFrame:
+def system_identifier(system: str, value: pl.Expr | str) -> Json:
+    """``{"system":...,"value":...}``; null when the value is null."""
+    return pl.concat_str([pl.lit(f'{{"system":{dumps(system)},"value":'), text(value), pl.lit("}")])
+
+
+def to_frame(df: pl.DataFrame, id_column: str, json: Json) -> pl.DataFrame:
     """(id, json) sorted by id, one row per row of ``df``."""
-    return df.select(pl.col(id_column).alias("id"), encode(struct).alias("json")).sort("id")
+    out = df.lazy().select(pl.col(id_column).alias("id"), json.alias("json")).collect()
+    return out.sort("id")
 
 
 def empty_resources() -> pl.DataFrame:
     return pl.DataFrame(schema={"id": pl.String(), "json": pl.String()})
 
 
+def _present(value: Any) -> bool:
+    return value is not None and value != "" and value != [] and value != {}
+
+
 def compact(value: Any) -> Any:
     """Drop None, empty strings, empty lists and empty dicts, recursively."""
     if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            c = compact(v)
-            if c is not None and c != "" and c != [] and c != {}:
-                out[k] = c
-        return out
+        return {k: c for k, c in ((k, compact(v)) for k, v in value.items()) if _present(c)}
     if isinstance(value, list):
-        return [c for c in (compact(v) for v in value) if c is not None and c != "" and c != [] and c != {}]
+        return [c for c in (compact(v) for v in value) if _present(c)]
     return value
 
 

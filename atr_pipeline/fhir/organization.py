@@ -17,52 +17,49 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.json import concept, items, meta, system_identifier, to_frame
+from atr_pipeline.fhir.json import Json, arr, concept, const, resource, system_identifier, text, to_frame
 from atr_pipeline.fhir.rows import ORG_NPI, PAYER_ORG_ID, PROVIDER_ORG_ID, SETTLEMENT_ORG_ID, representative
 from atr_pipeline.systems import CS_ORGANIZATION_TYPE, SYS_NPI, SYS_TIN
 
 
-def payer_struct(ctx: BuildContext) -> pl.Expr:
-    return pl.struct(
-        resourceType=pl.lit("Organization"),
-        id=pl.col(PAYER_ORG_ID),
-        meta=meta("Organization"),
-        identifier=items(system_identifier(ctx.systems.payer_id, "payer_id")),
-        active=pl.lit(True),
-        type=pl.concat_list(concept(CS_ORGANIZATION_TYPE, "pay", "Payer")),
-        name=pl.coalesce(pl.col("payer_name"), pl.lit(ctx.payer_name, dtype=pl.String())),
+def payer_json(ctx: BuildContext) -> Json:
+    return resource(
+        "Organization",
+        PAYER_ORG_ID,
+        identifier=arr(system_identifier(ctx.systems.payer_id, "payer_id")),
+        active=const(True),
+        type=const([concept(CS_ORGANIZATION_TYPE, "pay", "Payer")]),
+        name=text(pl.coalesce(pl.col("payer_name"), pl.lit(ctx.payer_name, dtype=pl.String()))),
     )
 
 
-def provider_struct(ctx: BuildContext) -> pl.Expr:
-    return pl.struct(
-        resourceType=pl.lit("Organization"),
-        id=pl.col(PROVIDER_ORG_ID),
-        meta=meta("Organization"),
-        identifier=items(system_identifier(SYS_NPI, ORG_NPI), system_identifier(SYS_TIN, "provider_tin")),
-        active=pl.lit(True),
-        type=pl.concat_list(concept(CS_ORGANIZATION_TYPE, "prov", "Healthcare Provider")),
-        name=pl.col("provider_org_name"),
+def provider_json(ctx: BuildContext) -> Json:
+    return resource(
+        "Organization",
+        PROVIDER_ORG_ID,
+        identifier=arr(system_identifier(SYS_NPI, ORG_NPI), system_identifier(SYS_TIN, "provider_tin")),
+        active=const(True),
+        type=const([concept(CS_ORGANIZATION_TYPE, "prov", "Healthcare Provider")]),
+        name=text("provider_org_name"),
     )
 
 
-def settlement_struct(ctx: BuildContext) -> pl.Expr:
+def settlement_json(ctx: BuildContext) -> Json:
     # rows.prepare refuses settlement ids without a system, so the system is set when rows exist
     system = ctx.systems.settlement_entity_id or ""
-    return pl.struct(
-        resourceType=pl.lit("Organization"),
-        id=pl.col(SETTLEMENT_ORG_ID),
-        meta=meta("Organization"),
-        identifier=items(system_identifier(system, "settlement_entity_id")),
-        active=pl.lit(True),
-        name=pl.col("settlement_entity_name"),
+    return resource(
+        "Organization",
+        SETTLEMENT_ORG_ID,
+        identifier=arr(system_identifier(system, "settlement_entity_id")),
+        active=const(True),
+        name=text("settlement_entity_name"),
     )
 
 
 def build_organizations(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
     frames = [
-        to_frame(representative(rows, PAYER_ORG_ID), PAYER_ORG_ID, payer_struct(ctx)),
-        to_frame(representative(rows, PROVIDER_ORG_ID), PROVIDER_ORG_ID, provider_struct(ctx)),
-        to_frame(representative(rows, SETTLEMENT_ORG_ID), SETTLEMENT_ORG_ID, settlement_struct(ctx)),
+        to_frame(representative(rows, PAYER_ORG_ID), PAYER_ORG_ID, payer_json(ctx)),
+        to_frame(representative(rows, PROVIDER_ORG_ID), PROVIDER_ORG_ID, provider_json(ctx)),
+        to_frame(representative(rows, SETTLEMENT_ORG_ID), SETTLEMENT_ORG_ID, settlement_json(ctx)),
     ]
     return pl.concat(frames).sort("id")

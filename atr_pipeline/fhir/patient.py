@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.json import any_present, items, meta, some, to_frame, typed_identifier
+from atr_pipeline.fhir.json import Json, arr, const, obj, resource, text, to_frame, typed_identifier
 from atr_pipeline.fhir.rows import PATIENT_ID, representative
 from atr_pipeline.systems import (
     ID_TYPE_MEDICAID,
@@ -24,32 +24,30 @@ from atr_pipeline.systems import (
 )
 
 NAME_COLUMNS = ("family_name", "given_name", "middle_name", "name_prefix", "name_suffix")
-ADDRESS_COLUMNS = ("address_line1", "address_line2", "city", "state", "postal_code")
 
 
-def human_name() -> pl.Expr:
+def human_name() -> Json:
     """HumanName from the member name columns; null when the row has no name part."""
-    return some(
-        any_present(*NAME_COLUMNS),
-        family=pl.col("family_name"),
-        given=items(pl.col("given_name"), pl.col("middle_name")),
-        prefix=items(pl.col("name_prefix")),
-        suffix=items(pl.col("name_suffix")),
+    return obj(
+        family=text("family_name"),
+        given=arr(text("given_name"), text("middle_name")),
+        prefix=arr(text("name_prefix")),
+        suffix=arr(text("name_suffix")),
     )
 
 
-def _address() -> pl.Expr:
-    return some(
-        any_present(*ADDRESS_COLUMNS),
-        line=items(pl.col("address_line1"), pl.col("address_line2")),
-        city=pl.col("city"),
-        state=pl.col("state"),
-        postalCode=pl.col("postal_code"),
-        country=pl.lit("US"),
+def _address() -> Json:
+    parts = obj(
+        line=arr(text("address_line1"), text("address_line2")),
+        city=text("city"),
+        state=text("state"),
+        postalCode=text("postal_code"),
     )
+    # country only when some part of the address is known
+    return pl.concat_str([parts.str.strip_suffix("}"), pl.lit(',"country":"US"}')])
 
 
-def patient_struct(ctx: BuildContext) -> pl.Expr:
+def patient_json(ctx: BuildContext) -> Json:
     s = ctx.systems
     identifiers = [typed_identifier(ID_TYPE_MEMBER, s.member_id, "member_id"), typed_identifier(ID_TYPE_MEDICARE, SYS_MBI, "mbi")]
     if s.medicaid_id:
@@ -57,19 +55,18 @@ def patient_struct(ctx: BuildContext) -> pl.Expr:
     if s.mrn:
         identifiers.append(typed_identifier(ID_TYPE_MRN, s.mrn, "mrn"))
     identifiers.append(typed_identifier(ID_TYPE_SSN, SYS_SSN, "ssn"))
-    return pl.struct(
-        resourceType=pl.lit("Patient"),
-        id=pl.col(PATIENT_ID),
-        meta=meta("Patient"),
-        identifier=items(*identifiers),
-        name=items(human_name()),
-        telecom=items(some(pl.col("phone").is_not_null(), system=pl.lit("phone"), value=pl.col("phone"))),
-        gender=pl.col("gender").fill_null("unknown"),
-        birthDate=pl.col("birth_date"),
-        deceasedDateTime=pl.col("deceased_date"),
-        address=items(_address()),
+    return resource(
+        "Patient",
+        PATIENT_ID,
+        identifier=arr(*identifiers),
+        name=arr(human_name()),
+        telecom=arr(obj(system=pl.when(pl.col("phone").is_not_null()).then(const("phone")), value=text("phone"))),
+        gender=text(pl.col("gender").fill_null("unknown")),
+        birthDate=text("birth_date"),
+        deceasedDateTime=text("deceased_date"),
+        address=arr(_address()),
     )
 
 
 def build_patients(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
-    return to_frame(representative(rows, PATIENT_ID), PATIENT_ID, patient_struct(ctx))
+    return to_frame(representative(rows, PATIENT_ID), PATIENT_ID, patient_json(ctx))

@@ -11,26 +11,19 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.json import items, meta, some, system_identifier, to_frame
+from atr_pipeline.fhir.json import Json, arr, obj, resource, system_identifier, text, to_frame
 from atr_pipeline.fhir.rows import PRACTITIONER_ID, representative
 from atr_pipeline.systems import SYS_NPI
 
 
-def practitioner_struct(ctx: BuildContext) -> pl.Expr:
-    return pl.struct(
-        resourceType=pl.lit("Practitioner"),
-        id=pl.col(PRACTITIONER_ID),
-        meta=meta("Practitioner"),
-        identifier=items(system_identifier(SYS_NPI, "provider_npi")),
-        name=items(
-            some(
-                pl.col("provider_family_name").is_not_null(),
-                family=pl.col("provider_family_name"),
-                given=items(pl.col("provider_given_name")),
-            )
-        ),
+def practitioner_json(ctx: BuildContext) -> Json:
+    return resource(
+        "Practitioner",
+        PRACTITIONER_ID,
+        identifier=arr(system_identifier(SYS_NPI, "provider_npi")),
+        name=arr(obj(family=text("provider_family_name"), given=arr(text("provider_given_name")))),
     )
 
 
 def build_practitioners(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
-    return to_frame(representative(rows, PRACTITIONER_ID), PRACTITIONER_ID, practitioner_struct(ctx))
+    return to_frame(representative(rows, PRACTITIONER_ID), PRACTITIONER_ID, practitioner_json(ctx))

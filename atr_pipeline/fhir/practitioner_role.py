@@ -10,20 +10,18 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.ids import reference
-from atr_pipeline.fhir.json import meta, ref, to_frame
+from atr_pipeline.fhir.json import Json, reference, resource, to_frame
 from atr_pipeline.fhir.rows import PRACTITIONER_ID, PROVIDER_ORG_ID, ROLE_ID, representative
 
 
-def role_struct(ctx: BuildContext) -> pl.Expr:
-    return pl.struct(
-        resourceType=pl.lit("PractitionerRole"),
-        id=pl.col(ROLE_ID),
-        meta=meta("PractitionerRole"),
-        practitioner=ref(reference("Practitioner", PRACTITIONER_ID)),
-        organization=ref(reference("Organization", PROVIDER_ORG_ID)),
+def role_json(ctx: BuildContext) -> Json:
+    return resource(
+        "PractitionerRole",
+        ROLE_ID,
+        practitioner=reference("Practitioner", PRACTITIONER_ID),
+        organization=reference("Organization", PROVIDER_ORG_ID),
     )
 
 
 def build_practitioner_roles(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
-    return to_frame(representative(rows, ROLE_ID), ROLE_ID, role_struct(ctx))
+    return to_frame(representative(rows, ROLE_ID), ROLE_ID, role_json(ctx))

@@ -15,8 +15,7 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.ids import reference
-from atr_pipeline.fhir.json import concept, items, meta, ref, system_identifier, to_frame
+from atr_pipeline.fhir.json import Json, arr, concept_column, reference, resource, system_identifier, to_frame
 from atr_pipeline.fhir.patient import NAME_COLUMNS, human_name
 from atr_pipeline.fhir.rows import PATIENT_ID, RELATED_PERSON_ID, representative
 
@@ -31,19 +30,18 @@ SUBSCRIBER_ROLE: dict[str, tuple[str, str]] = {
 }
 
 
-def related_person_struct(ctx: BuildContext) -> pl.Expr:
+def related_person_json(ctx: BuildContext) -> Json:
     system = ctx.systems.subscriber_id or ctx.systems.member_id
     rel = pl.col("relationship")
     code = rel.replace_strict({k: v[0] for k, v in SUBSCRIBER_ROLE.items()}, default=None, return_dtype=pl.String())
     display = rel.replace_strict({k: v[1] for k, v in SUBSCRIBER_ROLE.items()}, default=None, return_dtype=pl.String())
-    return pl.struct(
-        resourceType=pl.lit("RelatedPerson"),
-        id=pl.col(RELATED_PERSON_ID),
-        meta=meta("RelatedPerson"),
-        identifier=items(system_identifier(system, "subscriber_id")),
-        patient=ref(reference("Patient", PATIENT_ID)),
-        relationship=items(pl.when(code.is_not_null()).then(concept(CS_V3_ROLE_CODE, code, display))),
-        name=items(human_name()),
+    return resource(
+        "RelatedPerson",
+        RELATED_PERSON_ID,
+        identifier=arr(system_identifier(system, "subscriber_id")),
+        patient=reference("Patient", PATIENT_ID),
+        relationship=arr(concept_column(CS_V3_ROLE_CODE, code, display)),
+        name=arr(human_name()),
     )
 
 
@@ -53,4 +51,4 @@ def build_related_persons(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame
         "payer_id", pl.col("member_id").alias("subscriber_id"), *NAME_COLUMNS
     )
     joined = dependents.join(subscribers, on=["payer_id", "subscriber_id"], how="left")
-    return to_frame(joined, RELATED_PERSON_ID, related_person_struct(ctx))
+    return to_frame(joined, RELATED_PERSON_ID, related_person_json(ctx))
