@@ -359,13 +359,12 @@ class _Reader:
                 quote_char=d.quote,
                 infer_schema=False,
                 new_columns=cols,
-                missing_utf8_is_empty_string=True,
             )
             if cells.height != good.height:  # would mean read_csv saw records differently
                 raise RuntimeError(f"{self.name}: csv reader returned {cells.height} records for {good.height} lines")
         else:
             cells = pl.DataFrame(schema={c: pl.String for c in cols})
-        raw = pl.concat([good.select(LINE_NO), cells], how="horizontal").select(
+        raw = good.select(LINE_NO).hstack(cells.get_columns()).select(
             pl.col(LINE_NO), *[pl.col(cols[self._column_index(p, f)]).alias(raw_name(f)) for f, p in fields.items()]
         )
         source_columns = list(self.names) if self.names is not None else [str(i + 1) for i in range(expected)]
