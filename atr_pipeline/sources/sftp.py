@@ -18,6 +18,7 @@ paramiko's own exceptions are replaced (``from None``), since some carry key mat
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -357,7 +358,7 @@ class SftpSource:
 
         return self._retrying(op, "listing")
 
-    def _download(self, name: str, size: int) -> Iterator[bytes]:
+    def _download(self, name: str, size: int, digest: hashlib._Hash) -> Iterator[bytes]:
         sftp = self._ensure_connected()
         remote = self._path(self.config.inbox, name)
         with sftp.open(remote, "rb") as fh:
@@ -367,6 +368,7 @@ class SftpSource:
             got = 0
             while chunk := fh.read(self.config.chunk_size):
                 got += len(chunk)
+                digest.update(chunk)
                 yield chunk
         if got != size:
             # Raised inside the stream: land_stream drops its temporary file.
@@ -378,24 +380,26 @@ class SftpSource:
         check_name(name)
         remote = self._path(self.config.inbox, name)
 
-        def op() -> LandingOutcome:
+        def op() -> tuple[LandingOutcome, str]:
             sftp = self._ensure_connected()
             try:
                 attrs = sftp.stat(remote)
             except FileNotFoundError:
                 raise RemoteFileMissing(f"{name} is no longer in {self.config.inbox!r} on {self.config.where} "
                                         f"(moved or deleted after listing); nothing landed") from None
+            digest = hashlib.sha256()
             try:
-                return land_stream(self._download(name, int(attrs.st_size or 0)), original_name=name,
-                                   spec=spec, landing_dir=landing_dir, ledger=ledger)
+                outcome = land_stream(self._download(name, int(attrs.st_size or 0), digest), original_name=name,
+                                      spec=spec, landing_dir=landing_dir, ledger=ledger)
+                return outcome, digest.hexdigest()
             except FileNotFoundError:
                 raise RemoteFileMissing(f"{name} vanished from {self.config.where} during download; nothing landed") from None
 
-        outcome = self._retrying(op, f"download of {name}")
-        self._after_landing(name, outcome)
+        outcome, sha = self._retrying(op, f"download of {name}")
+        self._after_landing(name, sha)
         return outcome
 
-    def _after_landing(self, name: str, outcome: LandingOutcome) -> None:
+    def _after_landing(self, name: str, sha: str) -> None:
         c = self.config
         if c.after_landing == "leave":
             return
@@ -404,9 +408,8 @@ class SftpSource:
             self._retrying(lambda: self._ensure_connected().remove(remote), f"delete of {name}")
             log.info("deleted %s from the remote inbox after landing", name)
             return
-        sha = outcome.file.sha256 if outcome.file else None
-        # The sha prefix keeps two deliveries under one name apart in the archive.
-        target = self._path(c.archive or "", f"{sha[:12]}_{name}" if sha else name)
+        # The sha prefix keeps two deliveries under one name apart in the archive (duplicates too).
+        target = self._path(c.archive or "", f"{sha[:12]}_{name}")
         self._retrying(lambda: self._rename(remote, target), f"archive of {name}")
         log.info("archived %s on the remote after landing", name)
 
