@@ -290,3 +290,21 @@ def test_config_from_env(tmp_path, client_keys):
     assert client_keys["rsa"].private_openssh[50:90] not in repr(cfg)
     path_cfg = config_from_env({**env, "ATR_SFTP_KEY": "/keys/id_ed25519"})
     assert (path_cfg.private_key, path_cfg.private_key_path) == (None, Path("/keys/id_ed25519"))
+
+
+def test_fetch_for_run_is_idempotent_and_refuses_renamed_duplicates(sftp_server, tmp_path, acme_spec):
+    from atr_pipeline.config import Settings
+    from atr_pipeline.errors import FileRefused
+    from atr_pipeline.sources.sftp import fetch_for_run
+
+    settings = Settings(home=tmp_path / "home", mappings_dir=tmp_path / "m", inbox_dir=tmp_path / "i", id_key=b"k")
+    _put(sftp_server, NAME, b"abc\n")
+    _put(sftp_server, "acme_attribution_202602.csv", b"abc\n")
+    cfg = _cfg(sftp_server, tmp_path)
+    first = fetch_for_run(NAME, spec=acme_spec, settings=settings, config=cfg)
+    again = fetch_for_run(NAME, spec=acme_spec, settings=settings, config=cfg)  # a retried run
+    assert again == first
+    assert first.path == settings.landing_dir / "acme" / "2026-01" / f"{first.sha256[:12]}_{NAME}"
+    with pytest.raises(FileRefused) as err:
+        fetch_for_run("acme_attribution_202602.csv", spec=acme_spec, settings=settings, config=cfg)
+    assert (err.value.rule, err.value.reason) == ("duplicate_delivery", f"same bytes as {NAME}, which was already delivered")

@@ -36,8 +36,10 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_a
 
 from atr_pipeline.errors import AtrError, FileRefused
 from atr_pipeline.layouts.spec import MappingSpec
+from atr_pipeline.config import Settings
 from atr_pipeline.sources.landing import (
     CHUNK_SIZE,
+    LandedFile,
     LandingOutcome,
     Ledger,
     check_name,
@@ -377,6 +379,10 @@ class SftpSource:
 
     def fetch(self, name: str, *, spec: MappingSpec, landing_dir: Path, ledger: Ledger) -> LandingOutcome:
         """Download ``name`` from the inbox into landing; then archive/delete it if configured."""
+        return self.fetch_with_sha(name, spec=spec, landing_dir=landing_dir, ledger=ledger)[0]
+
+    def fetch_with_sha(self, name: str, *, spec: MappingSpec, landing_dir: Path, ledger: Ledger) -> tuple[LandingOutcome, str]:
+        """``fetch``, also returning the sha256 of the downloaded bytes (duplicates included)."""
         check_name(name)
         remote = self._path(self.config.inbox, name)
 
@@ -397,7 +403,7 @@ class SftpSource:
 
         outcome, sha = self._retrying(op, f"download of {name}")
         self._after_landing(name, sha)
-        return outcome
+        return outcome, sha
 
     def _after_landing(self, name: str, sha: str) -> None:
         c = self.config
@@ -510,3 +516,23 @@ def fetch_one(config: SftpConfig, name: str, mappings: dict[str, MappingSpec], *
         raise FileRefused(name, "file_name", "no mapping (or more than one) matches this file name")
     with SftpSource(config) as src:
         return src.fetch(name, spec=spec, landing_dir=landing_dir, ledger=Ledger.for_landing(landing_dir))
+
+
+def fetch_for_run(remote_name: str, *, spec: MappingSpec, settings: Settings, config: SftpConfig | None = None) -> LandedFile:
+    """Land the remote file a sensor-launched run names (settings from ATR_SFTP_* unless given).
+
+    Re-running the same run is safe: the same bytes under the same name come back as the earlier
+    landing. The same bytes under another name are refused as a duplicate delivery.
+    """
+    ledger = Ledger.for_landing(settings.landing_dir)
+    with SftpSource(config or config_from_env()) as src:
+        outcome, sha = src.fetch_with_sha(remote_name, spec=spec, landing_dir=settings.landing_dir, ledger=ledger)
+    if outcome.file is not None:
+        return outcome.file
+    if outcome.duplicate_of != remote_name:
+        raise FileRefused(remote_name, "duplicate_delivery", f"same bytes as {outcome.duplicate_of}, which was already delivered")
+    entry = ledger.get(sha)
+    if entry is None:  # the ledger said duplicate, so the entry exists
+        raise FileRefused(remote_name, "ledger", "landing ledger lost the earlier delivery")
+    return LandedFile(entry.path, entry.original_name, entry.source_id, entry.month, entry.sha256, entry.size,
+                      entry.received_at, entry.supersedes)
