@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
+
 from atr_pipeline import systems
-from fhir_server_fixture import FhirTestServer, fhir, fhir_server  # noqa: F401
+from fhir_server_fixture import FhirTestServer, fhir, fhir_server, start_fhir_server  # noqa: F401
 
 
 def uid(n: int) -> str:
@@ -292,3 +294,28 @@ def test_reset_clears_data_and_counts(fhir: FhirTestServer) -> None:
     assert stats["requests"] == 0
     assert fhir.configure()["transactions"] is True
     assert fhir.get(f"Patient/{pid}").status_code == 404
+
+
+def test_concurrent_transactions_roll_back_only_their_own_writes(fhir: FhirTestServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(k: int) -> int:
+        entries = [put_entry({"resourceType": "Patient", "id": uid(1000 + 10 * k + i)}) for i in range(5)]
+        if k % 2:
+            entries.append(put_entry({"resourceType": "Patient", "id": uid(1000 + 10 * k + 9), "gender": "xyz"}))
+        with httpx.Client(timeout=60) as client:
+            return client.post(fhir.base_url, json=bundle("transaction", entries)).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(send, range(8)))
+    assert statuses == [200, 400] * 4
+    assert fhir.count("Patient") == 20
+    assert sorted(p["id"] for p in fhir.search("Patient")) == sorted(uid(1000 + 10 * k + i) for k in (0, 2, 4, 6) for i in range(5))
+
+
+def test_standalone_server_starts_and_stops_cleanly() -> None:
+    with start_fhir_server() as server:
+        meta = server.get("metadata").json()
+        assert (meta["resourceType"], meta["fhirVersion"]) == ("CapabilityStatement", "4.0.1")
+        process = server.process
+    assert process.returncode == 0

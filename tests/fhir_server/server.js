@@ -612,7 +612,10 @@ function createServer(options = {}) {
       req.socket.destroy();
       return undefined;
     }
-    if (fault?.mode === 'delay') await new Promise((r) => setTimeout(r, fault.delayMs));
+    // A slow server: by default the work is done, then the answer waits (a client that times out
+    // cannot know whether the write happened); when "before", the wait comes first.
+    const sleep = () => new Promise((resolve) => setTimeout(resolve, fault.delayMs));
+    if (fault?.mode === 'delay' && fault.when === 'before') await sleep();
 
     let status;
     let body;
@@ -631,6 +634,7 @@ function createServer(options = {}) {
       }
     }
     bump(stats.byStatus, status);
+    if (fault?.mode === 'delay' && fault.when === 'after') await sleep();
     if (fault?.mode === 'drop') {
       // The write is applied; the client sees headers and half a body, then a reset.
       stats.dropped++;
