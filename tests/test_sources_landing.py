@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import stat
+import subprocess
+import sys
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -191,31 +193,38 @@ def test_scan_inbox_matches_sorts_and_leaves_the_rest(tmp_path, mapping_factory)
     assert scan_inbox(tmp_path / "missing", {"acme": acme}) == ([], [])
 
 
-def _race(args):
-    landing, barrier_name, spec = args
-    ledger = Ledger.for_landing(Path(landing))
-    _BARRIER.wait()
-    out = land_stream([BODY * 5000], original_name=barrier_name, spec=spec, landing_dir=Path(landing), ledger=ledger)
-    return out.status
-
-
-_BARRIER = None
-
-
-def _init(barrier):
-    global _BARRIER
-    _BARRIER = barrier
+_RACER = r"""
+import sys, time
+from pathlib import Path
+from atr_pipeline.layouts.spec import MappingSpec
+from atr_pipeline.sources.landing import Ledger, land_stream
+landing, name, spec_json, go = sys.argv[1:5]
+spec = MappingSpec.model_validate_json(spec_json)
+ledger = Ledger.for_landing(Path(landing))
+Path(go + "." + name).touch()          # ready
+while not Path(go).exists():           # start together
+    time.sleep(0.005)
+out = land_stream([b"M001,Alice\n" * 50000], original_name=name, spec=spec, landing_dir=Path(landing), ledger=ledger)
+print(out.status)
+"""
 
 
 def test_two_processes_landing_the_same_bytes_land_once(tmp_path, acme_spec):
+    # Separate interpreters (not fork): the ledger must hold across real processes.
     landing = tmp_path / "landing"
     Ledger.for_landing(landing)
-    ctx = multiprocessing.get_context("fork")
-    barrier = ctx.Barrier(4)
+    go = tmp_path / "go"
     names = [f"acme_attribution_20260{i}.csv" for i in range(1, 5)]
-    with ctx.Pool(4, initializer=_init, initargs=(barrier,)) as pool:
-        statuses = pool.map(_race, [(str(landing), n, acme_spec) for n in names])
-    assert sorted(statuses) == ["duplicate", "duplicate", "duplicate", "landed"]
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(landing), n, acme_spec.model_dump_json(), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+             for n in names]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not all(Path(f"{go}.{n}").exists() for n in names):
+        time.sleep(0.01)
+    go.touch()
+    results = [p.communicate(timeout=90) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [e for _, e in results]
+    assert sorted(out.strip() for out, _ in results) == ["duplicate", "duplicate", "duplicate", "landed"]
     assert len(Ledger.for_landing(landing).entries()) == 1
     assert len(_landed_files(landing)) == 1
     assert os.listdir(landing / ".incoming") == []
