@@ -43,6 +43,7 @@ from atr_pipeline.errors import AtrError
 from atr_pipeline.publish.auth import auth_from_env
 from atr_pipeline.publish.checkpoint import Checkpoint
 from atr_pipeline.publish.export import Manifest, iter_ndjson, manifest_digest, read_manifest
+from atr_pipeline.publish.group_split import GroupSplit, split_group
 from atr_pipeline.publish.report import FailedEntry, LoadReport, SanitizedIssue, TypeCounts, sanitize_outcome
 from atr_pipeline.publish.server import ServerConfig
 from atr_pipeline.systems import LOAD_ORDER
@@ -56,6 +57,11 @@ MAX_FAILED_LISTED = 10_000
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _VERSION_IN_BODY = re.compile(rb'"versionId"\s*:\s*"([^"]+)"')
 _BUNDLE_ENTRY_OVERHEAD = 96  # bytes of request wrapper per entry, for the size cut
+_KEEP_OF_PATCH_ANSWER = 256 * 1024  # enough for meta.versionId (or an OperationOutcome) of a PATCH answer
+
+
+def _entity(member: bytes) -> bytes:
+    return orjson.dumps(orjson.loads(member).get("entity"))
 
 
 @dataclass(frozen=True)
@@ -79,8 +85,24 @@ class _Entry:
 @dataclass
 class _LargeGroup:
     id: str
-    head: bytes  # the Group JSON without "member", closing brace removed
-    members: list[bytes]
+    split: GroupSplit  # the line itself plus member byte ranges; members are sliced per request
+
+    @property
+    def head(self) -> bytes:
+        """The Group JSON without "member", closing brace removed, ready for ',"member":[...]}'."""
+        return self.split.head.rstrip()[:-1]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A server answer with a body that may have been cut to a bounded prefix."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+    def json(self) -> object:
+        return orjson.loads(self.content)
 
 
 @dataclass
@@ -148,11 +170,17 @@ def _plan(lines: Iterator[bytes], resource_type: str, config: ServerConfig) -> I
     current = _Chunk(resource_type, index)
     current_bytes = 0
     for line_number, line in enumerate(lines, start=1):
+        split = None
         try:
-            resource = orjson.loads(line)
+            if resource_type == "Group":
+                # Groups can be tens of MB: read the head and member ranges, never the member objects.
+                split = split_group(line)
+                resource = orjson.loads(split.head)
+            else:
+                resource = orjson.loads(line)
             rid = resource.get("id") if isinstance(resource, dict) else None
             rtype = resource.get("resourceType") if isinstance(resource, dict) else None
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, ValueError):
             rid = rtype = None
             resource = None
         if rtype != resource_type or not isinstance(rid, str) or not _FHIR_ID.match(rid):
@@ -160,18 +188,15 @@ def _plan(lines: Iterator[bytes], resource_type: str, config: ServerConfig) -> I
                 FailedEntry(resource_type=resource_type, id=f"line-{line_number}", reason="invalid-line", attempts=0)
             )
             continue
-        if resource_type == "Group" and _is_large_group(resource, len(line), config):
+        if split is not None and _is_large_group(len(split), len(line), config):
             if current.entries or current.invalid:
                 yield current
                 index += 1
-            members = [orjson.dumps(m) for m in resource.pop("member")]
-            head = orjson.dumps(resource)[:-1]
-            del resource
-            yield _Chunk(resource_type, index, group=_LargeGroup(rid, head, members))
+            yield _Chunk(resource_type, index, group=_LargeGroup(rid, split))
             index += 1
             current, current_bytes = _Chunk(resource_type, index), 0
             continue
-        del resource
+        del resource, split
         entry_bytes = len(line) + _BUNDLE_ENTRY_OVERHEAD
         if current.entries and (len(current.entries) >= config.bundle_size or current_bytes + entry_bytes > config.max_request_bytes):
             yield current
@@ -183,11 +208,10 @@ def _plan(lines: Iterator[bytes], resource_type: str, config: ServerConfig) -> I
         yield current
 
 
-def _is_large_group(resource: dict, line_bytes: int, config: ServerConfig) -> bool:
-    members = resource.get("member") or []
-    if len(members) < 2:
+def _is_large_group(members: int, line_bytes: int, config: ServerConfig) -> bool:
+    if members < 2:
         return False
-    return len(members) > config.max_group_members_per_request or line_bytes > config.max_request_bytes
+    return members > config.max_group_members_per_request or line_bytes > config.max_request_bytes
 
 
 def _bundle_bytes(kind: str, entries: list[_Entry]) -> bytes:
@@ -207,13 +231,13 @@ def _member_slices(group: _LargeGroup, config: ServerConfig) -> list[tuple[int, 
     slices = []
     start = 0
     size = 0
-    for i, member in enumerate(group.members):
-        cost = len(member) + 40  # the JSON Patch op wrapper
+    for i, (member_start, member_end) in enumerate(group.split.spans):
+        cost = member_end - member_start + 40  # the JSON Patch op wrapper
         if i > start and (i - start >= config.max_group_members_per_request or size + cost > limit_bytes):
             slices.append((start, i))
             start, size = i, 0
         size += cost
-    slices.append((start, len(group.members)))
+    slices.append((start, len(group.split)))
     return slices
 
 
@@ -252,15 +276,30 @@ class _Run:
         for client in self._clients:
             client.close()
 
-    def request(self, method: str, path: str, content: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response | str:
-        """One attempt. Returns the response, or a retry reason string for transport failures."""
+    def request(
+        self, method: str, path: str, content: bytes | None = None, headers: dict[str, str] | None = None, max_body: int | None = None
+    ) -> _Answer | str:
+        """One attempt: the answer, or a retry reason string for transport failures.
+
+        ``max_body`` keeps only that many bytes of the body (the rest is read and dropped), so a
+        server that echoes a 60 MB Group after each PATCH does not cost 60 MB per request.
+        """
         if self.stop.is_set():
             raise _Stopped
         url = f"{self.config.base_url}/{path}" if path else self.config.base_url
         with self._lock:
             self.report.requests += 1
         try:
-            return self.client().request(method, url, content=content, headers=headers)
+            with self.client().stream(method, url, content=content, headers=headers) as response:
+                if max_body is None:
+                    body = response.read()
+                else:
+                    kept = bytearray()
+                    for part in response.iter_bytes():
+                        if len(kept) < max_body:
+                            kept += part[: max_body - len(kept)]
+                    body = bytes(kept)
+                return _Answer(response.status_code, response.headers, body)
         except httpx.TimeoutException:
             return "timeout"
         except (httpx.NetworkError, httpx.RemoteProtocolError):
@@ -275,10 +314,10 @@ class _Run:
     def backoff(self, attempt: int, reason: str, retry_after: float | None) -> None:
         """Sleep before attempt ``attempt + 1``; raises _Stopped when the budget is spent."""
         policy = self.config.retry
+        delay = min(policy.max_backoff, policy.initial_backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
         if retry_after is not None:
-            delay = min(retry_after, policy.max_retry_after) * random.uniform(1.0, 1.1)
-        else:
-            delay = min(policy.max_backoff, policy.initial_backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            # Wait at least what the server asked (capped), never less than our own backoff.
+            delay = max(delay, min(retry_after, policy.max_retry_after) * random.uniform(1.0, 1.1))
         with self._lock:
             if self._slept + delay > policy.max_total_retry_seconds:
                 if not self.stop.is_set():
@@ -301,6 +340,7 @@ class _Run:
         pending = list(chunk.entries)
         attempt = 0
         kind = self.config.mode
+        last_status: int | None = None
         while pending:
             attempt += 1
             retry_reason, retry_after, retry_entries = "", None, []
@@ -317,6 +357,7 @@ class _Run:
                 return result
             elif response.status_code in RETRYABLE_STATUS or response.status_code >= 500:
                 retry_reason, retry_entries = f"http-{response.status_code}", pending
+                last_status = response.status_code
                 retry_after = _parse_retry_after(response.headers.get("Retry-After"))
             elif response.status_code >= 400:
                 self._fail(result, pending, response.status_code, f"http-{response.status_code}", attempt, self._outcome(response))
@@ -326,7 +367,7 @@ class _Run:
             if not retry_entries:
                 return result
             if attempt >= self.config.retry.max_attempts:
-                self._fail(result, retry_entries, None, "max-attempts", attempt, reason_detail=retry_reason)
+                self._fail(result, retry_entries, last_status, "max-attempts", attempt, reason_detail=retry_reason)
                 return result
             try:
                 self.backoff(attempt, retry_reason, retry_after)
@@ -336,7 +377,7 @@ class _Run:
             pending = retry_entries
         return result
 
-    def _read_bundle_response(self, response: httpx.Response, pending: list[_Entry], result: _ChunkResult, attempt: int, kind: str) -> tuple[list[_Entry], str]:
+    def _read_bundle_response(self, response: _Answer, pending: list[_Entry], result: _ChunkResult, attempt: int, kind: str) -> tuple[list[_Entry], str]:
         try:
             body = response.json()
             entries = body.get("entry") or []
@@ -366,7 +407,7 @@ class _Run:
                 self._fail(result, [entry], status, f"http-{status}", attempt, outcome)
         return retry, reason
 
-    def _outcome(self, response: httpx.Response) -> object:
+    def _outcome(self, response: _Answer) -> object:
         try:
             return response.json()
         except ValueError:
@@ -406,26 +447,26 @@ class _Run:
             self._fail(result, [entry], None, "stopped", 0)
         return result
 
-    def _retrying(self, method: str, path: str, content: bytes | None, headers: dict[str, str], reason_prefix: str = "") -> tuple[httpx.Response | None, int]:
+    def _retrying(self, method: str, path: str, content: bytes | None, headers: dict[str, str], reason_prefix: str = "") -> tuple[_Answer | None, int]:
         """Send with retries; the final response (any status) or None when attempts ran out."""
         attempt = 0
         while True:
             attempt += 1
             response = self.request(method, path, content, headers)
-            if isinstance(response, httpx.Response) and response.status_code in FATAL_STATUS:
+            if isinstance(response, _Answer) and response.status_code in FATAL_STATUS:
                 self.fatal(response.status_code)
                 return response, attempt
-            if isinstance(response, httpx.Response) and not (response.status_code in RETRYABLE_STATUS or response.status_code >= 500):
+            if isinstance(response, _Answer) and not (response.status_code in RETRYABLE_STATUS or response.status_code >= 500):
                 return response, attempt
             reason = response if isinstance(response, str) else f"http-{response.status_code}"
             retry_after = None if isinstance(response, str) else _parse_retry_after(response.headers.get("Retry-After"))
             if attempt >= self.config.retry.max_attempts:
-                return (response if isinstance(response, httpx.Response) else None), attempt
+                return (response if isinstance(response, _Answer) else None), attempt
             self.backoff(attempt, reason_prefix + reason, retry_after)
 
     def _put_group_head(self, group: _LargeGroup, first: tuple[int, int], result: _ChunkResult) -> tuple[int | None, str | None]:
         start, end = first
-        body = group.head + b',"member":[' + b",".join(group.members[start:end]) + b"]}"
+        body = group.head + b',"member":[' + b",".join(group.split.member(i) for i in range(start, end)) + b"]}"
         response, attempts = self._retrying("PUT", f"Group/{group.id}", body, {"Content-Type": FHIR_JSON})
         entry = _Entry("Group", group.id, b"")
         if response is None or response.status_code >= 300:
@@ -435,12 +476,12 @@ class _Run:
             return None, None
         return response.status_code, self._version(response)
 
-    def _version(self, response: httpx.Response) -> str | None:
+    def _version(self, response: _Answer) -> str | None:
         etag = response.headers.get("ETag", "")
         match = re.search(r'"([^"]+)"', etag)
         if match:
             return match.group(1)
-        found = _VERSION_IN_BODY.search(response.content[:1_000_000]) or _VERSION_IN_BODY.search(response.content)
+        found = _VERSION_IN_BODY.search(response.content)
         return found.group(1).decode() if found else None
 
     def _server_member_state(self, group: _LargeGroup) -> tuple[int, bytes | None, str | None]:
@@ -448,16 +489,19 @@ class _Run:
         response, _ = self._retrying("GET", f"Group/{group.id}", None, {}, reason_prefix="verify-")
         if response is None or response.status_code != 200:
             return -1, None, None
-        data = orjson.loads(response.content)
-        members = data.get("member") or []
-        last = orjson.dumps(members[-1].get("entity")) if members else None
-        return len(members), last, (data.get("meta") or {}).get("versionId")
+        try:
+            split = split_group(response.content)
+            head = orjson.loads(split.head)
+        except (ValueError, orjson.JSONDecodeError):
+            return -1, None, None
+        last = _entity(split.member(len(split) - 1)) if len(split) else None
+        return len(split), last, (head.get("meta") or {}).get("versionId")
 
     def _patch_members(self, group: _LargeGroup, slices: list[tuple[int, int]], version: str | None, result: _ChunkResult) -> bool:
         """True when every slice is on the server; False to ask for a restart from the PUT."""
         entry = _Entry("Group", group.id, b"")
         for start, end in slices[1:]:
-            ops = b",".join(b'{"op":"add","path":"/member/-","value":' + m + b"}" for m in group.members[start:end])
+            ops = b",".join(b'{"op":"add","path":"/member/-","value":' + group.split.member(i) + b"}" for i in range(start, end))
             body = b"[" + ops + b"]"
             attempt = 0
             while True:
@@ -465,22 +509,22 @@ class _Run:
                 headers = {"Content-Type": JSON_PATCH, "Prefer": "return=minimal"}
                 if version:
                     headers["If-Match"] = f'W/"{version}"'
-                response = self.request("PATCH", f"Group/{group.id}", body, headers)
-                if isinstance(response, httpx.Response) and response.status_code < 300:
+                response = self.request("PATCH", f"Group/{group.id}", body, headers, max_body=_KEEP_OF_PATCH_ANSWER)
+                if isinstance(response, _Answer) and response.status_code < 300:
                     result.group_patches += 1
                     version = self._version(response)
                     break
-                if isinstance(response, httpx.Response) and response.status_code in FATAL_STATUS:
+                if isinstance(response, _Answer) and response.status_code in FATAL_STATUS:
                     self.fatal(response.status_code)
                     self._fail(result, [entry], response.status_code, f"http-{response.status_code}", attempt)
                     return False
-                status = response.status_code if isinstance(response, httpx.Response) else None
+                status = response.status_code if isinstance(response, _Answer) else None
                 if status is not None and status not in RETRYABLE_STATUS and status < 500 and status != 412:
                     self._fail(result, [entry], status, f"http-{status}", attempt, self._outcome(response))
                     return False
                 # Unknown whether the PATCH applied (lost answer, 5xx, or 412 because it did): look.
                 count, last, server_version = self._server_member_state(group)
-                expected_last = orjson.dumps(orjson.loads(group.members[end - 1]).get("entity"))
+                expected_last = _entity(group.split.member(end - 1))
                 if count == end and last == expected_last:
                     result.group_patches += 1
                     version = server_version
@@ -492,7 +536,7 @@ class _Run:
                     self._fail(result, [entry], status, "max-attempts", attempt)
                     return False
                 reason = f"http-{status}" if status else (response if isinstance(response, str) else "unknown")
-                retry_after = _parse_retry_after(response.headers.get("Retry-After")) if isinstance(response, httpx.Response) else None
+                retry_after = _parse_retry_after(response.headers.get("Retry-After")) if isinstance(response, _Answer) else None
                 self.backoff(attempt, f"patch-{reason}", retry_after)
         return True
 
