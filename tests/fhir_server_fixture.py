@@ -237,6 +237,7 @@ def launch(host: str = "127.0.0.1") -> FhirTestServer:
         process.kill()
         process.wait(timeout=10)
         tail = stderr_path.read_text(errors="replace")[-2000:]
+        stderr_path.unlink(missing_ok=True)
         raise FhirServerUnavailable(f"FHIR test server did not start (exit {process.returncode}): {tail}; {INSTALL_HINT}")
     return FhirTestServer(process=process, port=int(ready["port"]), stderr_path=stderr_path, host=host)
 
