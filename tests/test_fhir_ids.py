@@ -24,16 +24,23 @@ def test_uuid_version_8_and_rfc_variant() -> None:
 
 
 def test_documented_encoding() -> None:
-    # Recomputed by hand from the documented encoding (docs/FHIR.md), so a change of encoding,
-    # which would re-key every resource on every server, fails here.
-    def part(s: str) -> bytes:
-        return b"\x01" + len(s.encode()).to_bytes(4, "big") + s.encode()
-
-    digest = hmac.new(b"k", part("Patient") + part("ACME") + part("M001") + b"\x00", hashlib.sha256).digest()
+    # Recomputed by hand from the documented encoding (docs/FHIR.md): HMAC-SHA256 over netstrings,
+    # "-" for a missing part, first 16 bytes, version 8, RFC variant. A change of encoding would
+    # re-key every resource on every server, so it must fail here.
+    digest = hmac.new(b"k", b"7:Patient,4:ACME,4:M001,-", hashlib.sha256).digest()
     raw = bytearray(digest[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80
     raw[8] = (raw[8] & 0x3F) | 0x80
     assert resource_id(b"k", "Patient", "ACME", "M001", None) == str(uuid.UUID(bytes=bytes(raw)))
+
+
+def test_long_key_and_unicode_parts_match_stdlib_hmac() -> None:
+    key = b"x" * 100  # longer than the SHA-256 block: hashed first, as RFC 2104 says
+    digest = hmac.new(key, "7:Patient,2:é,".encode(), hashlib.sha256).digest()
+    raw = bytearray(digest[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x80
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    assert resource_id(key, "Patient", "é") == str(uuid.UUID(bytes=bytes(raw)))
 
 
 @pytest.mark.parametrize(

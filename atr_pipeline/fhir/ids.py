@@ -1,53 +1,92 @@
 """Deterministic, PHI-free resource ids.
 
 In: a secret key, a resource type and the business-key parts that identify one resource.
-Out: a UUID string (version 8, RFC 9562 variant) taken from HMAC-SHA256(key, type + parts).
+Out: a UUID string (version 8, RFC 9562 variant) from the first 16 bytes of
+HMAC-SHA256(key, message), where message = the type and each part as a netstring
+(``<utf-8 byte length>:<value>,``) and a missing part as ``-``.
 Refused: an empty key (ids would then be guessable from member ids).
 
 Why a keyed hash: ids reach server audit logs and URLs, so they must not carry member ids or
-MBIs, and an unkeyed hash of a 9-character member id is trivially reversed by enumeration.
+MBIs, and an unkeyed hash of a 9-character member id is reversed by enumeration.
 Why deterministic: a re-run PUTs the same ids, so a FHIR server never gets duplicates.
+Why netstrings: ("ab", "c"), ("a", "bc"), (None,) and ("",) must all differ.
 
-Each part is length-prefixed and ``None`` has its own marker, so ("ab", "c") and ("a", "bc")
-and (None,) and ("",) all hash differently. The business key of each type is documented in
-docs/FHIR.md and set in fhir/build.py.
+The messages are built column-wise in polars; Python runs one HMAC per distinct key (with the
+key's inner and outer SHA-256 states computed once), never per row.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-import uuid
 from collections.abc import Sequence
+from functools import lru_cache
 
 import polars as pl
 
 from atr_pipeline.errors import AtrError
 
-_NONE = b"\x00"
-_SOME = b"\x01"
+_VARIANT = {f"{i:x}": f"{(i & 0x3) | 0x8:x}" for i in range(16)}  # RFC 9562 variant bits 10xx
 
 
-def _encode(parts: Sequence[str | None]) -> bytes:
-    out = bytearray()
-    for part in parts:
-        if part is None:
-            out += _NONE
-        else:
-            raw = part.encode("utf-8")
-            out += _SOME + len(raw).to_bytes(4, "big") + raw
-    return bytes(out)
+@lru_cache(maxsize=8)
+def _pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    if not key:
+        raise AtrError("the id key is empty: set ATR_ID_KEY or let Settings create one")
+    block = hashlib.sha256(key).digest() if len(key) > 64 else key
+    block = block.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+    return inner, outer
+
+
+def _digests(key: bytes, messages: list[bytes]) -> list[bytes]:
+    """HMAC-SHA256 (RFC 2104) of each message, first 16 bytes."""
+    inner0, outer0 = _pads(key)
+    out = []
+    for m in messages:
+        inner = inner0.copy()
+        inner.update(m)
+        outer = outer0.copy()
+        outer.update(inner.digest())
+        out.append(outer.digest()[:16])
+    return out
+
+
+def _netstring(value: str | None) -> str:
+    return "-" if value is None else f"{len(value.encode('utf-8'))}:{value},"
+
+
+def message(resource_type: str, *parts: str | None) -> bytes:
+    return "".join(_netstring(p) for p in (resource_type, *parts)).encode("utf-8")
+
+
+def _uuid_from_hex(h: str) -> str:
+    return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def resource_id(key: bytes, resource_type: str, *parts: str | None) -> str:
-    """The id of one resource: a UUIDv8 string from HMAC-SHA256 over type and key parts."""
-    if not key:
-        raise AtrError("the id key is empty: set ATR_ID_KEY or let Settings create one before building FHIR")
-    digest = hmac.new(key, _encode((resource_type, *parts)), hashlib.sha256).digest()
-    raw = bytearray(digest[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x80  # version 8 (custom)
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
-    return str(uuid.UUID(bytes=bytes(raw)))
+    """The id of one resource (scalar form of ``add_id``)."""
+    return _uuid_from_hex(_digests(key, [message(resource_type, *parts)])[0].hex())
+
+
+def _message_expr(resource_type: str, prefix: Sequence[str], columns: Sequence[str]) -> pl.Expr:
+    pieces: list[pl.Expr] = [pl.lit(_netstring(resource_type) + "".join(_netstring(p) for p in prefix))]
+    for c in columns:
+        col = pl.col(c).cast(pl.String)
+        pieces.append(
+            pl.when(col.is_null())
+            .then(pl.lit("-"))
+            .otherwise(pl.concat_str([col.str.len_bytes().cast(pl.String), pl.lit(":"), col, pl.lit(",")]))
+        )
+    return pl.concat_str(pieces)
+
+
+def _uuid_expr(hex_col: pl.Expr) -> pl.Expr:
+    s = hex_col.str
+    return pl.concat_str([
+        s.slice(0, 8), pl.lit("-"), s.slice(8, 4), pl.lit("-8"), s.slice(13, 3), pl.lit("-"),
+        s.slice(16, 1).replace_strict(_VARIANT, return_dtype=pl.String), s.slice(17, 3), pl.lit("-"), s.slice(20, 12),
+    ])
 
 
 def add_id(
@@ -62,14 +101,15 @@ def add_id(
 ) -> pl.DataFrame:
     """Add column ``out`` = resource_id(key, type, *prefix, *row[columns]).
 
-    Only distinct key tuples are hashed (Python runs once per resource, not per row), then the
-    ids are joined back. Rows where ``when`` is false get a null id (no such resource).
+    Only distinct key tuples are hashed, then the ids are joined back. Rows where ``when`` is
+    false get a null id (the row has no such resource).
     """
     cols = list(columns)
     chosen = df if when is None else df.filter(when)
     uniq = chosen.select(cols).unique()
-    ids = [resource_id(key, resource_type, *prefix, *row) for row in uniq.iter_rows()]
-    table = uniq.with_columns(pl.Series(out, ids, dtype=pl.String))
+    messages = uniq.select(_message_expr(resource_type, prefix, cols).cast(pl.Binary)).to_series().to_list()
+    hexes = pl.Series("_hex", _digests(key, messages), dtype=pl.Binary).bin.encode("hex")
+    table = uniq.with_columns(hexes).with_columns(_uuid_expr(pl.col("_hex")).alias(out)).drop("_hex")
     joined = df.join(table, on=cols, how="left", nulls_equal=True, maintain_order="left")
     if when is not None:
         joined = joined.with_columns(pl.when(when).then(pl.col(out)).alias(out))

@@ -132,21 +132,26 @@ def _ids(df: pl.DataFrame, key: bytes) -> pl.DataFrame:
     return add_id(df, key, "Group", ["payer_id", "contract_id"], GROUP_ID)
 
 
-def prepare(members: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
-    _check(members, ctx)
-    return _ids(_derive(_clean(members)), ctx.id_key)
-
-
 # Several rows can describe one resource (a member in two contracts, an NPI in many rows).
-# The row that speaks for it: active before inactive, newest reporting month, then file order.
+# The row that speaks for it: active before inactive, newest reporting month, then file order;
+# the entry key breaks the remaining ties, so the choice never depends on the input row order.
 _PREFERENCE = ["inactive", "reporting_month", "file_name", "line_number", *MEMBER_ENTRY_KEY, "contract_id"]
 _DESCENDING = [False, True, False, False, *([False] * len(MEMBER_ENTRY_KEY)), False]
+RANK = "_rank"  # the row's position in that preference order (0 = most preferred)
+
+
+def _rank(df: pl.DataFrame) -> pl.DataFrame:
+    # arg_sort of the sorting permutation is its inverse: each row's rank, without moving rows
+    order = pl.arg_sort_by(_PREFERENCE, descending=_DESCENDING, nulls_last=True)
+    return df.with_columns(order.arg_sort().alias(RANK))
+
+
+def prepare(members: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
+    _check(members, ctx)
+    return _ids(_rank(_derive(_clean(members))), ctx.id_key)
 
 
 def representative(df: pl.DataFrame, id_column: str) -> pl.DataFrame:
-    """One row per non-null ``id_column`` value, chosen by the preference above; sorted by id."""
-    return (
-        df.filter(pl.col(id_column).is_not_null())
-        .sort([id_column, *_PREFERENCE], descending=[False, *_DESCENDING], nulls_last=True)
-        .unique(subset=id_column, keep="first", maintain_order=True)
-    )
+    """One row per non-null ``id_column`` value: the most preferred one (see above). Unordered."""
+    present = df.filter(pl.col(id_column).is_not_null())
+    return present.filter(pl.col(RANK) == pl.col(RANK).min().over(id_column))
