@@ -108,3 +108,21 @@ def test_same_snapshot_twice_is_all_nochange(entries: dict) -> None:
     df = build(M1, entries)
     listed = compute_changes(build(M2, entries), df, month=M2)
     assert listed["change_type"].to_list() == ["nochange"] * len(entries)
+
+
+def test_order_is_file_lines_then_dropped_whatever_the_input_order() -> None:
+    previous = frame(M1, [entry("M1", "A"), entry("M2", "A"), entry("M3", "A"), entry("M4", "A")])
+    current = frame(M2, [entry("M9", "A"), entry("M3", "A"), entry("M1", "A")])
+    listed = compute_changes(current, previous, month=M2)
+    assert listed.select("member_id", "line_number", "change_type").rows() == [
+        ("M9", 2, "new"), ("M3", 3, "nochange"), ("M1", 4, "nochange"),
+        ("M2", 3, "dropped"), ("M4", 5, "dropped"),
+    ]
+    shuffled = compute_changes(current.sample(fraction=1.0, shuffle=True, seed=3), previous.reverse(), month=M2)
+    assert shuffled.equals(listed)
+
+
+def test_rows_without_unique_line_numbers_fall_back_to_key_order() -> None:
+    current = frame(M1, [entry("M2", "A"), entry("M1", "B"), entry("M1", "A")]).with_columns(pl.lit(7).cast(pl.Int64).alias("line_number"))
+    listed = compute_changes(current.reverse(), None, month=M1)
+    assert listed.select("member_id", "provider_npi").rows() == [("M1", "1234567893"), ("M1", "1245319599"), ("M2", "1234567893")]
