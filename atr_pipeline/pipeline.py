@@ -89,7 +89,7 @@ def month_key(month: date) -> str:
 
 def read_landed(landed: LandedFile, spec: MappingSpec) -> ReadResult:
     """Cut a landed file into canonical rows; raises FileRefused for a broken file."""
-    return read_file(landed.path, spec, sha256=landed.sha256)
+    return read_file(landed.path, spec, sha256=landed.sha256, file_name=landed.original_name)
 
 
 def validate_read(read: ReadResult, landed: LandedFile, spec: MappingSpec, *, today: date | None = None) -> ValidatedFile:

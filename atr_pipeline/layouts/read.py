@@ -147,9 +147,10 @@ class _Delim:
 # --- the reader -------------------------------------------------------------------------------
 
 
-def read_file(path: Path, spec: MappingSpec, *, sha256: str | None = None) -> ReadResult:
+def read_file(path: Path, spec: MappingSpec, *, sha256: str | None = None, file_name: str | None = None) -> ReadResult:
+    """``file_name`` is the delivered name when ``path`` is a landed copy (landing prefixes its sha)."""
     path = Path(path)
-    name = path.name
+    name = file_name or path.name
     data = path.read_bytes()
     digest = sha256 or hashlib.sha256(data).hexdigest()
     if not data.strip():
