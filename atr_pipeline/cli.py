@@ -233,6 +233,46 @@ def demo(
     raise typer.Exit(REFUSED if failed else 0)
 
 
+@app.command("publish")
+def publish(
+    mapping: Annotated[Path, typer.Option("--mapping", help="mappings/<source>.yaml")],
+    month: Annotated[str, typer.Option(help="YYYY-MM")],
+    home: Annotated[Optional[Path], typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
+) -> None:
+    """Rebuild a month's export from history (after `atr finalize`, or a mapping's systems change)."""
+    from atr_pipeline.config import load_settings
+    from atr_pipeline.pipeline import publish_month
+
+    spec = _load_mapping_or_exit(mapping)
+    m = _month(month)
+    assert m is not None
+    settings = load_settings(home)
+    published = publish_month(spec, m, settings, progress=lambda msg: err.print(f"[dim]  ... {msg}[/dim]"))
+    if not published.conformance_ok:
+        console.print(f"[red]refused[/red]  {spec.source_id} {month}: conformance errors {published.conformance_errors}; nothing exported")
+        raise typer.Exit(REFUSED)
+    console.print("resources: " + ", ".join(f"{t} {n:,}" for t, n in published.resources_by_type.items()))
+    console.print(f"export: {published.export_dir}")
+
+
+def _register_stage_commands() -> None:
+    """Commands whose code lives with its stage (each module owns its options and output)."""
+    from atr_pipeline.conform.cli import conform
+    from atr_pipeline.history.cli import finalize, trends
+    from atr_pipeline.publish.cli import load
+    from atr_pipeline.sources.commands import sftp_check, sftp_pull
+
+    app.command("conform")(conform)
+    app.command("load")(load)
+    app.command("trends")(trends)
+    app.command("finalize")(finalize)
+    app.command("sftp-check")(sftp_check)
+    app.command("sftp-pull")(sftp_pull)
+
+
+_register_stage_commands()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
