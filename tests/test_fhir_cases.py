@@ -249,3 +249,27 @@ def test_payer_name_prefers_rows_over_context() -> None:
     frame = members().with_columns(pl.lit(None, dtype=pl.String()).alias("payer_name"))
     again = parse(build_resources(frame, context()))
     assert again["Organization"][resource_id(KEY, "Organization", "payer", "ACME")]["name"] == "Acme Health Plan"
+
+
+def test_refusals_name_fields_not_values() -> None:
+    import pytest
+
+    from atr_pipeline.fhir.rows import FhirBuildError
+
+    no_medicaid = SYSTEMS.model_copy(update={"medicaid_id": None})
+    with pytest.raises(FhirBuildError, match=r"1 row\(s\) carry medicaid_id but the mapping sets no identifier_systems.medicaid_id") as err:
+        build_resources(members(), context(systems=no_medicaid))
+    assert "MCD-55" not in str(err.value)
+    bad = members().with_columns(pl.when(pl.col("member_id") == "M001").then(pl.lit("add")).otherwise(pl.col("change_type")).alias("change_type"))
+    with pytest.raises(FhirBuildError, match=r"3 row\(s\) have a change_type outside"):
+        build_resources(bad, context())
+    with pytest.raises(FhirBuildError, match=r"lack column\(s\) \['inactive'\]"):
+        build_resources(members().drop("inactive"), context())
+    with pytest.raises(FhirBuildError, match="list_status 'closed'"):
+        build_resources(members(), context(list_status="closed"))
+
+
+def test_empty_input_gives_empty_frames() -> None:
+    out = build_resources(members().head(0), context())
+    assert list(out) == ["Organization", "Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Coverage", "Group"]
+    assert all(df.height == 0 and df.columns == ["id", "json"] for df in out.values())
