@@ -49,6 +49,7 @@ from atr_pipeline.history.changes import (
     provider_switches,
 )
 from atr_pipeline.history.locking import file_lock, lock_path_for
+from atr_pipeline.history.trends import trend_markdown, trend_vega_lite  # re-exported for callers
 from atr_pipeline.systems import LIST_STATUSES
 
 # The status a month's list starts in; `atr finalize` moves it to final.
@@ -585,7 +586,7 @@ def _month_counts(
     )
 
 
-# INACTIVE_COLUMN is part of member_list's contract; re-exported for callers of this module.
+# Column names of member_list and the trend views, re-exported for callers of this module.
 __all__ = [
     "CHANGE_TYPE_COLUMN",
     "INACTIVE_COLUMN",
@@ -595,4 +596,6 @@ __all__ = [
     "HistoryStore",
     "SnapshotLineage",
     "content_hash",
+    "trend_markdown",
+    "trend_vega_lite",
 ]
