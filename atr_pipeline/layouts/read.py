@@ -383,15 +383,20 @@ class _Reader:
         bad_rejects = self._rejects(bad, pl.lit("record_length"), pl.format(f"expected {length} characters, found {{}}", n))
         fields = self._mapped_read_fields()
 
-        def cut(df: pl.DataFrame) -> pl.DataFrame:
-            line = pl.col(LINE).str.pad_end(length)
-            return df.select(pl.col(LINE_NO), *[self._value_expr(line, p, f).alias(raw_name(f)) for f, p in fields.items()])
+        def cut(df: pl.DataFrame, only: dict[str, Position]) -> pl.DataFrame:
+            # Pad once into a column: an inline pad per field would copy every line per field.
+            padded = df.select(pl.col(LINE_NO), pl.col(LINE).str.pad_end(length))
+            return padded.select(pl.col(LINE_NO), *[self._value_expr(pl.col(LINE), p, f).alias(raw_name(f)) for f, p in only.items()])
 
-        raw = cut(details.filter(~bad_mask))
+        raw = cut(details.filter(~bad_mask), fields)
         hash_col = self._hash_source()
+        ht = self.spec.control.hash_total
         # The sender's hash total covers every record it wrote as detail, including lines we
         # reject for their length or a damaged record-type code: positions still cut them.
-        hash_frame = cut(pl.concat([details, unknown])).select(pl.col(hash_col)) if hash_col else pl.DataFrame()
+        if hash_col and ht:
+            hash_frame = cut(pl.concat([details, unknown]), {ht.of: fields[ht.of]}).select(pl.col(hash_col))
+        else:
+            hash_frame = pl.DataFrame()
         ordered = sorted(fields.values(), key=lambda p: (p.start, p.length))
         source_columns = list(dict.fromkeys(f"{p.start}-{p.start + p.length - 1}" for p in ordered))  # type: ignore[operator]
         return raw, bad_rejects, hash_frame, source_columns
