@@ -1,8 +1,9 @@
 """Turn raw text columns into canonical fields, one polars expression per field.
 
 In: a frame of raw string columns (one per mapped field, named ``raw:<field>``) and the
-mapping's ``FieldSpec`` per canonical field. Out: the canonical value of each field, and for
-each field that can fail, an "issue" expression ({field, rule, reason} or null).
+mapping's ``FieldSpec`` per canonical field. Out: a ``FieldPlan`` per field: the cleaned-text
+expression, the canonical value expression and the ``Check``s (failure tests) that become
+{field, rule, reason} entries of the row's ``_issues`` list.
 
 Order per field: transforms (in the mapping's order), empty -> null, ``default`` when null,
 then the code map, then the dtype (date format, number). ``constant`` is taken as the final
