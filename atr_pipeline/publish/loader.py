@@ -57,7 +57,8 @@ MAX_FAILED_LISTED = 10_000
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _VERSION_IN_BODY = re.compile(rb'"versionId"\s*:\s*"([^"]+)"')
 _BUNDLE_ENTRY_OVERHEAD = 96  # bytes of request wrapper per entry, for the size cut
-_KEEP_OF_PATCH_ANSWER = 256 * 1024  # enough for meta.versionId (or an OperationOutcome) of a PATCH answer
+_KEEP_OF_PATCH_ANSWER = 256 * 1024  # enough for meta.versionId (or an OperationOutcome) of a Group answer
+_GROUP_ALONE_BYTES = 256 * 1024
 
 
 def _entity(member: bytes) -> bytes:
@@ -188,7 +189,7 @@ def _plan(lines: Iterator[bytes], resource_type: str, config: ServerConfig) -> I
                 FailedEntry(resource_type=resource_type, id=f"line-{line_number}", reason="invalid-line", attempts=0)
             )
             continue
-        if split is not None and _is_large_group(len(split), len(line), config):
+        if split is not None and _goes_alone(len(split), len(line), config):
             if current.entries or current.invalid:
                 yield current
                 index += 1
@@ -208,10 +209,12 @@ def _plan(lines: Iterator[bytes], resource_type: str, config: ServerConfig) -> I
         yield current
 
 
-def _is_large_group(members: int, line_bytes: int, config: ServerConfig) -> bool:
-    if members < 2:
+def _goes_alone(members: int, line_bytes: int, config: ServerConfig) -> bool:
+    """Groups above ``_GROUP_ALONE_BYTES`` are PUT on their own (then PATCHed if still too big):
+    a batch answer echoes each resource, and parsing a multi-MB Group answer costs ~10x its size."""
+    if members < 1:
         return False
-    return members > config.max_group_members_per_request or line_bytes > config.max_request_bytes
+    return line_bytes > _GROUP_ALONE_BYTES or members > config.max_group_members_per_request or line_bytes > config.max_request_bytes
 
 
 def _bundle_bytes(kind: str, entries: list[_Entry]) -> bytes:
@@ -447,12 +450,14 @@ class _Run:
             self._fail(result, [entry], None, "stopped", 0)
         return result
 
-    def _retrying(self, method: str, path: str, content: bytes | None, headers: dict[str, str], reason_prefix: str = "") -> tuple[_Answer | None, int]:
+    def _retrying(
+        self, method: str, path: str, content: bytes | None, headers: dict[str, str], reason_prefix: str = "", max_body: int | None = None
+    ) -> tuple[_Answer | None, int]:
         """Send with retries; the final response (any status) or None when attempts ran out."""
         attempt = 0
         while True:
             attempt += 1
-            response = self.request(method, path, content, headers)
+            response = self.request(method, path, content, headers, max_body=max_body)
             if isinstance(response, _Answer) and response.status_code in FATAL_STATUS:
                 self.fatal(response.status_code)
                 return response, attempt
@@ -467,7 +472,8 @@ class _Run:
     def _put_group_head(self, group: _LargeGroup, first: tuple[int, int], result: _ChunkResult) -> tuple[int | None, str | None]:
         start, end = first
         body = group.head + b',"member":[' + b",".join(group.split.member(i) for i in range(start, end)) + b"]}"
-        response, attempts = self._retrying("PUT", f"Group/{group.id}", body, {"Content-Type": FHIR_JSON})
+        headers = {"Content-Type": FHIR_JSON, "Prefer": "return=minimal"}
+        response, attempts = self._retrying("PUT", f"Group/{group.id}", body, headers, max_body=_KEEP_OF_PATCH_ANSWER)
         entry = _Entry("Group", group.id, b"")
         if response is None or response.status_code >= 300:
             status = response.status_code if response is not None else None
