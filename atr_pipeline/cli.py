@@ -207,25 +207,34 @@ def demo(
         raise typer.Exit(USAGE)
     results = run_partitions(partitions, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
     table = Table(title="atr demo: attribution_job per partition")
-    for col in ("source", "month", "rows read", "accepted", "rejected", "change types", "resources", "checks"):
-        table.add_column(col)
+    for col in ("source", "month", "read", "ok", "rej", "new/chg/same/drop", "FHIR", "checks"):
+        table.add_column(col, overflow="fold")
     failed = 0
+    notes = []
     for r in results:
         v = r.metadata.get("validated_rows", {})
         h = r.metadata.get("attribution_snapshot", {})
         f = r.metadata.get("fhir_resources", {})
-        checks = " ".join(("ok " if ok else "FAILED ") + name for name, ok in sorted(r.checks.items()))
+        ct = h.get("change_types") or {}
+        passed = sum(1 for ok in r.checks.values() if ok)
+        checks = f"{passed}/{len(r.checks)} passed"
         if not r.success:
             failed += 1
-            checks += f" | {r.failure}"
+            checks += " FAILED"
+            notes.append(f"{r.source_id} {r.month}: {r.failure}")
+        for name, ok in sorted(r.checks.items()):
+            if not ok:
+                notes.append(f"{r.source_id} {r.month}: check {name} failed")
         table.add_row(
             r.source_id, r.month,
             str(v.get("rows_read", "-")), str(v.get("rows_accepted", "-")), str(v.get("rows_rejected", "-")),
-            ", ".join(f"{k} {n}" for k, n in (h.get("change_types") or {}).items()),
+            "/".join(str(ct.get(k, 0)) for k in ("new", "changed", "nochange", "dropped")) if ct else "-",
             str(sum((f.get("resources_by_type") or {}).values()) or "-"),
             checks,
         )
     console.print(table)
+    for note in notes:
+        console.print(f"[red]{note}[/red]")
     console.print(f"exports:  {home / 'exports'}")
     console.print(f"rejects:  {home / 'rejects'}")
     console.print(f"history:  {home / 'history.duckdb'}")

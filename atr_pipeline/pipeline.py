@@ -505,3 +505,37 @@ def history_summary(spec: MappingSpec, month: date, settings: Settings) -> dict:
         "trends_markdown": trend_markdown(trends),
         "trend_chart": trend_vega_lite(trends),
     }
+
+
+# ---------------------------------------------------------------- FHIR server load
+
+
+def load_to_server(export_dir: str | Path, *, server_url: str | None = None, progress: Progress = _quiet):
+    """Load an export into the server at ``server_url`` or ATR_FHIR_URL; return the report and the
+    server's count per exported type (for the load_complete check)."""
+    import os
+
+    import httpx
+
+    from atr_pipeline.errors import AtrError
+    from atr_pipeline.publish.loader import load_export
+    from atr_pipeline.publish.server import ServerConfig
+
+    url = server_url or os.environ.get("ATR_FHIR_URL")
+    if not url:
+        raise AtrError("no FHIR server configured: set ATR_FHIR_URL (and ATR_FHIR_KIND, ATR_FHIR_TOKEN or ATR_SMART_*)")
+    auth = "smart" if os.environ.get("ATR_SMART_TOKEN_URL") else "bearer" if os.environ.get("ATR_FHIR_TOKEN") else "none"
+    config = ServerConfig.for_kind(url, os.environ.get("ATR_FHIR_KIND", "generic"), auth=auth)  # type: ignore[arg-type]
+    report = load_export(Path(export_dir), config)
+    progress(f"load {report.status}: {report.total('created')} created, {report.total('updated')} updated, {report.total('failed')} failed")
+    counts: dict[str, int] = {}
+    headers = {}
+    if auth == "bearer":
+        headers["Authorization"] = f"Bearer {os.environ['ATR_FHIR_TOKEN']}"
+    if auth != "smart":  # with SMART the loader holds the token; counts then come from the report only
+        with httpx.Client(base_url=url.rstrip("/") + "/", headers=headers, timeout=60) as client:
+            for rtype in report.counts:
+                r = client.get(rtype, params={"_summary": "count"})
+                if r.status_code == 200:
+                    counts[rtype] = int(r.json().get("total", 0))
+    return report, counts

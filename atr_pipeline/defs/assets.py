@@ -8,7 +8,6 @@ ones) and adds metadata an analyst can read: counts, provenance, rejects per rul
 types, resources per type. No metadata value ever holds PHI.
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 
@@ -195,3 +194,19 @@ def bulk_export(context: dg.AssetExecutionContext, atr: AtrHome, fhir_resources:
     export_dir = pipeline.export_month(fhir_resources, settings, errors=validated_rows.outcomes, progress=context.log.info)
     context.add_output_metadata(md.export_metadata(export_dir))
     return str(export_dir)
+
+
+@dg.asset(
+    partitions_def=PARTITIONS,
+    group_name="publish",
+    kinds={"fhir"},
+    owners=OWNERS,
+    retry_policy=IO_RETRY,
+    check_specs=[dg.AssetCheckSpec("load_complete", asset="server_load",
+                                   description="Every exported resource is on the server: no failed entries, and the server holds at least the exported count per type.")],
+)
+def server_load(context: dg.AssetExecutionContext, bulk_export: str):
+    """The month's export PUT into the FHIR server at ATR_FHIR_URL (by deterministic id: re-runs never duplicate; resumable)."""
+    report, server_counts = pipeline.load_to_server(bulk_export, progress=context.log.info)
+    yield dg.Output(report.status, metadata=md.load_metadata(report, server_counts))
+    yield md.load_check(report, server_counts)

@@ -17,6 +17,13 @@ attribution_job = dg.define_asset_job(
     description="One month of one source: land, read, validate, diff, build FHIR, export.",
 )
 
+load_job = dg.define_asset_job(
+    "load_job",
+    selection=dg.AssetSelection.assets("server_load"),
+    partitions_def=PARTITIONS,
+    description="Load a month's export into the FHIR server at ATR_FHIR_URL (resumable, never duplicates).",
+)
+
 
 def previous_month(today: date) -> date:
     return date(today.year - 1, 12, 1) if today.month == 1 else date(today.year, today.month - 1, 1)

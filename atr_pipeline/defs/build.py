@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from atr_pipeline.defs import assets
-from atr_pipeline.defs.automation import attribution_failure_sensor, attribution_job, schedules
+from atr_pipeline.defs.automation import attribution_failure_sensor, attribution_job, load_job, schedules
 from atr_pipeline.defs.resources import AtrHome
 
 
@@ -18,8 +18,9 @@ def build_definitions() -> dg.Definitions:
             assets.attribution_snapshot,
             assets.fhir_resources,
             assets.bulk_export,
+            assets.server_load,
         ],
-        jobs=[attribution_job],
+        jobs=[attribution_job, load_job],
         schedules=schedules(),
         sensors=[attribution_failure_sensor],
         resources={"atr": AtrHome()},

@@ -228,8 +228,32 @@ def export_metadata(export_dir: Path) -> dict[str, Any]:
     errors = sum(e.count for e in manifest.error)
     return {
         "export_dir": dg.MetadataValue.path(str(export_dir)),
-        "transaction_time": manifest.transactionTime,
+        "transaction_time": manifest.transaction_time,
         "resources_by_type": dg.MetadataValue.json(counts),
         "files": len(manifest.output),
         "operation_outcomes": errors,
     }
+
+
+def load_metadata(report: Any, server_counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        "status": report.status,
+        "server": report.server_url,
+        "by_type": dg.MetadataValue.json({t: c.model_dump() for t, c in report.counts.items()}),
+        "server_counts": dg.MetadataValue.json(server_counts),
+        "failed_entries": report.total("failed"),
+        "retries": report.retries,
+        "elapsed_seconds": dg.MetadataValue.float(round(report.elapsed_seconds, 2)),
+    }
+
+
+def load_check(report: Any, server_counts: dict[str, int]) -> dg.AssetCheckResult:
+    short = {t: (c.total, server_counts.get(t)) for t, c in report.counts.items()}
+    missing = {t: v for t, v in short.items() if v[1] is not None and v[1] < v[0]}
+    return dg.AssetCheckResult(
+        check_name="load_complete",
+        asset_key="server_load",
+        passed=report.ok and report.total("failed") == 0 and not missing,
+        metadata={"export_vs_server": dg.MetadataValue.json({t: {"export": e, "server": s} for t, (e, s) in short.items()}),
+                  "failed_entries": report.total("failed")},
+    )
