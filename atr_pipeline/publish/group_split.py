@@ -41,7 +41,7 @@ class GroupSplit:
 def split_group(data: bytes) -> GroupSplit:
     depth = 0
     spans: list[tuple[int, int]] = []
-    key_start = array_end = -1
+    key_start = array_start = array_end = -1
     in_members = False
     element_start = -1
     started = False
@@ -62,6 +62,7 @@ def split_group(data: bytes) -> GroupSplit:
             depth += 1
             if depth == 2 and first == 0x5B and key_start >= 0 and not spans and not in_members and array_end < 0:
                 in_members = True
+                array_start = match.start()
             elif in_members and depth == 3:
                 if first != 0x7B:
                     raise ValueError(f"Group.member holds a non-object at byte {match.start()}")
@@ -79,9 +80,23 @@ def split_group(data: bytes) -> GroupSplit:
         raise ValueError("not a complete JSON object")
     if key_start < 0 or array_end < 0:
         return GroupSplit(data, data, [])
+    _check_gaps(data, array_start, array_end, spans)
     head = _remove_member(data, key_start, array_end)
     orjson.loads(head)  # the head must stay valid JSON; raises on a splitting mistake
     return GroupSplit(data, head, spans)
+
+
+def _check_gaps(data: bytes, array_start: int, array_end: int, spans: list[tuple[int, int]]) -> None:
+    """Between member objects only commas and whitespace: a number or string member would
+    otherwise be skipped by the scanner and silently lost."""
+    previous = array_start + 1
+    for index, (start, end) in enumerate(spans):
+        gap = data[previous:start].strip()
+        if gap != (b"," if index else b""):
+            raise ValueError(f"Group.member holds a non-object near byte {previous}")
+        previous = end
+    if data[previous : array_end - 1].strip():
+        raise ValueError(f"Group.member holds a non-object near byte {previous}")
 
 
 def _remove_member(data: bytes, key_start: int, array_end: int) -> bytes:
