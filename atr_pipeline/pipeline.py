@@ -191,7 +191,8 @@ def record_history(validated: ValidatedFile, settings: Settings, spec: MappingSp
 
 def contract_content_hashes(members: pl.DataFrame) -> dict[str, str]:
     """sha256 per contract of its member list (lineage excluded), to version Groups only on change."""
-    content_cols = [c for c in members.columns if c not in ("source_id", "file_name", "file_sha256", "line_number", "reporting_month")]
+    # Lineage and the diff's bookkeeping column say where rows came from, not what the list holds.
+    content_cols = [c for c in members.columns if c not in ("source_id", "file_name", "file_sha256", "line_number", "reporting_month", "previous_month")]
     out: dict[str, str] = {}
     for (contract_id,), part in members.sort(["contract_id", *MEMBER_ENTRY_KEY]).group_by("contract_id", maintain_order=True):
         out[str(contract_id)] = hashlib.sha256(part.select(content_cols).write_csv().encode("utf-8")).hexdigest()
@@ -237,8 +238,9 @@ def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress:
         id_key=settings.id_key,
         systems=spec.identifier_systems,
         transaction_time=transaction_time,
-        list_status=_single_status({c: v.status for c, v in versions.items()}),
-        group_versions={c: v.version_id for c, v in versions.items()},
+        group_versions={c: int(v.version_id) for c, v in versions.items()},
+        group_last_updated={c: v.last_updated for c, v in versions.items()},
+        group_statuses={c: v.status for c, v in versions.items()},
         intended_recipient=spec.intended_recipient,
     )
     return BuiltMonth(
@@ -303,13 +305,6 @@ def publish_month(
         group_versions=built.group_versions,
         transaction_time=built.transaction_time,
     )
-
-
-def _single_status(statuses: dict[str, str]) -> str:
-    # BuildContext takes one list status per build; per-contract statuses differ only after
-    # `atr finalize`, which the Group builder reads through group_statuses when available.
-    values = set(statuses.values())
-    return values.pop() if len(values) == 1 else "draft"
 
 
 # ---------------------------------------------------------------- the whole chain, for the CLI

@@ -19,10 +19,18 @@ class BuildContext:
     group_versions: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # contract_id -> meta.versionId
     intended_recipient: RecipientIdentifier | None = None
     payer_name: str | None = None  # payer Organization name when rows carry none
+    # Per contract, from history: a Group whose content did not change keeps the lastUpdated of
+    # the version that created it, and `atr finalize` sets one contract's status. Contracts not
+    # listed use transaction_time / list_status.
+    group_last_updated: Mapping[str, datetime] = field(default_factory=lambda: MappingProxyType({}))
+    group_statuses: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
-    def last_updated(self) -> str:
+    def status_of(self, contract_id: str | None) -> str:
+        return self.group_statuses.get(contract_id, self.list_status) if contract_id is not None else self.list_status
+
+    def last_updated(self, contract_id: str | None = None) -> str:
         """FHIR instant in UTC with ``Z``; seconds unless the time has sub-second precision."""
-        t = self.transaction_time
+        t = self.group_last_updated.get(contract_id, self.transaction_time) if contract_id is not None else self.transaction_time
         t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
         spec = "seconds" if t.microsecond == 0 else "milliseconds"
         return t.replace(tzinfo=None).isoformat(timespec=spec) + "Z"

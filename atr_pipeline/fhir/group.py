@@ -111,7 +111,7 @@ def _header(h: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
     extension: list[dict[str, Any]] = []
     if h["contract_start"] or h["contract_end"]:
         extension.append({"url": EXT_CONTRACT_VALIDITY_PERIOD, "valuePeriod": {"start": h["contract_start"], "end": h["contract_end"]}})
-    extension.append({"url": EXT_ATTRIBUTION_LIST_STATUS, "valueCode": ctx.list_status})
+    extension.append({"url": EXT_ATTRIBUTION_LIST_STATUS, "valueCode": ctx.status_of(h["contract_id"])})
     if ctx.intended_recipient is not None:
         r = ctx.intended_recipient
         extension.append({"url": EXT_INTENDED_RECIPIENT, "valueIdentifier": {"system": r.system, "value": r.value}})
@@ -123,7 +123,7 @@ def _header(h: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
     return {
         "resourceType": "Group",
         "id": h[GROUP_ID],
-        "meta": {"versionId": str(version), "lastUpdated": ctx.last_updated(), "profile": [PROFILE_GROUP]},
+        "meta": {"versionId": str(version), "lastUpdated": ctx.last_updated(h["contract_id"]), "profile": [PROFILE_GROUP]},
         "extension": extension,
         "identifier": identifier,
         "active": True,

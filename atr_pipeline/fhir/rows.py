@@ -60,8 +60,9 @@ def _check(members: pl.DataFrame, ctx: BuildContext) -> None:
     missing = [c for c in needed if c not in members.columns]
     if missing:
         raise FhirBuildError(f"member rows lack column(s) {missing}")
-    if ctx.list_status not in LIST_STATUSES:
-        raise FhirBuildError(f"list_status {ctx.list_status!r} is not one of {LIST_STATUSES}")
+    for status in (ctx.list_status, *ctx.group_statuses.values()):
+        if status not in LIST_STATUSES:
+            raise FhirBuildError(f"list_status {status!r} is not one of {LIST_STATUSES}")
     bad = members.filter(pl.col("change_type").is_null() | ~pl.col("change_type").is_in(CHANGE_TYPES))
     if bad.height:
         raise FhirBuildError(f"{bad.height} row(s) have a change_type outside {CHANGE_TYPES} (use 'new', not 'add')")
