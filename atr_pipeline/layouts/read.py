@@ -92,9 +92,21 @@ def _decode(data: bytes, encoding: str, name: str) -> str:
     return text
 
 
+def physical_lines(text: str) -> list[str]:
+    """The file's physical lines, as every stage numbers them (line 1 is the first).
+
+    LF, CRLF and a lone CR (old Mac line ends, or mixed endings) each end a line, as for every
+    CSV reader; checked by counting so CRLF and LF files are not copied. A CRLF line keeps its
+    CR here; callers strip it.
+    """
+    if text.count("\r") != text.count("\r\n"):
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.split("\n")
+
+
 def _lines(text: str) -> pl.DataFrame:
     """Physical lines with 1-based numbers; CR of CRLF removed; trailing empty lines dropped."""
-    parts = text.split("\n")
+    parts = physical_lines(text)
     lines = pl.Series(LINE, parts, dtype=pl.String).str.strip_suffix("\r")
     df = pl.DataFrame({LINE_NO: pl.int_range(1, len(parts) + 1, eager=True, dtype=pl.Int64), LINE: lines})
     df = df.with_columns((pl.col(LINE).str.strip_chars() == "").alias(BLANK))

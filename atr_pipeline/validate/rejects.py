@@ -71,7 +71,7 @@ def _defuse_expr(col: str) -> pl.Expr:
 def read_lines(source_file: Path, line_numbers: Iterable[int], *, encoding: str = "utf-8") -> dict[int, str]:
     """The text of the given 1-based physical lines, numbered as layouts/ numbers them.
 
-    Lines are split on LF with a trailing CR removed, after decoding (so UTF-16 works); bytes
+    Lines are split by ``layouts.read.physical_lines`` after decoding (so UTF-16 works); bytes
     that do not decode become U+FFFD rather than failing, since this runs on rejected input.
     """
     wanted = set(line_numbers)
@@ -83,7 +83,9 @@ def read_lines(source_file: Path, line_numbers: Iterable[int], *, encoding: str 
         data = data[len(codecs.BOM_UTF8) :]
     text = data.decode(codec, errors="replace")
     out: dict[int, str] = {}
-    for number, line in enumerate(text.split("\n"), start=1):
+    from atr_pipeline.layouts.read import physical_lines
+
+    for number, line in enumerate(physical_lines(text), start=1):
         if number in wanted:
             out[number] = line.removesuffix("\r")
     return out
