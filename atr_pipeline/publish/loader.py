@@ -39,7 +39,6 @@ from pathlib import Path
 import httpx
 import orjson
 
-from atr_pipeline.errors import AtrError
 from atr_pipeline.publish.auth import auth_from_env
 from atr_pipeline.publish.checkpoint import Checkpoint
 from atr_pipeline.publish.export import Manifest, iter_ndjson, manifest_digest, read_manifest
