@@ -309,3 +309,37 @@ def test_smart_auth_fetches_one_token_for_the_whole_load(fhir, tmp_path):
     assert report.requests > 10
     assert tokens.token_requests == 1
     assert _server_counts(fhir) == _expected(export_dir)
+
+
+def test_refused_credentials_stop_the_load_at_once(tmp_path):
+    """A server that answers 401 to everything: no retries, a stopped report that says why."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    class Refuse(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"login"}]}'
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        export_dir = _export(tmp_path, members=200)
+        config = ServerConfig(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/fhir/R4", bundle_size=20, concurrency=1, retry=FAST)
+        report = load_export(export_dir, config)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert report.status == "stopped"
+    assert report.stop_reason == "http-401: the server refused the credentials; fix auth and re-run"
+    assert report.retries == 0
+    assert report.requests == 1
+    assert [(f.resource_type, f.status, f.reason) for f in report.failed] == [("Organization", 401, "http-401")] * 2
+    assert [i.code for i in report.failed[0].issues] == ["login"]
