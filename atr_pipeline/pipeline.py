@@ -336,8 +336,9 @@ def process_landed(
     except FileRefused as refused:
         ledger.mark(landed.sha256, "refused", refused.rule)
         outcome.status = "refused"
-        outcome.message = str(refused)
-        log.warning("file refused: %s", refused)
+        where = f" (line {refused.line_number})" if refused.line_number else ""
+        outcome.message = f"refused ({refused.rule}){where}: {refused.reason}"
+        log.info("file refused: %s", refused)
         return outcome
     progress(f"{landed.original_name}: recording {validated.rows_accepted:,} rows in history")
     record_history(validated, settings, spec)
