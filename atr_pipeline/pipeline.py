@@ -258,11 +258,17 @@ def check_month(built: BuiltMonth, *, structural: str = "auto", progress: Progre
     """ATR conformance of what build_month produced (cheap rules on all, structure on all or a sample)."""
     from atr_pipeline.conform.checker import check_ndjson_frames
 
+    import os
+
     total = sum(built.resources_by_type.values())
+    # Structure (R4B models) costs ~10k resources/s: every resource in small runs, a seeded
+    # random sample in large ones. Cheap ATR rules always run on every resource.
+    full_max = int(os.environ.get("ATR_CONFORM_FULL_MAX", "50000"))
+    sample_size = int(os.environ.get("ATR_CONFORM_SAMPLE_SIZE", "2000"))
     if structural == "auto":
-        structural = "all" if total <= 50_000 else "sample"
+        structural = "all" if total <= full_max else "sample"
     progress(f"checking conformance of {total:,} resources (structural: {structural})")
-    return check_ndjson_frames(built.resources, structural=structural)
+    return check_ndjson_frames(built.resources, structural=structural, sample_size=sample_size)
 
 
 def export_month(built: BuiltMonth, settings: Settings, *, errors: list[bytes] | None, progress: Progress = _quiet) -> Path:
@@ -475,6 +481,7 @@ def ensure_current_delivery(landed: LandedFile, settings: Settings) -> None:
 def history_summary(spec: MappingSpec, month: date, settings: Settings) -> dict:
     """Counts, lineage and trends of a recorded month, for metadata and checks (no PHI)."""
     from atr_pipeline.history.store import HistoryStore, trend_markdown, trend_vega_lite
+    from atr_pipeline.history.trends import trend_bars
 
     store = HistoryStore(settings.history_path)
     members = store.member_list(spec.source_id, month)
@@ -499,6 +506,7 @@ def history_summary(spec: MappingSpec, month: date, settings: Settings) -> dict:
         "dropped_twice": dropped_twice,
         "lineage": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in d.items()} for d in store.lineage(spec.source_id, month)],
         "trends_markdown": trend_markdown(trends),
+        "trend_bars": trend_bars(trends),
         "trend_chart": trend_vega_lite(trends),
     }
 

@@ -172,7 +172,8 @@ def history_metadata(summary: dict[str, Any]) -> dict[str, Any]:
         "previous_month": summary.get("previous_month") or "none (first month)",
         "lineage": dg.MetadataValue.json(summary["lineage"]),
         "trends": dg.MetadataValue.md(summary["trends_markdown"]),
-        "trend_chart": dg.MetadataValue.json(summary["trend_chart"]),
+        "trend_chart": dg.MetadataValue.md(summary["trend_bars"]),
+        "trend_chart_vega_lite": dg.MetadataValue.json(summary["trend_chart"]),
     }
 
 

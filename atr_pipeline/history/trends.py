@@ -73,3 +73,22 @@ def trend_markdown(trends_df: pl.DataFrame) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"
+
+
+def trend_bars(trends_df: pl.DataFrame, width: int = 40) -> str:
+    """A text bar chart per contract (members per month, with + new / - dropped) in a markdown
+    code block: it renders in any markdown viewer, the Dagster UI included, where a Vega-Lite
+    spec is stored but not drawn."""
+    if trends_df.is_empty():
+        return "_no months recorded_"
+    top = max(int(trends_df.get_column("members").max() or 0), 1)  # type: ignore[arg-type]
+    out: list[str] = []
+    for contract in trends_df.get_column("contract_id").unique().sort().to_list():
+        out.append(f"Contract {contract}: members per month (+new / -dropped)")
+        out.append("```")
+        part = trends_df.filter(pl.col("contract_id") == contract).sort("month")
+        for row in part.iter_rows(named=True):
+            bar = "█" * max(1, round(width * row["members"] / top)) if row["members"] else ""
+            out.append(f"{_iso(row['month'])[:7]} {bar:<{width}} {row['members']:>7,}  +{row['new']:,} -{row['dropped']:,}")
+        out.append("```")
+    return "\n".join(out)
