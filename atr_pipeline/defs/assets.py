@@ -9,6 +9,7 @@ types, resources per type. No metadata value ever holds PHI.
 """
 
 
+import warnings
 from dataclasses import dataclass
 
 import dagster as dg
@@ -26,6 +27,10 @@ OWNERS = ["team:data-engineering"]
 IO_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 # DuckDB allows one writer process: history writes share a pool of one slot.
 HISTORY_POOL = "atr_history_writer"
+# Check specs carry the asset's partitions so each result is stored against its month x source
+# (without it the UI shows a partitioned asset's check results with no partition at all).
+# Dagster 1.13 calls that a preview feature and warns once per spec at import.
+warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec")
 
 
 @dataclass
@@ -83,7 +88,7 @@ def landed_file(context: dg.AssetExecutionContext, atr: AtrHome) -> LandedFile:
     group_name="layouts",
     kinds={"polars"},
     owners=OWNERS,
-    check_specs=[dg.AssetCheckSpec("control_totals_match", asset="canonical_rows", blocking=True,
+    check_specs=[dg.AssetCheckSpec("control_totals_match", asset="canonical_rows", blocking=True, partitions_def=PARTITIONS,
                                    description="Trailer/header record count and hash total equal what was read; the file decoded and had the columns its mapping names.")],
 )
 def canonical_rows(context: dg.AssetExecutionContext, atr: AtrHome, landed_file: LandedFile):
@@ -108,7 +113,7 @@ def canonical_rows(context: dg.AssetExecutionContext, atr: AtrHome, landed_file:
     group_name="validate",
     kinds={"pandera", "polars"},
     owners=OWNERS,
-    check_specs=[dg.AssetCheckSpec("rejects_under_threshold", asset="validated_rows", blocking=True,
+    check_specs=[dg.AssetCheckSpec("rejects_under_threshold", asset="validated_rows", blocking=True, partitions_def=PARTITIONS,
                                    description="The share of rejected rows is at or below the mapping's reject_threshold.")],
 )
 def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, canonical_rows: ReadOutcome):
@@ -140,7 +145,7 @@ def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, canonical_ro
     kinds={"duckdb"},
     owners=OWNERS,
     pool=HISTORY_POOL,
-    check_specs=[dg.AssetCheckSpec("history_consistent", asset="attribution_snapshot", blocking=True,
+    check_specs=[dg.AssetCheckSpec("history_consistent", asset="attribution_snapshot", blocking=True, partitions_def=PARTITIONS,
                                    description="No member entry twice in the month's list; a dropped entry is emitted only once.")],
 )
 def attribution_snapshot(context: dg.AssetExecutionContext, atr: AtrHome, validated_rows: ValidateOutcome):
@@ -167,7 +172,7 @@ def attribution_snapshot(context: dg.AssetExecutionContext, atr: AtrHome, valida
     group_name="fhir",
     kinds={"fhir", "polars"},
     owners=OWNERS,
-    check_specs=[dg.AssetCheckSpec("conformance_passed", asset="fhir_resources", blocking=True,
+    check_specs=[dg.AssetCheckSpec("conformance_passed", asset="fhir_resources", blocking=True, partitions_def=PARTITIONS,
                                    description="Every resource passes the ATR 2.1.0 rules and reference integrity; R4 structure on all (small runs) or a sample.")],
 )
 def fhir_resources(context: dg.AssetExecutionContext, atr: AtrHome, attribution_snapshot: dict):
@@ -202,7 +207,7 @@ def bulk_export(context: dg.AssetExecutionContext, atr: AtrHome, fhir_resources:
     kinds={"fhir"},
     owners=OWNERS,
     retry_policy=IO_RETRY,
-    check_specs=[dg.AssetCheckSpec("load_complete", asset="server_load",
+    check_specs=[dg.AssetCheckSpec("load_complete", asset="server_load", partitions_def=PARTITIONS,
                                    description="Every exported resource is on the server: no failed entries, and the server holds at least the exported count per type.")],
 )
 def server_load(context: dg.AssetExecutionContext, bulk_export: str):

@@ -1,0 +1,423 @@
+"""What an analyst sees in the Dagster UI, read through a real dagster-webserver's GraphQL API.
+
+One webserver over one temporary DAGSTER_HOME: two good acme_commercial months run in-process
+against that instance (the UI must show runs it did not launch itself), and a bad statewide
+Medicaid month (trailer count 7 vs 5) is launched through the webserver's own launchRun mutation,
+as the UI's "Materialize" button does. Every expected number is derived from the fixture files
+and fixtures/README.md, not from the pipeline's own code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from dagster_webserver import Webserver, start_webserver, write_dagster_yaml
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+GOLDEN_GRAPH = Path(__file__).parent / "golden" / "asset_graph.json"
+
+GOOD = "2026-08-01|acme_commercial"
+NEXT = "2026-09-01|acme_commercial"
+BAD = "2026-08-01|statewide_medicaid"
+ACME_08 = FIXTURES / "acme_commercial" / "ACME_ATTRIB_202608.csv"
+ACME_09 = FIXTURES / "acme_commercial" / "ACME_ATTRIB_202609.csv"
+BAD_TRAILER = FIXTURES / "bad" / "trailer_count" / "SWMCD_ME_202608.txt"
+LOCATION = "atr_pipeline.definitions"
+
+METADATA = """metadataEntries { __typename label
+  ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
+  ... on TextMetadataEntry { text } ... on BoolMetadataEntry { boolValue }
+  ... on JsonMetadataEntry { jsonString } ... on PathMetadataEntry { path }
+  ... on MarkdownMetadataEntry { mdStr } ... on TableMetadataEntry { table { records } }
+  ... on TableSchemaMetadataEntry { schema { columns { name type } } }
+  ... on TableColumnLineageMetadataEntry { lineage { columnName columnDeps { assetKey { path } columnName } } } }"""
+
+MATERIALIZATIONS = """query($key: AssetKeyInput!, $partition: String!) { assetOrError(assetKey: $key) {
+  ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) { partition runId %s } } } }""" % METADATA
+
+CHECK_EXECUTIONS = """query($key: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 20) {
+    runId status partition evaluation { success partition %s } } }""" % METADATA
+
+ASSET_GRAPH = """{ assetNodes { assetKey { path } groupName isPartitioned
+  dependencyKeys { path } assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"""
+
+LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) { __typename
+  ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+  ... on RunConfigValidationInvalid { errors { message } } ... on InvalidSubsetError { message } } }"""
+
+RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status
+  stepStats { stepKey status } } } }"""
+
+
+# ---------------------------------------------------------------- the running UI
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
+    import dagster as dg
+
+    base = tmp_path_factory.mktemp("ui")
+    home, inbox, dagster_home = base / "home", base / "inbox", base / "dagster"
+    inbox.mkdir()
+    for f in (ACME_08, ACME_09, BAD_TRAILER):
+        shutil.copy2(f, inbox / f.name)
+    write_dagster_yaml(dagster_home)
+    env = {
+        "ATR_HOME": str(home),
+        "ATR_INBOX": str(inbox),
+        "ATR_ID_KEY": "ui-test-key",
+        "ATR_MAPPINGS_DIR": str(ROOT / "mappings"),
+        "DAGSTER_HOME": str(dagster_home),
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        from atr_pipeline.definitions import defs
+
+        job = defs.resolve_job_def("attribution_job")
+        instance = dg.DagsterInstance.get()
+        try:
+            for key in (GOOD, NEXT):
+                month, source = key.split("|")
+                result = job.execute_in_process(
+                    partition_key=dg.MultiPartitionKey({"month": month, "source": source}), instance=instance
+                )
+                assert result.success
+        finally:
+            instance.dispose()
+    server = start_webserver(dagster_home, env)
+    try:
+        server.bad_run_id = launch_partition(server, BAD)  # type: ignore[attr-defined]
+        yield server
+    finally:
+        server.stop()
+    assert server.process.returncode is not None
+
+
+def launch_partition(server: Webserver, key: str, timeout: float = 150) -> str:
+    """launchRun for one partition of attribution_job, as the UI's Materialize button does; wait for its end."""
+    month, source = key.split("|")
+    params = {
+        "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "jobName": "attribution_job"},
+        "runConfigData": {},
+        "executionMetadata": {"tags": [
+            {"key": "dagster/partition", "value": key},
+            {"key": "dagster/partition/month", "value": month},
+            {"key": "dagster/partition/source", "value": source},
+        ]},
+    }
+    launched = server.graphql(LAUNCH, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = server.graphql(RUN_STATUS, {"id": run_id})["runOrError"]
+        if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            return run_id
+        time.sleep(1)
+    raise AssertionError(f"run {run_id} for {key} still {run['status']} after {timeout} s:\n{server.log_tail()}")
+
+
+# ---------------------------------------------------------------- reading GraphQL answers
+
+
+def entry_value(e: dict[str, Any]) -> Any:
+    kind = e["__typename"]
+    if kind == "IntMetadataEntry":
+        return e["intValue"]
+    if kind == "FloatMetadataEntry":
+        return e["floatValue"]
+    if kind == "TextMetadataEntry":
+        return e["text"]
+    if kind == "BoolMetadataEntry":
+        return e["boolValue"]
+    if kind == "JsonMetadataEntry":
+        return json.loads(e["jsonString"])
+    if kind == "PathMetadataEntry":
+        return e["path"]
+    if kind == "MarkdownMetadataEntry":
+        return e["mdStr"]
+    if kind == "TableMetadataEntry":
+        return [json.loads(r) for r in e["table"]["records"]]
+    if kind == "TableSchemaMetadataEntry":
+        return [c["name"] for c in e["schema"]["columns"]]
+    if kind == "TableColumnLineageMetadataEntry":
+        return {c["columnName"]: sorted((d["assetKey"]["path"][-1], d["columnName"]) for d in c["columnDeps"]) for c in e["lineage"]}
+    raise AssertionError(f"unexpected metadata entry type {kind} for {e['label']}")
+
+
+def metadata(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {e["label"]: entry_value(e) for e in entries}
+
+
+def materialization(server: Webserver, asset: str, partition: str) -> dict[str, Any] | None:
+    """The latest materialization's metadata of one asset partition, or None when it never materialized."""
+    found = server.graphql(MATERIALIZATIONS, {"key": {"path": [asset]}, "partition": partition})["assetOrError"]
+    mats = found["assetMaterializations"]
+    return metadata(mats[0]["metadataEntries"]) if mats else None
+
+
+def check_results(server: Webserver, asset: str, check: str) -> dict[str, dict[str, Any]]:
+    """partition -> {success, status, metadata} of the latest evaluation of a check per partition."""
+    execs = server.graphql(CHECK_EXECUTIONS, {"key": {"path": [asset]}, "check": check})["assetCheckExecutions"]
+    out: dict[str, dict[str, Any]] = {}
+    for ex in execs:  # newest first
+        ev = ex["evaluation"]
+        if ev is None or ev["partition"] in out:
+            continue
+        out[ev["partition"]] = {"success": ev["success"], "status": ex["status"], "run": ex["runId"], "metadata": metadata(ev["metadataEntries"])}
+    return out
+
+
+# ---------------------------------------------------------------- what the fixtures say
+
+
+def read_fixture(path: Path, source: str) -> pl.DataFrame:
+    from atr_pipeline.layouts.read import read_file
+    from atr_pipeline.layouts.spec import load_mapping
+
+    return read_file(path, load_mapping(ROOT / "mappings" / f"{source}.yaml")).rows
+
+
+def expected_resource_counts(rows: pl.DataFrame) -> dict[str, int]:
+    """Resource counts by the identity rules of docs/FHIR.md, counted straight from the rows."""
+    return {
+        "Group": rows.select("payer_id", "contract_id").n_unique(),
+        "Patient": rows.select("payer_id", "member_id").n_unique(),
+        "Coverage": rows.select("payer_id", "member_id", "plan_id").n_unique(),
+        "RelatedPerson": rows.filter(pl.col("relationship") != "self").select("payer_id", "subscriber_id", "member_id").n_unique(),
+        "Practitioner": rows.filter(pl.col("provider_family_name").is_not_null()).select("provider_npi").n_unique(),
+        # the payer + one per provider organization NPI (the fixtures name no settlement entity)
+        "Organization": 1 + rows.select("provider_org_npi").n_unique(),
+        "PractitionerRole": rows.select("provider_npi", "provider_org_npi").n_unique(),
+    }
+
+
+README_ROW = re.compile(r"^\| (\d{4}-\d{2}) \| ([a-z ]+) \| `(\w+)` \| (.*) \|$")
+
+
+def readme_changes(source: str, month: str) -> list[tuple[str, str]]:
+    section = (FIXTURES / "README.md").read_text().split(f"## {source}\n", 1)[1].split("\n## ", 1)[0]
+    return [(m.group(2), m.group(3)) for line in section.splitlines() if (m := README_ROW.match(line)) and m.group(1) == month]
+
+
+def expected_change_types(before: pl.DataFrame, after: pl.DataFrame, changes: list[tuple[str, str]]) -> dict[str, int]:
+    """Entry keys only in `after` are new, only in `before` dropped; README 'changed' members' entries changed."""
+    key = ["member_id", "payer_id", "contract_id", "plan_id", "provider_npi"]
+    old = set(before.select(key).iter_rows())
+    new = set(after.select(key).iter_rows())
+    changed_members = {m for change, m in changes if change == "changed"}
+    kept = old & new
+    changed = {k for k in kept if k[0] in changed_members}
+    # The README names exactly the members whose entries appear or disappear.
+    moved = {m for change, m in changes if change in ("new", "dropped", "provider switch", "plan change")}
+    assert {k[0] for k in (old ^ new)} == moved
+    return {"new": len(new - old), "changed": len(changed), "nochange": len(kept - changed), "dropped": len(old - new)}
+
+
+# ---------------------------------------------------------------- the asset graph
+
+
+def test_asset_graph_in_the_ui_matches_the_snapshot(ui: Webserver) -> None:
+    nodes = ui.graphql(ASSET_GRAPH)["assetNodes"]
+    shown = {
+        n["assetKey"]["path"][-1]: {
+            "group": n["groupName"],
+            "deps": sorted(d["path"][-1] for d in n["dependencyKeys"]),
+            "checks": sorted(c["name"] for c in n["assetChecksOrError"]["checks"]),
+            "partitioned": n["isPartitioned"],
+        }
+        for n in nodes
+    }
+    golden = json.loads(GOLDEN_GRAPH.read_text())["assets"]
+    assert shown == {k: {f: v[f] for f in ("group", "deps", "checks", "partitioned")} for k, v in golden.items()}
+    assert sorted(shown) == ["attribution_snapshot", "bulk_export", "canonical_rows", "fhir_resources",
+                             "landed_file", "server_load", "validated_rows"]
+    assert shown["bulk_export"]["deps"] == ["fhir_resources", "validated_rows"]
+    blocking = {c["name"]: c["blocking"] for n in nodes for c in n["assetChecksOrError"]["checks"]}
+    assert blocking == {"control_totals_match": True, "rejects_under_threshold": True, "history_consistent": True,
+                        "conformance_passed": True, "load_complete": False}
+
+
+# ---------------------------------------------------------------- a good month
+
+
+def test_good_month_counts(ui: Webserver) -> None:
+    rows = read_fixture(ACME_08, "acme_commercial")
+    data_lines = len(ACME_08.read_text().splitlines()) - 1  # one column-name line
+    assert data_lines == 42 == rows.height
+
+    landed = materialization(ui, "landed_file", GOOD)
+    assert landed is not None
+    assert landed["file_name"] == ACME_08.name
+    assert landed["size_bytes"] == ACME_08.stat().st_size
+    assert landed["sha256"] == rows["file_sha256"][0]
+    assert landed["reporting_month"] == "2026-08"
+
+    canonical = materialization(ui, "canonical_rows", GOOD)
+    assert canonical is not None
+    assert (canonical["refused"], canonical["records_read"], canonical["dagster/row_count"]) == (False, 42, 42)
+    assert canonical["mapping"] == "acme_commercial"
+
+    validated = materialization(ui, "validated_rows", GOOD)
+    assert validated is not None
+    assert (validated["rows_read"], validated["rows_accepted"], validated["rows_rejected"]) == (42, 42, 0)
+    assert validated["rejects_by_rule"] == []
+    assert validated["rejects_csv"].endswith("rejects/acme_commercial/2026-08/ACME_ATTRIB_202608.rejects.csv")
+
+    snapshot = materialization(ui, "attribution_snapshot", GOOD)
+    assert snapshot is not None
+    assert snapshot["member_entries"] == 42
+    assert snapshot["change_types"] == {"new": 42}
+    assert snapshot["previous_month"] == "none (first month)"
+    assert [(d["file_name"], d["file_sha256"], d["rows"]) for d in snapshot["lineage"]] == [(ACME_08.name, landed["sha256"], 42)]
+
+    want = expected_resource_counts(rows)
+    assert want == {"Group": 2, "Patient": 40, "Coverage": 40, "RelatedPerson": 16, "Practitioner": 6,
+                    "Organization": 3, "PractitionerRole": 6}
+    fhir = materialization(ui, "fhir_resources", GOOD)
+    assert fhir is not None
+    assert fhir["resources_by_type"] == want
+    assert fhir["dagster/row_count"] == sum(want.values()) == 113
+
+    export = materialization(ui, "bulk_export", GOOD)
+    assert export is not None
+    assert export["resources_by_type"] == want
+    assert (export["files"], export["operation_outcomes"]) == (7, 0)
+    # The folder the UI points at holds exactly those NDJSON lines.
+    folder = Path(export["export_dir"])
+    assert {p.stem: len(p.read_bytes().splitlines()) for p in folder.glob("*.ndjson")} == want
+
+
+def test_good_month_checks_passed(ui: Webserver) -> None:
+    control = check_results(ui, "canonical_rows", "control_totals_match")[GOOD]
+    # A CSV with no trailer declares no totals: the check compares what it can.
+    assert control["success"] is True and control["status"] == "SUCCEEDED"
+    assert control["metadata"]["actual_records"] == 42
+    assert control["metadata"]["expected_records"] == "not declared"
+
+    threshold = check_results(ui, "validated_rows", "rejects_under_threshold")[GOOD]
+    assert threshold["success"] is True
+    assert (threshold["metadata"]["rows_read"], threshold["metadata"]["rows_rejected"]) == (42, 0)
+    assert threshold["metadata"]["threshold"] == yaml.safe_load((ROOT / "mappings" / "acme_commercial.yaml").read_text())["reject_threshold"]
+
+    history = check_results(ui, "attribution_snapshot", "history_consistent")[GOOD]
+    assert history["success"] is True
+    assert history["metadata"] == {"duplicate_member_entries": 0, "entries_dropped_twice": 0}
+
+    conformance = check_results(ui, "fhir_resources", "conformance_passed")[GOOD]
+    assert conformance["success"] is True
+    assert conformance["metadata"]["errors"] == 0
+    assert conformance["metadata"]["resources_checked"] == 113
+
+
+def test_next_month_change_types_match_the_fixture_readme(ui: Webserver) -> None:
+    before = read_fixture(ACME_08, "acme_commercial")
+    after = read_fixture(ACME_09, "acme_commercial")
+    want = expected_change_types(before, after, readme_changes("acme_commercial", "2026-09"))
+    assert want == {"new": 3, "changed": 1, "nochange": 36, "dropped": 5}
+
+    snapshot = materialization(ui, "attribution_snapshot", NEXT)
+    assert snapshot is not None
+    assert snapshot["change_types"] == want
+    assert snapshot["previous_month"] == "2026-08"
+    # a dropped entry stays in the month's list (inactive) once, so the list is 40 + 5
+    assert snapshot["member_entries"] == after.height + want["dropped"] == 45
+    fhir = materialization(ui, "fhir_resources", NEXT)
+    assert fhir is not None and fhir["change_types"] == want
+    assert check_results(ui, "attribution_snapshot", "history_consistent")[NEXT]["success"] is True
+
+
+# ---------------------------------------------------------------- a refused month
+
+
+def test_refused_month_fails_its_check_and_stops(ui: Webserver) -> None:
+    run = ui.graphql(RUN_STATUS, {"id": ui.bad_run_id})["runOrError"]  # type: ignore[attr-defined]
+    assert run["status"] == "FAILURE"
+    steps = {s["stepKey"]: s["status"] for s in run["stepStats"]}
+    assert steps["landed_file"] == "SUCCESS"
+    assert steps["canonical_rows"] == "FAILURE"  # the blocking check failed the step
+    assert "validated_rows" not in steps or steps["validated_rows"] == "SKIPPED"
+
+    # The header record declares 7 detail records; the file has 5 (fixtures/README.md).
+    lines = BAD_TRAILER.read_text(encoding="latin-1").splitlines()
+    assert (int(lines[0][30:39]), sum(1 for line in lines if line.startswith("ME"))) == (7, 5)
+
+    control = check_results(ui, "canonical_rows", "control_totals_match")[BAD]
+    assert control["success"] is False and control["status"] == "FAILED"
+    assert control["run"] == ui.bad_run_id  # type: ignore[attr-defined]
+    assert control["metadata"]["rule"] == "trailer_count"
+    assert control["metadata"]["reason"] == "header says 7 detail records, the file has 5"
+    assert control["metadata"]["what_to_do"].startswith("Ask the sender for a corrected file")
+
+    canonical = materialization(ui, "canonical_rows", BAD)
+    assert canonical is not None
+    assert (canonical["refused"], canonical["refused_rule"], canonical["dagster/row_count"]) == (True, "trailer_count", 0)
+    for asset in ("validated_rows", "attribution_snapshot", "fhir_resources", "bulk_export"):
+        assert materialization(ui, asset, BAD) is None, asset
+
+
+# ---------------------------------------------------------------- column lineage
+
+
+def mapped_columns(source: str) -> dict[str, str]:
+    """canonical field -> source column, straight from the mapping YAML (column-mapped fields only)."""
+    fields = yaml.safe_load((ROOT / "mappings" / f"{source}.yaml").read_text())["fields"]
+    return {name: str(f["column"]) for name, f in fields.items() if isinstance(f, dict) and "column" in f}
+
+
+def test_canonical_rows_column_lineage(ui: Webserver) -> None:
+    canonical = materialization(ui, "canonical_rows", GOOD)
+    assert canonical is not None
+    columns = mapped_columns("acme_commercial")
+    assert len(columns) == 36
+    assert canonical["dagster/column_lineage"] == {name: [("landed_file", col)] for name, col in columns.items()}
+    assert canonical["dagster/column_lineage"]["birth_date"] == [("landed_file", "DOB")]
+    from atr_pipeline.canonical import FIELDS
+
+    assert canonical["dagster/column_schema"] == [f.name for f in FIELDS]
+
+
+def test_fhir_resources_column_lineage(ui: Webserver) -> None:
+    from atr_pipeline.canonical import FIELD_BY_NAME
+
+    fhir = materialization(ui, "fhir_resources", GOOD)
+    assert fhir is not None
+    lineage = fhir["dagster/column_lineage"]
+    assert lineage["Patient.birthDate"] == [("canonical_rows", "birth_date")]
+    assert lineage["Coverage.class:plan.value"] == [("canonical_rows", "plan_id")]
+    assert lineage["Group.identifier"] == [("canonical_rows", "contract_id")]
+    fields = yaml.safe_load((ROOT / "mappings" / "acme_commercial.yaml").read_text())["fields"]
+    elements = {e.strip() for name in fields for e in FIELD_BY_NAME[name].fhir.split(";") if e.strip()}
+    assert set(lineage) == elements
+
+
+def test_column_lineage_table_names_column_field_and_element(ui: Webserver) -> None:
+    from atr_pipeline.canonical import FIELD_BY_NAME
+
+    canonical = materialization(ui, "canonical_rows", GOOD)
+    assert canonical is not None
+    table = canonical["column_lineage_table"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    by_field = {r[1].strip("`"): (r[0], r[2]) for r in rows}
+    fields = yaml.safe_load((ROOT / "mappings" / "acme_commercial.yaml").read_text())["fields"]
+    assert set(by_field) == set(fields)
+    for name, column in mapped_columns("acme_commercial").items():
+        element = FIELD_BY_NAME[name].fhir or "(lineage / not in FHIR)"
+        assert by_field[name] == (column, element), name
+    assert by_field["payer_id"] == ("constant `ACME01`", "Organization(payer).identifier")
+    assert by_field["birth_date"] == ("DOB", "Patient.birthDate")
