@@ -49,12 +49,27 @@ CS_COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
 CS_SUBSCRIBER_RELATIONSHIP = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
 CS_INSURANCE_PRODUCT_TYPE = "http://hl7.org/fhir/us/davinci-pdex-plan-net/CodeSystem/InsuranceProductTypeCS"
 CS_ORGANIZATION_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
+CS_V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+
+# exportType of an ATR $davinci-data-export (the IG uses the package id here)
+ATR_EXPORT_TYPE = "hl7.fhir.us.davinci-atr"
 
 CHANGE_TYPES = ("new", "changed", "nochange", "dropped", "cancelled")
 LIST_STATUSES = ("draft", "open", "final")
 GENDERS = ("male", "female", "other", "unknown")
 # http://terminology.hl7.org/CodeSystem/subscriber-relationship (R4 value set, extensible)
 RELATIONSHIPS = ("child", "parent", "spouse", "common", "other", "self", "injured")
+# The member's relationship to the subscriber -> the subscriber's v3 RoleCode towards the member
+# (RelatedPerson.relationship of the subscriber).
+SUBSCRIBER_ROLE: dict[str, tuple[str, str]] = {
+    "child": ("PRN", "parent"),
+    "spouse": ("SPS", "spouse"),
+    "common": ("DOMPART", "domestic partner"),
+    "parent": ("CHILD", "child"),
+}
+# Required bindings checked beyond gender (FHIR R4 value sets)
+GROUP_TYPES = frozenset({"person", "animal", "practitioner", "device", "medication", "substance"})
+COVERAGE_STATUSES = frozenset({"active", "cancelled", "draft", "entered-in-error"})
 # plan-net InsuranceProductTypeCS
 PRODUCT_TYPES: dict[str, str] = {
     "commppo": "Commercial PPO",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from atr_pipeline import systems as S
 from atr_pipeline.conform.findings import Findings
-from atr_pipeline.conform.rules import COVERAGE_STATUSES, GROUP_TYPES
+from atr_pipeline.systems import COVERAGE_STATUSES, GROUP_TYPES
 
 ORG = frozenset({"Organization"})
 PATIENT = frozenset({"Patient"})

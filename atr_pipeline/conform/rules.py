@@ -15,10 +15,6 @@ from dataclasses import dataclass
 ERROR = "error"
 WARNING = "warning"
 
-# Required bindings (FHIR R4 value sets) checked without a terminology server.
-GROUP_TYPES = frozenset({"person", "animal", "practitioner", "device", "medication", "substance"})
-COVERAGE_STATUSES = frozenset({"active", "cancelled", "draft", "entered-in-error"})
-
 
 @dataclass(frozen=True)
 class Rule:

@@ -18,16 +18,7 @@ from atr_pipeline.fhir.context import BuildContext
 from atr_pipeline.fhir.json import Json, arr, concept_column, reference, resource, system_identifier, to_frame
 from atr_pipeline.fhir.patient import NAME_COLUMNS, human_name
 from atr_pipeline.fhir.rows import PATIENT_ID, RELATED_PERSON_ID, representative
-
-# TODO-move to systems.py: CS_V3_ROLE_CODE and the inverse-relationship table.
-CS_V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
-# member's relationship to the subscriber -> subscriber's role towards the member
-SUBSCRIBER_ROLE: dict[str, tuple[str, str]] = {
-    "child": ("PRN", "parent"),
-    "spouse": ("SPS", "spouse"),
-    "common": ("DOMPART", "domestic partner"),
-    "parent": ("CHILD", "child"),
-}
+from atr_pipeline.systems import CS_V3_ROLE_CODE, SUBSCRIBER_ROLE
 
 
 def related_person_json(ctx: BuildContext) -> Json:

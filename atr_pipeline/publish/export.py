@@ -34,13 +34,12 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from atr_pipeline.errors import AtrError
-from atr_pipeline.systems import LOAD_ORDER
+from atr_pipeline.systems import ATR_EXPORT_TYPE, LOAD_ORDER
 
 MANIFEST_NAME = "manifest.json"
 ERROR_TYPE = "OperationOutcome"
 # exportType of the ATR $davinci-data-export operation (ATR 2.1.0 section 4.1).
 # Belongs in systems.py; kept here until that shared module grows it.
-ATR_EXPORT_TYPE = "hl7.fhir.us.davinci-atr"
 _GZIP_LEVEL = 6  # fixed so the bytes never depend on a library default
 _PARTIAL_MARK = ".partial-"
 
