@@ -21,3 +21,8 @@ class FileRefused(AtrError):
         self.line_number = line_number
         where = f"{file_name}, line {line_number}" if line_number else file_name
         super().__init__(f"{where}: refused ({rule}): {reason}")
+
+    def __reduce__(self):
+        # Exceptions pickle their message args by default; Dagster stores a refusal inside an
+        # asset value, so it must round-trip with its fields.
+        return (FileRefused, (self.file_name, self.rule, self.reason, self.line_number))

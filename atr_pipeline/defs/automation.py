@@ -7,20 +7,18 @@ from datetime import date, datetime
 
 import dagster as dg
 
-from atr_pipeline.defs.partitions import PARTITIONS, partition_key, source_ids
+from atr_pipeline.defs.partitions import partition_key, source_ids
 
 attribution_job = dg.define_asset_job(
     "attribution_job",
     selection=dg.AssetSelection.groups("sources", "layouts", "validate", "history", "fhir", "publish")
     - dg.AssetSelection.assets("server_load"),
-    partitions_def=PARTITIONS,
     description="One month of one source: land, read, validate, diff, build FHIR, export.",
 )
 
 load_job = dg.define_asset_job(
     "load_job",
     selection=dg.AssetSelection.assets("server_load"),
-    partitions_def=PARTITIONS,
     description="Load a month's export into the FHIR server at ATR_FHIR_URL (resumable, never duplicates).",
 )
 
@@ -70,8 +68,17 @@ WHAT_TO_DO = {
 @dg.run_failure_sensor(name="attribution_failure_sensor", default_status=dg.DefaultSensorStatus.RUNNING)
 def attribution_failure_sensor(context: dg.RunFailureSensorContext) -> None:
     """Logs, for a failed run, which step failed and what to do about it (no PHI: step names only)."""
-    steps = [e.step_key for e in context.get_step_failure_events() if e.step_key]
-    for step in steps or ["(run)"]:
+    failures = [(e.step_key, _refusal_rule(e)) for e in context.get_step_failure_events() if e.step_key]
+    for step, rule in failures or [("(run)", "")]:
         asset = step.split(".")[-1]
         hint = WHAT_TO_DO.get(asset, "Open the run in the UI, read the failed step's error, fix and re-run the partition.")
-        context.log.error(f"run {context.dagster_run.run_id} failed at {step}: {hint}")
+        why = f" (refused: {rule})" if rule else ""
+        context.log.error(f"run {context.dagster_run.run_id} failed at {step}{why}: {hint}")
+
+
+def _refusal_rule(event: dg.DagsterEvent) -> str:
+    """The FileRefused rule name a step's dg.Failure carried (a machine name, never a value)."""
+    data = event.step_failure_data
+    user = data.user_failure_data if data is not None else None
+    rule = user.metadata.get("rule") if user is not None else None
+    return str(rule.value) if rule is not None else ""
