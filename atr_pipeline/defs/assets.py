@@ -51,9 +51,12 @@ class ValidateOutcome:
 
 
 def _failure(what: str, refused: FileRefused) -> dg.Failure:
+    # A refusal is a verdict on the file, not a transient fault: retrying (IO_RETRY) only delays
+    # the failure by ~14 s and repeats the same refusal three times in the run's log.
     return dg.Failure(
         description=f"{what}: {refused}",
         metadata={"file": refused.file_name, "rule": refused.rule, "line": refused.line_number or 0},
+        allow_retries=False,
     )
 
 
