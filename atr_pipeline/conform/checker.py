@@ -318,12 +318,29 @@ def check_ndjson_frames(
     seed: int = 0,
     assume_profiles: bool = False,
     resolve_references: bool = True,
+    fast: bool = True,
 ) -> ConformReport:
     """Fast path over the fhir/ stage's frames: ``{resourceType: DataFrame[id, json]}``.
 
     The compact JSON text is scanned as is (no re-serialisation); the frame key must equal each
-    resource's resourceType and the ``id`` column its id.
+    resource's resourceType and the ``id`` column its id. With ``fast`` (the default), a
+    column-wise proof that no cheap rule fires is tried first (conform/fast.py) and gives the same
+    report; when it cannot prove that, every resource goes through the per-resource checker.
     """
+    if fast:
+        from atr_pipeline.conform.fast import fast_report
+
+        report = fast_report(
+            frames,
+            frame_order(frames),
+            structural=structural,
+            sample_size=sample_size,
+            seed=seed,
+            assume_profiles=assume_profiles,
+            resolve_references=resolve_references,
+        )
+        if report is not None:
+            return report
     checker = Checker(
         structural=structural,
         sample_size=sample_size,
