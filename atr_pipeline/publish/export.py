@@ -128,13 +128,16 @@ def _write_lines(folder: Path, resource_type: str, lines: list[bytes] | pl.Serie
     digests: dict[str, str] = {}
     for index, name in enumerate(names):
         chunk = lines[index * max_lines : (index + 1) * max_lines]
-        if isinstance(chunk, pl.Series):
-            payload = ("\n".join(chunk.to_list()) + "\n").encode("utf-8")
-        else:
-            payload = b"\n".join(chunk) + b"\n"
         writer, raw = _open_for_write(folder / name, gz)
         try:
-            writer.write(payload)
+            if isinstance(chunk, pl.Series) and len(chunk) and not gz:
+                # polars writes the text column straight from its buffers, one line per row; with
+                # quote_style="never" the bytes are the JSON text itself (no Python strings, no join).
+                pl.DataFrame({"json": chunk}).write_csv(writer, include_header=False, quote_style="never", line_terminator="\n")
+            elif isinstance(chunk, pl.Series):
+                writer.write(("\n".join(chunk.to_list()) + "\n").encode("utf-8"))
+            else:
+                writer.write(b"\n".join(chunk) + b"\n")
         finally:
             _close(writer, raw)
         digests[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
