@@ -200,3 +200,31 @@ def test_wired_sftp_sensor_requests_an_attribution_partition(sftp_server, tmp_pa
     assert request.tags["atr/remote_file"] == name
     assert request.run_key.startswith("sftp-")
     assert str(request.partition_key) in job.partitions_def.get_partition_keys(current_time=datetime(2026, 11, 20, tzinfo=UTC))
+
+
+def test_failure_sensor_names_the_failed_check_and_its_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy2(ROOT / "fixtures" / "bad" / "trailer_count" / "SWMCD_ME_202608.txt", inbox)
+    monkeypatch.setenv("ATR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ATR_INBOX", str(inbox))
+    monkeypatch.setenv("ATR_ID_KEY", "automation-test")
+    with dg.instance_for_test() as instance:
+        result = build_definitions().resolve_job_def("attribution_job").execute_in_process(
+            partition_key=dg.MultiPartitionKey({"month": "2026-08-01", "source": "statewide_medicaid"}),
+            instance=instance, raise_on_error=False, run_config=QUIET,
+        )
+        failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name="attribution_failure_sensor", dagster_event=failure, dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(result.run_id),
+        ).for_run_failure()
+        capfd.readouterr()
+        attribution_failure_sensor(ctx)
+    lines = [line.split(" - ERROR - ", 1)[1] for line in capfd.readouterr().err.splitlines() if "failed at" in line]
+    assert lines == [
+        f"run {result.run_id} failed at canonical_rows (check control_totals_match failed: trailer_count): "
+        f"{WHAT_TO_DO['canonical_rows']}"
+    ]

@@ -68,12 +68,29 @@ WHAT_TO_DO = {
 @dg.run_failure_sensor(name="attribution_failure_sensor", default_status=dg.DefaultSensorStatus.RUNNING)
 def attribution_failure_sensor(context: dg.RunFailureSensorContext) -> None:
     """Logs, for a failed run, which step failed and what to do about it (no PHI: step names only)."""
+    checks = _failed_checks(context)
     failures = [(e.step_key, _refusal_rule(e)) for e in context.get_step_failure_events() if e.step_key]
     for step, rule in failures or [("(run)", "")]:
         asset = step.split(".")[-1]
         hint = WHAT_TO_DO.get(asset, "Open the run in the UI, read the failed step's error, fix and re-run the partition.")
-        why = f" (refused: {rule})" if rule else ""
-        context.log.error(f"run {context.dagster_run.run_id} failed at {step}{why}: {hint}")
+        why = [f"refused: {rule}"] if rule else []
+        why += [f"check {name} failed" + (f": {r}" if r else "") for name, r in checks.get(step, [])]
+        because = f" ({'; '.join(why)})" if why else ""
+        context.log.error(f"run {context.dagster_run.run_id} failed at {step}{because}: {hint}")
+
+
+def _failed_checks(context: dg.RunFailureSensorContext) -> dict[str, list[tuple[str, str]]]:
+    """step -> (failed check, the refusal rule it reported or ""): names only, never values."""
+    records = context.instance.all_logs(context.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    out: dict[str, list[tuple[str, str]]] = {}
+    for record in records:
+        evaluation = record.dagster_event.event_specific_data if record.dagster_event else None
+        if evaluation is None or evaluation.passed:  # type: ignore[union-attr]
+            continue
+        rule = evaluation.metadata.get("rule")  # type: ignore[union-attr]
+        check = (evaluation.check_name, str(rule.value) if rule is not None else "")  # type: ignore[union-attr]
+        out.setdefault(record.step_key or "", []).append(check)
+    return out
 
 
 def _refusal_rule(event: dg.DagsterEvent) -> str:
