@@ -38,8 +38,8 @@ SHOTS = {
 
 
 def _webserver_module():
-    # tests/dagster_webserver.py shares its name with the dagster_webserver package: load it by path.
-    spec = importlib.util.spec_from_file_location("atr_test_webserver", ROOT / "tests" / "dagster_webserver.py")
+    # tests/ is not a package: load the helper by path.
+    spec = importlib.util.spec_from_file_location("atr_test_webserver", ROOT / "tests" / "webserver_fixture.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules[spec.name] = module  # type: ignore[union-attr]
     spec.loader.exec_module(module)  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 import yaml
 
-from dagster_webserver import Webserver, start_webserver, write_dagster_yaml
+from webserver_fixture import Webserver, start_webserver, write_dagster_yaml
 
 pytestmark = pytest.mark.timeout(240)
 

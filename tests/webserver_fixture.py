@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = ROOT / "workspace.yaml"
 
 DAGSTER_YAML = """\
-# Written by tests/dagster_webserver.py. nux off: a fresh instance shows a modal over the UI.
+# Written by tests/webserver_fixture.py. nux off: a fresh instance shows a modal over the UI.
 nux:
   enabled: false
 telemetry:
