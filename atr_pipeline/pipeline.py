@@ -50,6 +50,10 @@ class ValidatedFile:
     control: dict[str, object]
     source_columns: list[str]
 
+    @property
+    def rows_read(self) -> int:
+        return self.records_read
+
 
 @dataclass
 class PublishedMonth:
@@ -130,7 +134,8 @@ def refuse_if_over_threshold(validated: ValidatedFile, spec: MappingSpec) -> Non
     """Raise FileRefused when the rejected share is above the mapping's threshold."""
     from atr_pipeline.validate.rejects import check_reject_threshold
 
-    check_reject_threshold(result_like(validated), file_name=validated.landed.original_name, threshold=spec.reject_threshold)
+    # records_read and rows_rejected both include the structural rejects already.
+    check_reject_threshold(validated, file_name=validated.landed.original_name, threshold=spec.reject_threshold)
 
 
 def control_dict(read: ReadResult) -> dict[str, object]:
@@ -141,18 +146,6 @@ def control_dict(read: ReadResult) -> dict[str, object]:
         "expected_hash": None if c.expected_hash is None else str(c.expected_hash),
         "actual_hash": None if c.actual_hash is None else str(c.actual_hash),
     }
-
-
-@dataclass
-class _Counts:
-    rows_read: int
-    rows_accepted: int
-    rows_rejected: int
-
-
-def result_like(v: ValidatedFile) -> _Counts:
-    """The counts the threshold check needs, including structural rejects."""
-    return _Counts(v.records_read, v.rows_accepted, v.rows_rejected)
 
 
 def write_rejects(validated: ValidatedFile, settings: Settings, spec: MappingSpec) -> tuple[Path, list[bytes]]:
