@@ -331,6 +331,7 @@ def process_landed(
         # Rejects are written before the threshold check: a refused file's sender needs them most.
         csv_path, outcomes = write_rejects(validated, settings, spec)
         outcome.rejects_csv = csv_path
+        return_rejects(csv_path, validated.rows_rejected)
         refuse_if_over_threshold(validated, spec)
     except FileRefused as refused:
         ledger.mark(landed.sha256, "refused", refused.rule)
@@ -536,3 +537,24 @@ def load_to_server(export_dir: str | Path, *, server_url: str | None = None, pro
                 if r.status_code == 200:
                     counts[rtype] = int(r.json().get("total", 0))
     return report, counts
+
+
+# ---------------------------------------------------------------- return path to the sender
+
+
+def return_rejects(csv_path: Path, rows_rejected: int) -> str | None:
+    """Upload the rejects CSV to the payer's SFTP outbox when ATR_SFTP_OUTBOX is set.
+
+    Returns the remote path, or None when there is nothing to send or no outbox is configured.
+    Runs after the rejects are written and before any threshold refusal, so a refused file's
+    sender gets them too.
+    """
+    import os
+
+    from atr_pipeline.sources.sftp import ENV_OUTBOX, SftpSource, config_from_env
+
+    outbox = os.environ.get(ENV_OUTBOX)
+    if not outbox or rows_rejected == 0:
+        return None
+    with SftpSource(config_from_env()) as src:
+        return src.upload_rejects(csv_path, outbox)

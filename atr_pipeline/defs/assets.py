@@ -131,6 +131,9 @@ def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, canonical_ro
     spec = atr.mapping(canonical_rows.landed.source_id)
     validated = pipeline.validate_read(canonical_rows.read, canonical_rows.landed, spec)
     csv_path, outcomes = pipeline.write_rejects(validated, settings, spec)
+    remote = pipeline.return_rejects(csv_path, validated.rows_rejected)
+    if remote:
+        context.log.info(f"rejects uploaded to the sender's outbox: {remote}")
     refused = None
     try:
         pipeline.refuse_if_over_threshold(validated, spec)
