@@ -203,6 +203,8 @@ def bulk_export(context: dg.AssetExecutionContext, atr: AtrHome, fhir_resources:
     """The Bulk Data style export folder: manifest.json, one NDJSON per resource type, rejects as OperationOutcome."""
     settings = atr.settings()
     export_dir = pipeline.export_month(fhir_resources, settings, errors=validated_rows.outcomes, progress=context.log.info)
+    if validated_rows.validated is not None:  # the ledger says the delivery made it all the way
+        pipeline.mark_processed(validated_rows.validated.landed, settings)
     context.add_output_metadata(md.export_metadata(export_dir))
     return str(export_dir)
 
