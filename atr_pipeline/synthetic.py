@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from atr_pipeline.layouts.spec import MappingSpec
-from atr_pipeline.layouts.write import file_name_for, render
+from atr_pipeline.layouts.write import file_name_for, write_rendered
 from atr_pipeline.systems import PRODUCT_TYPES
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -340,5 +340,6 @@ def write_synthetic(spec: MappingSpec, *, members: int, month: date, out_dir: Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / file_name_for(spec, month)
-    path.write_bytes(render(spec, rows, month))
+    # Streamed to the file a slice at a time: a 5M-member file does not fit in one Python string.
+    write_rendered(spec, rows, month, path)
     return path

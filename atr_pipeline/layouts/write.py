@@ -14,7 +14,9 @@ Text longer than a fixed-width slot is cut; nothing else is altered.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -30,6 +32,7 @@ except ImportError:  # pragma: no cover
     import sre_parse as _sre  # type: ignore[no-redef]
 
 NUMBER_DECIMALS = 4
+CHUNK_ROWS = 200_000  # rows rendered at a time by write_rendered / iter_rendered
 _RECORD_TYPE = "__record_type"
 
 
@@ -115,7 +118,34 @@ def _control_line(spec: MappingSpec, kind: str, values: dict[str, str]) -> str:
 
 def render(spec: MappingSpec, rows: pl.DataFrame, month: date, *, line_ending: str = "\n", quote_style: str = "necessary") -> bytes:
     """The bytes of a file in ``spec``'s layout holding ``rows`` (in the given order)."""
+    return b"".join(iter_rendered(spec, rows, month, line_ending=line_ending, quote_style=quote_style))
+
+
+def write_rendered(
+    spec: MappingSpec, rows: pl.DataFrame, month: date, path: Path, *,
+    line_ending: str = "\n", quote_style: str = "necessary", chunk_rows: int = CHUNK_ROWS,
+) -> Path:
+    """Write ``render(spec, rows, month)``'s bytes to ``path`` one slice of rows at a time.
+
+    Why: a 5M-row file is several GB of text; building it as one Python string needs a multiple
+    of that (the 5M benchmark died with MemoryError in ``render``). Same bytes as ``render``.
+    """
+    with open(path, "wb") as fh:
+        for piece in iter_rendered(spec, rows, month, line_ending=line_ending, quote_style=quote_style, chunk_rows=chunk_rows):
+            fh.write(piece)
+    return path
+
+
+def iter_rendered(
+    spec: MappingSpec, rows: pl.DataFrame, month: date, *,
+    line_ending: str = "\n", quote_style: str = "necessary", chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[bytes]:
+    """The file's bytes in pieces: header record, the records of each slice of ``chunk_rows``
+    rows, trailer record. Joined, they are exactly ``render``'s bytes."""
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
     fixed = spec.format.kind == "fixed_width"
+    encoding = spec.file.encoding
     # A slot read into two fields (e.g. member_id and medicaid_id) is written once.
     written: dict[str, FieldSpec] = {}
     seen: set[tuple[object, ...]] = set()
@@ -124,33 +154,41 @@ def render(spec: MappingSpec, rows: pl.DataFrame, month: date, *, line_ending: s
         if s.is_set and slot not in seen:
             seen.add(slot)
             written[f] = s
-    raw = rows.select(
-        [
-            (_raw_expr(f, s, s.length if fixed else None) if f in rows.columns else pl.lit("")).alias(f)
-            for f, s in written.items()
-        ]
-    )
-    lines: list[str] = []
+    raw_exprs = {
+        f: (_raw_expr(f, s, s.length if fixed else None) if f in rows.columns else pl.lit("")).alias(f) for f, s in written.items()
+    }
+    # Control totals need only their own column over every row; the body is rendered per slice.
+    hash_of = spec.control.hash_total.of if spec.control.hash_total else None
+    control_raw = rows.select(raw_exprs[hash_of]) if hash_of in raw_exprs else pl.DataFrame()
+    wrote_any = False
     if spec.records and spec.records.header:
-        lines.append(_control_line(spec, "header", _control_values(spec, rows, raw, month, "header")))
+        wrote_any = True
+        yield (_control_line(spec, "header", _control_values(spec, rows, control_raw, month, "header")) + line_ending).encode(encoding)
 
-    if fixed:
-        parts = [(s, pl.col(f)) for f, s in written.items()]
-        if spec.records:
-            parts.append((spec.records.type_field, pl.lit(spec.records.detail.code)))
-        body = raw.select(_fixed_line(parts, spec.format.record_length or 1).str.strip_chars_end().alias("l"))["l"]
-        body_text = line_ending.join(body.to_list())
-    else:
-        body_text = _delimited_body(spec, raw, written, line_ending, quote_style)
-    if body_text:
-        lines.append(body_text)
+    exprs = list(raw_exprs.values())
+    for index, start in enumerate(range(0, max(rows.height, 1), chunk_rows)):
+        raw = rows.slice(start, chunk_rows).select(exprs)
+        if fixed:
+            parts = [(s, pl.col(f)) for f, s in written.items()]
+            if spec.records:
+                parts.append((spec.records.type_field, pl.lit(spec.records.detail.code)))
+            body = raw.select(_fixed_line(parts, spec.format.record_length or 1).str.strip_chars_end().alias("l"))["l"]
+            body_text = line_ending.join(body.to_list())
+        else:
+            body_text = _delimited_body(spec, raw, written, line_ending, quote_style, include_header=index == 0)
+        if body_text:
+            wrote_any = True
+            yield (body_text + line_ending).encode(encoding)
 
     if spec.records and spec.records.trailer:
-        lines.append(_control_line(spec, "trailer", _control_values(spec, rows, raw, month, "trailer")))
-    return (line_ending.join(lines) + line_ending).encode(spec.file.encoding)
+        yield (_control_line(spec, "trailer", _control_values(spec, rows, control_raw, month, "trailer")) + line_ending).encode(encoding)
+    elif not wrote_any:
+        yield line_ending.encode(encoding)  # render has always ended an empty file with one line ending
 
 
-def _delimited_body(spec: MappingSpec, raw: pl.DataFrame, written: dict[str, FieldSpec], line_ending: str, quote_style: str) -> str:
+def _delimited_body(
+    spec: MappingSpec, raw: pl.DataFrame, written: dict[str, FieldSpec], line_ending: str, quote_style: str, *, include_header: bool = True
+) -> str:
     fmt = spec.format
     positions: dict[str, Position] = {}
     values = raw
@@ -169,7 +207,7 @@ def _delimited_body(spec: MappingSpec, raw: pl.DataFrame, written: dict[str, Fie
         by_index = {int(p.column): f for f, p in positions.items()}  # type: ignore[arg-type]
         out = values.select([(pl.col(by_index[i]) if i in by_index else pl.lit("")).alias(f"c{i}") for i in range(1, width + 1)])
     text = out.write_csv(
-        include_header=fmt.header_row,
+        include_header=fmt.header_row and include_header,
         separator=fmt.delimiter or ",",
         quote_char=fmt.quote or '"',
         quote_style=quote_style if fmt.quote else "never",  # type: ignore[arg-type]
