@@ -96,5 +96,5 @@ def build_coverages(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
         pl.col("attribution_start").min().alias(_ATT_START),
         pl.when(pl.col("attribution_end").null_count() == 0).then(pl.col("attribution_end").max()).alias(_ATT_END),
     )
-    chosen = representative(rows, COVERAGE_ID).join(attribution, on=COVERAGE_ID, how="left")
+    chosen = representative(rows, COVERAGE_ID).join(attribution.lazy(), on=COVERAGE_ID, how="left")
     return to_frame(chosen, COVERAGE_ID, coverage_json(ctx))

@@ -84,9 +84,12 @@ def member_json() -> Json:
 
 def _members(rows: pl.DataFrame) -> pl.DataFrame:
     """GROUP_ID -> the member array's inner text (entries joined by commas)."""
-    entries = rows.with_columns(attributed_provider().alias(_ATTRIBUTED))
     order = [GROUP_ID, PATIENT_ID, COVERAGE_ID, _ATTRIBUTED, "attribution_start", "attribution_end", "inactive", "change_type"]
-    entries = entries.sort(order, nulls_last=True).lazy().select(GROUP_ID, member_json().alias(_MEMBER_JSON)).collect()
+    # Lazy, so the sort moves only the columns the member entries use, not the whole row.
+    entries = (
+        rows.lazy().with_columns(attributed_provider().alias(_ATTRIBUTED)).sort(order, nulls_last=True)
+        .select(GROUP_ID, member_json().alias(_MEMBER_JSON)).collect()
+    )
     return entries.group_by(GROUP_ID, maintain_order=True).agg(pl.col(_MEMBER_JSON).str.join(","))
 
 
@@ -102,7 +105,7 @@ def _headers(rows: pl.DataFrame) -> pl.DataFrame:
         distinct("provider_tin").alias("_tins"),
         (~pl.col("inactive")).sum().alias("_quantity"),
     )
-    chosen = representative(rows, GROUP_ID).select(GROUP_ID, PAYER_ORG_ID, "contract_id", "contract_name")
+    chosen = representative(rows, GROUP_ID).select(GROUP_ID, PAYER_ORG_ID, "contract_id", "contract_name").collect()
     return chosen.join(agg, on=GROUP_ID, how="left").sort(GROUP_ID)
 
 

@@ -110,7 +110,10 @@ def add_id(
     messages = uniq.select(_message_expr(resource_type, prefix, cols).cast(pl.Binary)).to_series().to_list()
     hexes = pl.Series("_hex", _digests(key, messages), dtype=pl.Binary).bin.encode("hex")
     table = uniq.with_columns(hexes).with_columns(_uuid_expr(pl.col("_hex")).alias(out)).drop("_hex")
-    joined = df.join(table, on=cols, how="left", nulls_equal=True, maintain_order="left")
+    # Join only the key columns and attach the id column: joining the whole (wide) frame copied
+    # every column once per id type (9 copies of a ~60-column frame per build).
+    ids = df.select(cols).join(table, on=cols, how="left", nulls_equal=True, maintain_order="left").get_column(out)
+    joined = df.with_columns(ids)
     if when is not None:
         joined = joined.with_columns(pl.when(when).then(pl.col(out)).alias(out))
     return joined

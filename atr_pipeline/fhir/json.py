@@ -114,9 +114,9 @@ def system_identifier(system: str, value: pl.Expr | str) -> Json:
     return pl.concat_str([pl.lit(f'{{"system":{dumps(system)},"value":'), text(value), pl.lit("}")])
 
 
-def to_frame(df: pl.DataFrame, id_column: str, json: Json) -> pl.DataFrame:
+def to_frame(df: pl.DataFrame | pl.LazyFrame, id_column: str, json: Json) -> pl.DataFrame:
     """(id, json) sorted by id, one row per row of ``df``."""
-    out = df.lazy().select(pl.col(id_column).alias("id"), json.alias("json")).collect()
+    out = df.lazy().select(pl.col(id_column).alias("id"), json.alias("json")).collect(engine="streaming")
     return out.sort("id")
 
 

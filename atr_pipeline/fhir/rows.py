@@ -152,7 +152,10 @@ def prepare(members: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
     return _ids(_rank(_derive(_clean(members))), ctx.id_key)
 
 
-def representative(df: pl.DataFrame, id_column: str) -> pl.DataFrame:
-    """One row per non-null ``id_column`` value: the most preferred one (see above). Unordered."""
-    present = df.filter(pl.col(id_column).is_not_null())
+def representative(df: pl.DataFrame | pl.LazyFrame, id_column: str) -> pl.LazyFrame:
+    """One row per non-null ``id_column`` value: the most preferred one (see above). Unordered.
+
+    Lazy, so the columns a builder does not use are never copied by the filters.
+    """
+    present = df.lazy().filter(pl.col(id_column).is_not_null())
     return present.filter(pl.col(RANK) == pl.col(RANK).min().over(id_column))
