@@ -214,7 +214,7 @@ class BuiltMonth:
 
 def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress: Progress = _quiet) -> BuiltMonth:
     """Member list from history (with change types) -> versioned ATR resources."""
-    from atr_pipeline.fhir.build import BuildContext, build_resources
+    from atr_pipeline.fhir.build import BuildContext, build_prepared, prepare
     from atr_pipeline.history.store import HistoryStore
 
     store = HistoryStore(settings.history_path)
@@ -236,11 +236,14 @@ def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress:
         group_statuses={c: v.status for c, v in versions.items()},
         intended_recipient=spec.intended_recipient,
     )
+    member_entries = members.height
+    rows = prepare(members, ctx) if member_entries else None
+    del members  # the prepared rows hold everything the builders need
     return BuiltMonth(
         source_id=spec.source_id,
         month=month,
-        resources=build_resources(members, ctx),
-        member_entries=members.height,
+        resources=build_prepared(rows, ctx),
+        member_entries=member_entries,
         change_types=change_types,
         group_versions={c: v.version_id for c, v in versions.items()},
         transaction_time=transaction_time,

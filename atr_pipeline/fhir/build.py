@@ -30,7 +30,7 @@ from atr_pipeline.fhir.related_person import build_related_persons
 from atr_pipeline.fhir.rows import FhirBuildError, prepare
 from atr_pipeline.systems import LOAD_ORDER
 
-__all__ = ["BuildContext", "FhirBuildError", "build_resources", "BUILDERS"]
+__all__ = ["BuildContext", "FhirBuildError", "build_prepared", "build_resources", "prepare", "BUILDERS"]
 
 Builder = Callable[[pl.DataFrame, BuildContext], pl.DataFrame]
 
@@ -47,8 +47,15 @@ BUILDERS: dict[str, Builder] = {
 
 def build_resources(members: pl.DataFrame, ctx: BuildContext) -> dict[str, pl.DataFrame]:
     """All ATR resources for these member entries, by type (systems.LOAD_ORDER)."""
+    return build_prepared(prepare(members, ctx) if members.height else None, ctx)
+
+
+def build_prepared(rows: pl.DataFrame | None, ctx: BuildContext) -> dict[str, pl.DataFrame]:
+    """``build_resources`` from rows ``prepare`` already made (None: no member entries).
+
+    Lets a caller drop the member list before the resources are built (a GB at 1M entries).
+    """
     types = [t for t in LOAD_ORDER if t in BUILDERS]
-    if members.height == 0:
+    if rows is None or rows.height == 0:
         return {t: empty_resources() for t in types}
-    rows = prepare(members, ctx)
     return {t: BUILDERS[t](rows, ctx) for t in types}

@@ -145,8 +145,8 @@ def _write_lines(folder: Path, resource_type: str, lines: list[bytes] | pl.Serie
     return items, digests
 
 
-def _checked_frame(resource_type: str, frame: pl.DataFrame) -> pl.Series:
-    """The JSON column in id order, after the checks that keep NDJSON and PUT-by-id sound."""
+def _checked_frame(resource_type: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` after the checks that keep NDJSON and PUT-by-id sound (order unchanged)."""
     missing = {"id", "json"} - set(frame.columns)
     if missing:
         raise AtrError(f"{resource_type}: export input lacks column(s) {sorted(missing)}")
@@ -158,8 +158,15 @@ def _checked_frame(resource_type: str, frame: pl.DataFrame) -> pl.Series:
     newlines = int(frame["json"].str.contains("\n", literal=True).sum())
     if newlines:
         raise AtrError(f"{resource_type}: {newlines} resource(s) contain a raw newline; NDJSON needs compact JSON")
-    # Sorting again is cheap and makes the bytes independent of the caller's row order.
-    return frame.sort("id")["json"]
+    return frame
+
+
+def _json_in_id_order(frame: pl.DataFrame) -> pl.Series:
+    # Sorting makes the bytes independent of the caller's row order; the fhir/ stage already
+    # sorts by id, so the (O(n)) check usually spares a sorted copy of a GB-sized column.
+    if frame.get_column("id").is_sorted():
+        return frame.get_column("json")
+    return frame.sort("id").get_column("json")
 
 
 def _sweep_stale_partials(out_dir: Path) -> None:
@@ -238,7 +245,9 @@ def write_bulk_export(
     if unknown:
         raise AtrError(f"resource type(s) {unknown} are not in systems.LOAD_ORDER; add them there so the loader knows their order")
     instant = format_instant(transaction_time)
-    columns = {t: _checked_frame(t, resources[t]) for t in LOAD_ORDER if t in resources and resources[t].height}
+    # Every type is checked before anything is written; each is sorted only when its turn comes,
+    # so at most one sorted copy exists at a time.
+    frames = {t: _checked_frame(t, resources[t]) for t in LOAD_ORDER if t in resources and resources[t].height}
     error_lines = [_checked_error_line(i, line) for i, line in enumerate(errors or [], start=1)]
 
     out_dir = Path(out_dir).absolute()
@@ -249,8 +258,8 @@ def write_bulk_export(
     try:
         output: list[ManifestFile] = []
         digests: dict[str, str] = {}
-        for resource_type, json_column in columns.items():
-            items, sums = _write_lines(partial, resource_type, json_column, max_lines_per_file, gzip)
+        for resource_type, frame in frames.items():
+            items, sums = _write_lines(partial, resource_type, _json_in_id_order(frame), max_lines_per_file, gzip)
             output.extend(items)
             digests.update(sums)
         error_items: list[ManifestFile] = []
