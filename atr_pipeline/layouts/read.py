@@ -364,9 +364,14 @@ class _Reader:
         good = checked.filter(good_mask)
         cols = [f"c{i}" for i in range(expected)]
         if good.height:
-            payload = (good[LINE].str.join("\n").item() + "\n").encode("utf-8")
+            # The lines, one per row, written by polars from its own buffers (quote_style="never"
+            # writes the text as is): joining them into one Python string needed ~4 copies of the
+            # file and ran out of memory at 5M rows.
+            payload = io.BytesIO()
+            pl.DataFrame({LINE: good[LINE]}).write_csv(payload, include_header=False, quote_style="never", line_terminator="\n")
+            payload.seek(0)
             cells = pl.read_csv(
-                io.BytesIO(payload),
+                payload,
                 has_header=False,
                 separator=d.delimiter,
                 quote_char=d.quote,
