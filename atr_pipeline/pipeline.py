@@ -59,7 +59,7 @@ class ValidatedFile:
 class PublishedMonth:
     source_id: str
     month: date
-    export_dir: Path
+    export_dir: Path | None  # None when conformance failed: nothing was exported
     resources_by_type: dict[str, int]
     change_types: dict[str, int]
     conformance_ok: bool
@@ -292,10 +292,11 @@ def publish_month(
     structural: str = "auto",
     progress: Progress = _quiet,
 ) -> PublishedMonth:
-    """Build, check and export one source x month."""
+    """Build, check and export one source x month. Nothing is exported when conformance fails:
+    one invalid resource can make a consumer's whole load fail."""
     built = build_month(spec, month, settings, progress=progress)
     report = check_month(built, structural=structural, progress=progress)
-    export_dir = export_month(built, settings, errors=errors, progress=progress)
+    export_dir = export_month(built, settings, errors=errors, progress=progress) if report.ok else None
     return PublishedMonth(
         source_id=spec.source_id,
         month=month,
@@ -346,16 +347,18 @@ def process_landed(
     progress(f"{landed.original_name}: recording {validated.rows_accepted:,} rows in history")
     record_history(validated, settings, spec)
     published = publish_month(spec, landed.month, settings, errors=outcomes, progress=progress)
+    if published.export_dir is None:
+        outcome.status = "refused"
+        outcome.message = f"conformance errors, nothing exported: {published.conformance_errors}"
+        ledger.mark(landed.sha256, "refused", "conformance")
+        return outcome
     if out_dir is not None:
         _copy_export(published.export_dir, out_dir / spec.source_id / month_key(landed.month))
         outcome.export_dir = out_dir / spec.source_id / month_key(landed.month)
     else:
         outcome.export_dir = published.export_dir
     outcome.resources_by_type = published.resources_by_type
-    if not published.conformance_ok:
-        outcome.status = "refused"
-        outcome.message = f"conformance errors: {published.conformance_errors}"
-    ledger.mark(landed.sha256, "processed" if outcome.status == "processed" else "refused")
+    ledger.mark(landed.sha256, "processed")
     return outcome
 
 

@@ -150,3 +150,30 @@ def test_fixtures_command_writes_a_file_the_mapping_reads(tmp_path):
 def test_bad_month_argument_is_a_usage_error(tmp_path):
     res = atr("run", "--mapping", "mappings/acme_commercial.yaml", "--month", "2026/09", home=tmp_path)
     assert res.returncode == 2
+
+
+def test_nonconformant_month_is_not_exported(tmp_path, monkeypatch):
+    """A conformance failure refuses the file and leaves no export: a builder defect is simulated
+    by breaking Group.type (fixed to `person` by the profile) before the real checker runs."""
+    from atr_pipeline import pipeline
+    from atr_pipeline.config import load_settings
+    from atr_pipeline.layouts.spec import load_mapping
+
+    monkeypatch.setenv("ATR_ID_KEY", "k")
+    settings = load_settings(tmp_path / "home", inbox=tmp_path)
+    spec = load_mapping(ROOT / "mappings/acme_commercial.yaml")
+    shutil.copy(ROOT / "fixtures/acme_commercial/ACME_ATTRIB_202608.csv", tmp_path)
+    landed = pipeline.land_path(tmp_path / "ACME_ATTRIB_202608.csv", spec, settings)
+    real_build = pipeline.build_month
+
+    def broken_build(*args, **kwargs):
+        built = real_build(*args, **kwargs)
+        groups = built.resources["Group"]
+        built.resources["Group"] = groups.with_columns(groups["json"].str.replace('"type":"person"', '"type":"animal"', literal=True))
+        return built
+
+    monkeypatch.setattr(pipeline, "build_month", broken_build)
+    outcome = pipeline.process_landed(landed, spec, settings)
+    assert outcome.status == "refused"
+    assert "conformance errors, nothing exported" in outcome.message
+    assert not (settings.exports_dir / "acme_commercial" / "2026-08").exists()
