@@ -123,8 +123,10 @@ def main() -> int:
         validated = pipeline.validate_read(pipeline.read_landed(landed2, spec), landed2, spec)
     with stage("rejects output", sampler):
         _, outcomes = pipeline.write_rejects(validated, settings, spec)
-    with stage("history record + diff", sampler):
+    # Record and diff timed apart: the diff alone has its own <= 5 s target.
+    with stage("history record", sampler):
         pipeline.record_history(validated, settings, spec)
+    with stage("history diff (member list)", sampler):
         from atr_pipeline.history.store import HistoryStore
 
         diffed = HistoryStore(settings.history_path).member_list(spec.source_id, m2)
@@ -165,8 +167,10 @@ def main() -> int:
     print(f"ratio:     {pipeline_rate / rate_base:,.1f}x   (target >= 50x)")
     print(f"month:     {total:.1f} s wall, {total_cpu:.1f} s CPU for {args.members:,} members; peak RSS {peak / 1024:.2f} GB "
           f"(targets at 1M: <= 20 s, <= 3 GB)")
-    hist = next(t for t in TIMINGS if t.name.startswith("history"))
-    print(f"diff:      {hist.seconds:.2f} s for record + diff of two {args.members:,}-member months (target <= 5 s)")
+    record = next(t for t in TIMINGS if t.name == "history record")
+    diff = next(t for t in TIMINGS if t.name.startswith("history diff"))
+    print(f"diff:      {diff.seconds:.2f} s for the diff of two {args.members:,}-member months (target <= 5 s); "
+          f"record {record.seconds:.2f} s")
     if not args.keep and args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

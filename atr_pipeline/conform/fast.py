@@ -138,18 +138,18 @@ def _all(df: pl.DataFrame, expr: pl.Expr) -> bool:
     return bool(df.select(expr.all()).item()) if df.height else True
 
 
-def _periods_ordered(texts: pl.Series) -> bool:
-    """Every ``"start":..,"end":..`` pair has start[:10] <= end[:10] (the period.order rule)."""
-    pairs = texts.str.extract_all(_PERIOD_PAIR).explode(empty_as_null=True).drop_nulls()
-    if pairs.len() == 0:
-        return True
+def _periods_ordered_expr() -> pl.Expr:
+    """True when every ``"start":..,"end":..`` pair of ``json`` has start[:10] <= end[:10] (the
+    period.order rule); an aggregate, so it runs inside the bulk queries."""
+    pairs = pl.col("json").str.extract_all(_PERIOD_PAIR).explode().drop_nulls()
     g = pairs.str.extract_groups(_PERIOD_PAIR)
     start = g.struct.field("1").str.slice(1, 10).str.strip_suffix('"')
     end = g.struct.field("2").str.slice(1, 10).str.strip_suffix('"')
-    return not bool((start > end).any())
+    return (~(start > end).any()).alias("ok")
 
 
-def _templated_ok(rtype: str, df: pl.DataFrame) -> bool:
+def _template_check(rtype: str) -> pl.Expr:
+    """One boolean (all rows admitted) for a templated type's frame: the regex plus the column checks."""
     text = pl.col("json")
     prefix = len(f'{{"resourceType":"{rtype}","id":"')
     checks = [
@@ -160,9 +160,49 @@ def _templated_ok(rtype: str, df: pl.DataFrame) -> bool:
     ]
     if rtype == "Patient":
         checks += [text.str.count_matches(f'"code":"{c}"', literal=True) <= 1 for c in _SINGLE_SLICES]
-    if not _all(df, pl.all_horizontal(checks)):
-        return False
-    return rtype != "Coverage" or _periods_ordered(df.get_column("json"))
+    return pl.all_horizontal(checks).all()
+
+
+def _bulk_checks(bulk: Mapping[str, pl.DataFrame]) -> dict[str, tuple[bool, pl.Series]]:
+    """Per bulk text column: (admitted by its grammar, the reference targets it names), computed
+    in one ``collect_all`` so the types' regex scans run on both cores at once instead of one
+    after the other. Keys are the templated types and ``"Group"`` (the member array bodies)."""
+    queries: list[pl.LazyFrame] = []
+    owners: list[str] = []
+    for rtype, df in bulk.items():
+        check = pl.col("json").str.contains(MEMBERS).all() if rtype == "Group" else _template_check(rtype)
+        if rtype in ("Coverage", "Group"):  # the types whose grammar admits start + end periods
+            check = check & _periods_ordered_expr()
+        # One scan of a text column is single-threaded; slices of ~BULK_SLICE_BYTES give both
+        # cores work of similar size (the Coverage column alone is ~40% of the bytes at 1M).
+        for offset, length in _byte_slices(df.get_column("json")):
+            part = df.lazy().slice(offset, length)
+            queries += [part.select(check.alias("ok")), part.select(_reference_expr())]
+            owners.append(rtype)
+    done = pl.collect_all(queries)
+    out: dict[str, tuple[bool, pl.Series]] = {}
+    for rtype in bulk:
+        parts = [i for i, owner in enumerate(owners) if owner == rtype]
+        admitted = all(bool(done[2 * i].item()) for i in parts)
+        refs = pl.concat([done[2 * i + 1].to_series() for i in parts]).unique()
+        out[rtype] = (admitted, refs)
+    return out
+
+
+BULK_SLICE_BYTES = 64 * 2**20
+
+
+def _byte_slices(texts: pl.Series) -> list[tuple[int, int]]:
+    """(offset, length) row ranges of ``texts`` holding about BULK_SLICE_BYTES each, in order."""
+    cum = texts.str.len_bytes().cast(pl.Int64).fill_null(0).cum_sum()
+    total = int(cum[-1]) if cum.len() else 0
+    cuts = [0]
+    for k in range(1, total // BULK_SLICE_BYTES + 1):
+        cut = int(cum.search_sorted(k * BULK_SLICE_BYTES, side="left")) + 1
+        if cuts[-1] < cut < texts.len():
+            cuts.append(cut)
+    cuts.append(texts.len())
+    return [(a, b - a) for a, b in zip(cuts, cuts[1:])]
 
 
 def _null_or_empty_candidates(df: pl.DataFrame) -> pl.Series:
@@ -171,8 +211,19 @@ def _null_or_empty_candidates(df: pl.DataFrame) -> pl.Series:
     return df.filter(hit).get_column("json")
 
 
+# Every Reference the grammars admit is spelled {"reference":"Type/uuid"}; the literal prefix lets
+# the regex engine jump between candidates instead of trying every capital letter.
+_REFERENCE = rf'"reference":"{REF_TARGET}"'
+_REFERENCE_PREFIX = len('"reference":"')
+
+
+def _reference_expr() -> pl.Expr:
+    found = pl.col("json").str.extract_all(_REFERENCE).explode().drop_nulls()
+    return found.str.slice(_REFERENCE_PREFIX).str.strip_suffix('"').unique().alias("ref")
+
+
 def _references(texts: pl.Series) -> pl.Series:
-    return texts.str.extract_all(REF_TARGET).explode(empty_as_null=True).drop_nulls().unique()
+    return texts.to_frame("json").select(_reference_expr()).to_series()
 
 
 def fast_report(
@@ -193,6 +244,18 @@ def fast_report(
     reference_sets: list[pl.Series] = []
     keys: list[pl.Series] = []
     by_type: dict[str, int] = {}
+    split_groups: tuple[pl.Series, pl.Series] | None = None
+    bulk: dict[str, pl.DataFrame] = {}
+    for rtype in order:
+        df = frames[rtype]
+        if df.height and rtype in TEMPLATES:
+            bulk[rtype] = df.select("id", "json")
+        elif df.height and rtype == "Group":
+            split_groups = _split_groups(df.select("id", "json"))
+            if split_groups is None:
+                return None
+            bulk[rtype] = split_groups[1].to_frame("json")
+    bulk_results = _bulk_checks(bulk) if bulk else {}
     for rtype in order:
         df = frames[rtype].select("id", "json")
         if df.height == 0:
@@ -206,20 +269,20 @@ def fast_report(
         if not _all(df, ~pl.col("json").str.contains("\\", literal=True)):
             return None
         if rtype in TEMPLATES:
-            if not _templated_ok(rtype, df):
+            admitted, refs = bulk_results[rtype]
+            if not admitted:  # grammar, column checks and (Coverage) period order
                 return None
-            reference_sets.append(_references(df.get_column("json")))
+            reference_sets.append(refs)
             candidates = _null_or_empty_candidates(df)
         elif rtype == "Group":
-            split = _split_groups(df)
-            if split is None:
-                return None
-            heads, bodies = split
+            assert split_groups is not None
+            heads = split_groups[0]
             for rid, head in zip(df.get_column("id").to_list(), heads.to_list()):
                 scratch.add_text(head, expected_type=rtype, expected_id=rid)
-            if not (bodies.str.contains(MEMBERS).all() and _periods_ordered(bodies)):
+            admitted, refs = bulk_results[rtype]
+            if not admitted:  # member grammar and period order
                 return None
-            reference_sets.append(_references(bodies))
+            reference_sets.append(refs)
             candidates = pl.Series([], dtype=pl.String)  # the member grammar has no null or empty
         elif df.height <= SCRATCH_LIMIT:
             for rid, text in zip(df.get_column("id").to_list(), df.get_column("json").to_list()):
@@ -275,9 +338,15 @@ def _reservoir(total: int, size: int, seed: int) -> list[int]:
     """The stream positions Checker's seeded reservoir keeps, in its final list order."""
     rng = random.Random(seed)
     sample = list(range(min(size, total)))
-    randrange = rng.randrange
+    # rng.randrange(seen) inlined: CPython's Random._randbelow_with_getrandbits, the same draws
+    # (tests/test_perf_conform_round3.py checks the positions against randrange), without the two
+    # Python calls per resource that took ~2 s at 1M.
+    getrandbits = rng.getrandbits
     for seen in range(size + 1, total + 1):
-        j = randrange(seen)
+        k = seen.bit_length()
+        j = getrandbits(k)
+        while j >= seen:
+            j = getrandbits(k)
         if j < size:
             sample[j] = seen - 1
     return sample
