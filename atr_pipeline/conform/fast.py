@@ -141,7 +141,7 @@ def _all(df: pl.DataFrame, expr: pl.Expr) -> bool:
 def _periods_ordered_expr() -> pl.Expr:
     """True when every ``"start":..,"end":..`` pair of ``json`` has start[:10] <= end[:10] (the
     period.order rule); an aggregate, so it runs inside the bulk queries."""
-    pairs = pl.col("json").str.extract_all(_PERIOD_PAIR).explode().drop_nulls()
+    pairs = pl.col("json").str.extract_all(_PERIOD_PAIR).explode(empty_as_null=True).drop_nulls()
     g = pairs.str.extract_groups(_PERIOD_PAIR)
     start = g.struct.field("1").str.slice(1, 10).str.strip_suffix('"')
     end = g.struct.field("2").str.slice(1, 10).str.strip_suffix('"')
@@ -218,7 +218,7 @@ _REFERENCE_PREFIX = len('"reference":"')
 
 
 def _reference_expr() -> pl.Expr:
-    found = pl.col("json").str.extract_all(_REFERENCE).explode().drop_nulls()
+    found = pl.col("json").str.extract_all(_REFERENCE).explode(empty_as_null=True).drop_nulls()
     return found.str.slice(_REFERENCE_PREFIX).str.strip_suffix('"').unique().alias("ref")
 
 

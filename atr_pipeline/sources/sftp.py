@@ -500,7 +500,9 @@ def config_from_values(values: dict[str, str | None]) -> SftpConfig:
         # pydantic quotes input values; a secret must not be echoed back.
         fields = sorted({".".join(str(p) for p in e["loc"]) or "config" for e in getattr(exc, "errors", lambda: [])()})
         msgs = sorted({e["msg"] for e in getattr(exc, "errors", lambda: [])()})
-        raise SftpError(f"invalid SFTP settings ({', '.join(fields)}): {'; '.join(msgs)}") from None
+        env_of = {name: var for var, name in ENV_VARS.items()}
+        named = [f"{f} ({env_of[f]})" if f in env_of else f for f in fields]
+        raise SftpError(f"invalid SFTP settings {', '.join(named)}: {'; '.join(msgs)}") from None
 
 
 def config_from_env(environ: dict[str, str] | None = None) -> SftpConfig:
