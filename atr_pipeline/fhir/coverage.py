@@ -19,7 +19,7 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.json import Json, arr, concept, concept_column, const, obj, reference, resource, text, to_frame, typed_identifier, when
+from atr_pipeline.fhir.json import Json, arr, concept, concept_column, const, obj, reference, resource, safe_text, text, to_frame, typed_identifier, when
 from atr_pipeline.fhir.rows import (
     COVERAGE_ID,
     PATIENT_ID,
@@ -46,7 +46,7 @@ def _period() -> Json:
     has_coverage_dates = pl.col("coverage_start").is_not_null() | pl.col("coverage_end").is_not_null()
     start = pl.when(has_coverage_dates).then(pl.col("coverage_start")).otherwise(pl.coalesce(pl.col(_ATT_START), pl.col("reporting_month")))
     end = pl.when(has_coverage_dates).then(pl.col("coverage_end")).otherwise(pl.col(_ATT_END))
-    return obj(start=text(start), end=text(end))
+    return obj(start=safe_text(start), end=safe_text(end))  # dates (fhir/rows.py)
 
 
 def _subscriber() -> Json:

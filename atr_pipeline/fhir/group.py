@@ -30,7 +30,7 @@ import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
 from atr_pipeline.fhir.ids import reference as reference_string
-from atr_pipeline.fhir.json import Json, arr, boolean, const, dumps, obj, reference, reference_text, text, when
+from atr_pipeline.fhir.json import Json, arr, boolean, const, dumps, obj, reference, reference_text, safe_text, when
 from atr_pipeline.fhir.rows import (
     COVERAGE_ID,
     GROUP_ID,
@@ -70,14 +70,16 @@ def attributed_provider() -> pl.Expr:
 
 def member_json() -> Json:
     attributed = pl.col(_ATTRIBUTED)
+    # change_type is checked against CHANGE_TYPES and the dates are formatted in fhir/rows.py:
+    # neither can need JSON escaping.
     return obj(
         extension=arr(
-            obj(url=const(EXT_CHANGE_TYPE), valueCode=text("change_type")),
+            obj(url=const(EXT_CHANGE_TYPE), valueCode=safe_text("change_type")),
             obj(url=const(EXT_COVERAGE_REFERENCE), valueReference=reference("Coverage", COVERAGE_ID)),
             when(attributed.is_not_null(), obj(url=const(EXT_ATTRIBUTED_PROVIDER), valueReference=reference_text(attributed))),
         ),
         entity=reference("Patient", PATIENT_ID),
-        period=obj(start=text("attribution_start"), end=text("attribution_end")),
+        period=obj(start=safe_text("attribution_start"), end=safe_text("attribution_end")),
         inactive=boolean(pl.col("inactive")),
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.json import Json, arr, const, obj, resource, text, to_frame, typed_identifier
+from atr_pipeline.fhir.json import Json, arr, const, obj, resource, safe_text, text, to_frame, typed_identifier
 from atr_pipeline.fhir.rows import PATIENT_ID, representative
 from atr_pipeline.systems import (
     ID_TYPE_MEDICAID,
@@ -62,8 +62,8 @@ def patient_json(ctx: BuildContext) -> Json:
         name=arr(human_name()),
         telecom=arr(obj(system=pl.when(pl.col("phone").is_not_null()).then(const("phone")), value=text("phone"))),
         gender=text(pl.col("gender").fill_null("unknown")),
-        birthDate=text("birth_date"),
-        deceasedDateTime=text("deceased_date"),
+        birthDate=safe_text("birth_date"),
+        deceasedDateTime=safe_text("deceased_date"),
         address=arr(_address()),
     )
 
