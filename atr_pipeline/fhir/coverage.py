@@ -19,7 +19,7 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.json import Json, arr, concept, concept_column, const, obj, reference, resource, safe_text, text, to_frame, typed_identifier, when
+from atr_pipeline.fhir.json import Json, concept, dumps, opt, template, text, to_frame, when
 from atr_pipeline.fhir.rows import (
     COVERAGE_ID,
     PATIENT_ID,
@@ -33,8 +33,11 @@ from atr_pipeline.systems import (
     CS_COVERAGE_CLASS,
     CS_INSURANCE_PRODUCT_TYPE,
     CS_SUBSCRIBER_RELATIONSHIP,
+    CS_V2_0203,
     EXT_INSURANCE_PRODUCT_TYPE,
+    ID_TYPE_DISPLAY,
     ID_TYPE_MEMBER,
+    PROFILE_BY_TYPE,
     PRODUCT_TYPES,
 )
 
@@ -46,48 +49,56 @@ def _period() -> Json:
     has_coverage_dates = pl.col("coverage_start").is_not_null() | pl.col("coverage_end").is_not_null()
     start = pl.when(has_coverage_dates).then(pl.col("coverage_start")).otherwise(pl.coalesce(pl.col(_ATT_START), pl.col("reporting_month")))
     end = pl.when(has_coverage_dates).then(pl.col("coverage_end")).otherwise(pl.col(_ATT_END))
-    return obj(start=safe_text(start), end=safe_text(end))  # dates (fhir/rows.py)
+    # dates (fhir/rows.py formats them): no escaping
+    inner = pl.concat_str([opt('"start":"', start, '"'), opt('"end":"', end, '"')], separator=",", ignore_nulls=True)
+    return when(start.is_not_null() | end.is_not_null(), template(',"period":{', inner, "}"))
 
 
 def _subscriber() -> Json:
     kind = pl.col(SUBSCRIBER_KIND)
     return (
         pl.when(kind == "Patient")
-        .then(reference("Patient", PATIENT_ID))
+        .then(opt(',"subscriber":{"reference":"Patient/', pl.col(PATIENT_ID), '"}'))
         .when(kind == "RelatedPerson")
-        .then(reference("RelatedPerson", RELATED_PERSON_ID))
+        .then(opt(',"subscriber":{"reference":"RelatedPerson/', pl.col(RELATED_PERSON_ID), '"}'))
     )
 
 
 def coverage_json(ctx: BuildContext) -> Json:
+    """One flat template (json.template): each optional element carries its key and comma.
+
+    Same text as the nested obj/arr form: element order extension, identifier, status,
+    subscriber, subscriberId, beneficiary, relationship, period, payor, class.
+    """
     product = pl.col("product_type")
     product_display = product.replace_strict(PRODUCT_TYPES, default=None, return_dtype=pl.String())
     plan = pl.col("plan_id")
-    return resource(
-        "Coverage",
-        COVERAGE_ID,
-        extension=arr(
-            when(
-                product.is_not_null(),
-                obj(url=const(EXT_INSURANCE_PRODUCT_TYPE), valueCodeableConcept=concept_column(CS_INSURANCE_PRODUCT_TYPE, product, product_display)),
-            )
+    profile = dumps({"profile": [PROFILE_BY_TYPE["Coverage"]]})
+    member_head = dumps({"type": concept(CS_V2_0203, ID_TYPE_MEMBER, ID_TYPE_DISPLAY[ID_TYPE_MEMBER]), "system": ctx.systems.member_id})
+    extension = when(
+        product.is_not_null(),
+        template(
+            f',"extension":[{{"url":{dumps(EXT_INSURANCE_PRODUCT_TYPE)},"valueCodeableConcept":{{"coding":[{{"system":{dumps(CS_INSURANCE_PRODUCT_TYPE)},"code":',
+            text(product), opt(',"display":', text(product_display)), "}]}}]",
         ),
-        identifier=arr(typed_identifier(ID_TYPE_MEMBER, ctx.systems.member_id, "member_id")),
-        status=const("active"),  # fixed by atr-coverage; an ended coverage shows in period.end
-        subscriber=_subscriber(),
-        subscriberId=text(SUBSCRIBER_ID),
-        beneficiary=reference("Patient", PATIENT_ID),
-        relationship=concept_column(CS_SUBSCRIBER_RELATIONSHIP, pl.col("relationship")),
-        period=_period(),
-        payor=arr(reference("Organization", PAYER_ORG_ID)),
-        **{
-            "class": arr(
-                when(
-                    plan.is_not_null(),
-                    obj(type=const(concept(CS_COVERAGE_CLASS, "plan")), value=text(plan), name=text("plan_name")),
-                )
-            )
-        },
+    )
+    plan_class = when(
+        plan.is_not_null(),
+        template(f',"class":[{{"type":{dumps(concept(CS_COVERAGE_CLASS, "plan"))},"value":', text(plan), opt(',"name":', text("plan_name")), "}]"),
+    )
+    return template(
+        '{"resourceType":"Coverage","id":"', pl.col(COVERAGE_ID), f'","meta":{profile}',  # ids are UUIDs
+        extension,
+        opt(f',"identifier":[{member_head[:-1]},"value":', text("member_id"), "}]"),
+        ',"status":"active"',  # fixed by atr-coverage; an ended coverage shows in period.end
+        _subscriber(),
+        opt(',"subscriberId":', text(SUBSCRIBER_ID)),
+        opt(',"beneficiary":{"reference":"Patient/', pl.col(PATIENT_ID), '"}'),
+        opt(f',"relationship":{{"coding":[{{"system":{dumps(CS_SUBSCRIBER_RELATIONSHIP)},"code":', text("relationship"), "}]}"),
+        _period(),
+        opt(',"payor":[{"reference":"Organization/', pl.col(PAYER_ORG_ID), '"}]'),
+        plan_class,
+        "}",
     )
 
 

@@ -30,7 +30,7 @@ import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
 from atr_pipeline.fhir.ids import reference as reference_string
-from atr_pipeline.fhir.json import Json, arr, boolean, const, dumps, obj, reference, reference_text, safe_text, when
+from atr_pipeline.fhir.json import Json, boolean, dumps, opt, template, when
 from atr_pipeline.fhir.rows import (
     COVERAGE_ID,
     GROUP_ID,
@@ -68,19 +68,24 @@ def attributed_provider() -> pl.Expr:
     )
 
 
+def _period(start: pl.Expr, end: pl.Expr) -> Json:
+    """``,"period":{...}`` of the present dates; null when neither is (dates need no escaping)."""
+    inner = pl.concat_str([opt('"start":"', start, '"'), opt('"end":"', end, '"')], separator=",", ignore_nulls=True)
+    return when(start.is_not_null() | end.is_not_null(), template(',"period":{', inner, "}"))
+
+
 def member_json() -> Json:
-    attributed = pl.col(_ATTRIBUTED)
-    # change_type is checked against CHANGE_TYPES and the dates are formatted in fhir/rows.py:
-    # neither can need JSON escaping.
-    return obj(
-        extension=arr(
-            obj(url=const(EXT_CHANGE_TYPE), valueCode=safe_text("change_type")),
-            obj(url=const(EXT_COVERAGE_REFERENCE), valueReference=reference("Coverage", COVERAGE_ID)),
-            when(attributed.is_not_null(), obj(url=const(EXT_ATTRIBUTED_PROVIDER), valueReference=reference_text(attributed))),
-        ),
-        entity=reference("Patient", PATIENT_ID),
-        period=obj(start=safe_text("attribution_start"), end=safe_text("attribution_end")),
-        inactive=boolean(pl.col("inactive")),
+    # One flat template: change_type (checked against CHANGE_TYPES), the Patient and Coverage
+    # ids (every row has both) and inactive (never null) are always present, so only the
+    # attributed provider and the period are optional pieces. Same text as nested obj/arr.
+    return template(
+        f'{{"extension":[{{"url":{dumps(EXT_CHANGE_TYPE)},"valueCode":"', pl.col("change_type"),
+        f'"}},{{"url":{dumps(EXT_COVERAGE_REFERENCE)},"valueReference":{{"reference":"Coverage/', pl.col(COVERAGE_ID), '"}}',
+        opt(f',{{"url":{dumps(EXT_ATTRIBUTED_PROVIDER)},"valueReference":{{"reference":"', pl.col(_ATTRIBUTED), '"}}'),
+        '],"entity":{"reference":"Patient/', pl.col(PATIENT_ID), '"}',
+        _period(pl.col("attribution_start"), pl.col("attribution_end")),
+        ',"inactive":', boolean(pl.col("inactive")),
+        "}",
     )
 
 

@@ -72,6 +72,27 @@ def arr(*elements: Json) -> Json:
     return pl.concat_str([pl.lit("["), inner, pl.lit("]")]).replace("[]", None)
 
 
+def template(*pieces: str | Json) -> Json:
+    """Literal text and JSON pieces in one ``concat_str``; a null piece is left out.
+
+    The flat form of ``obj``/``arr`` for elements whose shape is known: each nullable piece
+    carries its own key and leading comma (see ``opt``), neighbouring literals are merged, so a
+    resource is one pass over its columns instead of one nested string copy per JSON level.
+    """
+    merged: list[str | Json] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    return pl.concat_str([pl.lit(p) if isinstance(p, str) else p for p in merged], ignore_nulls=True)
+
+
+def opt(prefix: str, value: Json, suffix: str = "") -> Json:
+    """``prefix + value + suffix``, or null when ``value`` is null."""
+    return pl.concat_str([pl.lit(prefix), value, pl.lit(suffix)])
+
+
 def when(condition: pl.Expr, value: Json) -> Json:
     return pl.when(condition).then(value)
 
