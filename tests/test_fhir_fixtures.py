@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
+from fhir_refs import references
 
 from atr_pipeline.canonical import ISSUES_COLUMN, MEMBER_ENTRY_KEY
 from atr_pipeline.fhir.build import BuildContext, build_resources
@@ -38,22 +39,11 @@ def test_fixture_builds_valid_closed_resources(source: str, file_name: str) -> N
     parsed = {t: [json.loads(j) for j in df["json"].to_list()] for t, df in out.items()}
     known = {f"{t}/{r['id']}" for t, rs in parsed.items() for r in rs}
     refs: list[str] = []
-
-    def collect(v: object) -> None:
-        if isinstance(v, dict):
-            if "reference" in v:
-                refs.append(v["reference"])
-            for x in v.values():
-                collect(x)
-        elif isinstance(v, list):
-            for x in v:
-                collect(x)
-
     for rtype, resources in parsed.items():
         model = get_fhir_model_class(rtype)
         for res in resources:
             model.model_validate(res)
-            collect(res)
+            references(res, refs)
     assert members.height > 10
     assert len(parsed["Patient"]) == members.select("payer_id", "member_id").unique().height
     assert sum(len(g["member"]) for g in parsed["Group"]) == members.height

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
+from fhir_refs import references
 from test_fhir_cases import build, context, members, parse
 
 from atr_pipeline.fhir.build import build_resources
@@ -82,19 +83,7 @@ def test_no_nulls_or_empty_containers() -> None:
 def test_references_resolve() -> None:
     parsed = parse(FRAMES)
     known = {f"{t}/{i}" for t, res in parsed.items() for i in res}
-    refs: list[str] = []
-
-    def collect(v: Any) -> None:
-        if isinstance(v, dict):
-            if "reference" in v:
-                refs.append(v["reference"])
-            for x in v.values():
-                collect(x)
-        elif isinstance(v, list):
-            for x in v:
-                collect(x)
-
-    collect(parsed)
+    refs = references(parsed)
     assert len(refs) > 50 and sorted(set(refs) - known) == []
 
 

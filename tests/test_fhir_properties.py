@@ -15,6 +15,7 @@ import polars as pl
 from fhir.resources.R4B import get_fhir_model_class
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from fhir_refs import references
 from test_fhir_cases import SYSTEMS
 
 from atr_pipeline.canonical import CANONICAL_SCHEMA
@@ -115,18 +116,6 @@ def _empties(value: Any) -> int:
     return 0
 
 
-def _references(value: Any, out: list[str]) -> list[str]:
-    if isinstance(value, dict):
-        if "reference" in value:
-            out.append(value["reference"])
-        for v in value.values():
-            _references(v, out)
-    elif isinstance(value, list):
-        for v in value:
-            _references(v, out)
-    return out
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(member_frames())
 def test_random_rows_give_valid_closed_output(frame: pl.DataFrame) -> None:
@@ -138,7 +127,7 @@ def test_random_rows_give_valid_closed_output(frame: pl.DataFrame) -> None:
         for res in resources:
             model.model_validate(res)
             assert _empties(res) == 0
-            assert set(_references(res, [])) <= known
+            assert set(references(res)) <= known
     groups = parsed["Group"]
     assert sum(len(g["member"]) for g in groups) == frame.height
     assert sum(g["quantity"] for g in groups) == frame.filter(~pl.col("inactive")).height
