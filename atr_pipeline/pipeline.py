@@ -24,6 +24,7 @@ from atr_pipeline.config import Settings
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.layouts.read import ReadResult, read_file
 from atr_pipeline.layouts.spec import MappingSpec
+from atr_pipeline.publish.export import StagedResources
 from atr_pipeline.sources.landing import LandedFile
 
 log = logging.getLogger("atr_pipeline")
@@ -197,11 +198,16 @@ def contract_content_hashes(members: pl.DataFrame) -> dict[str, str]:
 
 @dataclass
 class BuiltMonth:
-    """The ATR resources of one source x month, before they are written anywhere."""
+    """The ATR resources of one source x month, staged next to their export folder.
+
+    ``resources`` reads one type at a time back from the staged NDJSON (publish.export.
+    StagedResources): the conformance check sees exactly the bytes that will be published, and
+    nothing holds the whole month's JSON in memory (or in Dagster's pickled step outputs).
+    """
 
     source_id: str
     month: date
-    resources: dict[str, pl.DataFrame]  # type -> (id, json), sorted by id
+    resources: StagedResources  # type -> (id, json), sorted by id, read on access
     member_entries: int
     change_types: dict[str, int]
     group_versions: dict[str, int]
@@ -209,13 +215,18 @@ class BuiltMonth:
 
     @property
     def resources_by_type(self) -> dict[str, int]:
-        return {t: df.height for t, df in self.resources.items()}
+        return dict(self.resources.heights)
+
+
+def export_dir_for(settings: Settings, source_id: str, month: date) -> Path:
+    return settings.exports_dir / source_id / month_key(month)
 
 
 def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress: Progress = _quiet) -> BuiltMonth:
-    """Member list from history (with change types) -> versioned ATR resources."""
-    from atr_pipeline.fhir.build import BuildContext, build_prepared, prepare
+    """Member list from history (with change types) -> versioned ATR resources, staged on disk."""
+    from atr_pipeline.fhir.build import BuildContext, iter_prepared, prepare
     from atr_pipeline.history.store import HistoryStore
+    from atr_pipeline.publish.export import stage_resources
 
     store = HistoryStore(settings.history_path)
     members = store.member_list(spec.source_id, month)
@@ -239,10 +250,12 @@ def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress:
     member_entries = members.height
     rows = prepare(members, ctx) if member_entries else None
     del members  # the prepared rows hold everything the builders need
+    # Each type is written to the staging folder as soon as it is built and then dropped.
+    staged = stage_resources(export_dir_for(settings, spec.source_id, month), iter_prepared(rows, ctx))
     return BuiltMonth(
         source_id=spec.source_id,
         month=month,
-        resources=build_prepared(rows, ctx),
+        resources=staged,
         member_entries=member_entries,
         change_types=change_types,
         group_versions={c: v.version_id for c, v in versions.items()},
@@ -268,13 +281,13 @@ def check_month(built: BuiltMonth, *, structural: str = "auto", progress: Progre
 
 
 def export_month(built: BuiltMonth, settings: Settings, *, errors: list[bytes] | None, progress: Progress = _quiet) -> Path:
-    """Write the bulk export folder (manifest + NDJSON), replacing that month's previous export."""
-    from atr_pipeline.publish.export import write_bulk_export
+    """Publish the staged build as the month's bulk export folder (manifest + NDJSON), replacing
+    that month's previous export in one rename. Publishing the same build again is a no-op."""
+    from atr_pipeline.publish.export import publish_staged
 
-    export_dir = settings.exports_dir / built.source_id / month_key(built.month)
-    progress(f"writing bulk export to {export_dir}")
-    write_bulk_export(
-        export_dir,
+    export_dir = built.resources.out_dir
+    progress(f"publishing bulk export to {export_dir}")
+    publish_staged(
         built.resources,
         errors=errors,
         transaction_time=built.transaction_time,
@@ -296,7 +309,11 @@ def publish_month(
     one invalid resource can make a consumer's whole load fail."""
     built = build_month(spec, month, settings, progress=progress)
     report = check_month(built, structural=structural, progress=progress)
-    export_dir = export_month(built, settings, errors=errors, progress=progress) if report.ok else None
+    if report.ok:
+        export_dir: Path | None = export_month(built, settings, errors=errors, progress=progress)
+    else:
+        built.resources.discard()
+        export_dir = None
     return PublishedMonth(
         source_id=spec.source_id,
         month=month,

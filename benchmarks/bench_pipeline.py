@@ -134,13 +134,13 @@ def main() -> int:
         del diffed
     rows = validated.rows_accepted
     del validated
-    with stage("FHIR build (incl. diff read)", sampler):
+    with stage("FHIR build + staging (incl. diff read)", sampler):
         built = pipeline.build_month(spec, m2, settings)
     with stage("conformance (all cheap + sample)", sampler):
         from atr_pipeline.conform.checker import check_ndjson_frames
 
         report = check_ndjson_frames(built.resources, structural="sample", sample_size=args.structural_sample)
-    with stage("bulk export write", sampler):
+    with stage("bulk export publish", sampler):
         pipeline.export_month(built, settings, errors=outcomes)
     total = time.perf_counter() - total0
     total_cpu = sum(t.cpu_seconds for t in TIMINGS)

@@ -168,8 +168,10 @@ def test_nonconformant_month_is_not_exported(tmp_path, monkeypatch):
 
     def broken_build(*args, **kwargs):
         built = real_build(*args, **kwargs)
-        groups = built.resources["Group"]
-        built.resources["Group"] = groups.with_columns(groups["json"].str.replace('"type":"person"', '"type":"animal"', literal=True))
+        # The check reads the staged bytes that would be published: break them there.
+        for item in built.resources.files["Group"]:
+            part = built.resources.folder / item.url
+            part.write_text(part.read_text().replace('"type":"person"', '"type":"animal"'))
         return built
 
     monkeypatch.setattr(pipeline, "build_month", broken_build)
@@ -177,3 +179,4 @@ def test_nonconformant_month_is_not_exported(tmp_path, monkeypatch):
     assert outcome.status == "refused"
     assert "conformance errors, nothing exported" in outcome.message
     assert not (settings.exports_dir / "acme_commercial" / "2026-08").exists()
+    assert sorted(p.name for p in (settings.exports_dir / "acme_commercial").iterdir()) == []  # staged build removed

@@ -212,3 +212,55 @@ def test_with_base_url_gives_absolute_urls(tmp_path):
     assert absolute.output[0].url == "https://exports.example.org/atr/run1/Organization.ndjson"
     assert absolute.error[0].url == "https://exports.example.org/atr/run1/OperationOutcome.ndjson"
     assert manifest.output[0].url == "Organization.ndjson"
+
+
+# ---------------------------------------------------------------- staged builds (pipeline.build_month)
+
+
+def test_staged_resources_read_back_the_frames_in_id_order_and_publish_the_same_bytes(tmp_path):
+    import pickle
+
+    from atr_pipeline.publish.export import publish_staged, stage_resources, staging_dir
+
+    resources = synthetic_resources(25, groups=2)
+    out = tmp_path / "staged"
+    staged = stage_resources(out, ((t, resources[t]) for t in LOAD_ORDER), max_lines_per_file=10)
+    assert not out.exists() and staging_dir(out).is_dir()  # nothing visible before publishing
+    assert staged.heights == {t: resources[t].height for t in LOAD_ORDER}
+    for t in LOAD_ORDER:
+        assert staged[t].equals(resources[t].sort("id").select("id", "json")), t
+    assert len(pickle.dumps(staged)) < 10_000  # paths, counts and digests, never the JSON
+    manifest = publish_staged(staged, errors=synthetic_errors(3), transaction_time=T0, request=REQUEST, max_lines_per_file=10)
+    assert not staging_dir(out).exists()
+    reference, _ = _export(tmp_path, "direct", resources=resources, errors=synthetic_errors(3), max_lines_per_file=10)
+    assert _tree_digest(out) == _tree_digest(reference)
+    # A retried publish of the same build is a no-op; reading it after publishing is refused.
+    assert publish_staged(staged, errors=synthetic_errors(3), transaction_time=T0, request=REQUEST) == manifest
+    with pytest.raises(AtrError, match="gone or was replaced"):
+        staged["Patient"]
+
+
+def test_a_newer_staged_build_replaces_an_older_one_which_can_no_longer_publish(tmp_path):
+    from atr_pipeline.publish.export import publish_staged, stage_resources, staging_dir
+
+    out = tmp_path / "month"
+    old = stage_resources(out, synthetic_resources(25, groups=2))
+    new = stage_resources(out, synthetic_resources(30, groups=2))
+    assert not old.is_staged() and new.is_staged()
+    with pytest.raises(AtrError, match="gone or was replaced"):
+        publish_staged(old, errors=None, transaction_time=T0, request=REQUEST)
+    old.discard()  # not ours any more: the newer build stays
+    assert staging_dir(out).is_dir()
+    new.discard()
+    assert not staging_dir(out).exists() and not out.exists()
+
+
+def test_staging_refuses_a_bad_frame_and_leaves_nothing_behind(tmp_path):
+    from atr_pipeline.publish.export import stage_resources
+
+    resources = synthetic_resources(25, groups=2)
+    patients = resources["Patient"]
+    resources["Patient"] = pl.concat([patients, patients.head(1)])
+    with pytest.raises(AtrError, match="1 duplicate id"):
+        stage_resources(tmp_path / "m", resources)
+    assert list(tmp_path.iterdir()) == []

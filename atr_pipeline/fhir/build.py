@@ -14,7 +14,7 @@ Each type has its own module; docs/FHIR.md maps every canonical field to its ele
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import polars as pl
 
@@ -30,7 +30,7 @@ from atr_pipeline.fhir.related_person import build_related_persons
 from atr_pipeline.fhir.rows import FhirBuildError, prepare
 from atr_pipeline.systems import LOAD_ORDER
 
-__all__ = ["BuildContext", "FhirBuildError", "build_prepared", "build_resources", "prepare", "BUILDERS"]
+__all__ = ["BuildContext", "FhirBuildError", "build_prepared", "build_resources", "iter_prepared", "prepare", "BUILDERS"]
 
 Builder = Callable[[pl.DataFrame, BuildContext], pl.DataFrame]
 
@@ -55,7 +55,17 @@ def build_prepared(rows: pl.DataFrame | None, ctx: BuildContext) -> dict[str, pl
 
     Lets a caller drop the member list before the resources are built (a GB at 1M entries).
     """
-    types = [t for t in LOAD_ORDER if t in BUILDERS]
-    if rows is None or rows.height == 0:
-        return {t: empty_resources() for t in types}
-    return {t: BUILDERS[t](rows, ctx) for t in types}
+    return dict(iter_prepared(rows, ctx))
+
+
+def iter_prepared(rows: pl.DataFrame | None, ctx: BuildContext) -> Iterator[tuple[str, pl.DataFrame]]:
+    """(type, frame) in systems.LOAD_ORDER, each built only when asked for.
+
+    A caller that writes each frame away before asking for the next (pipeline.build_month)
+    holds one type's JSON at a time instead of the whole month's (~2.6 GB at 1M members).
+    """
+    for resource_type in (t for t in LOAD_ORDER if t in BUILDERS):
+        if rows is None or rows.height == 0:
+            yield resource_type, empty_resources()
+        else:
+            yield resource_type, BUILDERS[resource_type](rows, ctx)

@@ -13,6 +13,11 @@ Refused: resource types outside ``systems.LOAD_ORDER``, missing ``id``/``json`` 
 The directory appears complete or not at all: everything is written into a hidden sibling folder,
 fsynced, and swapped into place with one atomic rename (``renameat2(RENAME_EXCHANGE)`` when a previous
 export of the same run exists). The same inputs give byte-identical files.
+
+Two steps for the pipeline: ``stage_resources`` writes the NDJSON parts type by type into
+``.<name>.staged`` (so one type's JSON is in memory at a time) and returns ``StagedResources``, a
+mapping that reads a type back on access for the conformance check; ``publish_staged`` then adds
+the error file and the manifest and renames the folder into place. ``write_bulk_export`` is both.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -248,7 +254,7 @@ def _publish(partial: Path, out_dir: Path) -> None:
 
 def write_bulk_export(
     out_dir: Path,
-    resources: dict[str, pl.DataFrame],
+    resources: Mapping[str, pl.DataFrame],
     *,
     errors: list[bytes] | None,
     transaction_time: datetime,
@@ -257,55 +263,204 @@ def write_bulk_export(
     gzip: bool = False,
 ) -> Manifest:
     """Write a complete Bulk Data export to ``out_dir`` atomically and return its manifest."""
+    format_instant(transaction_time)  # refuse a naive time before writing anything
+    staged = stage_resources(out_dir, resources, max_lines_per_file=max_lines_per_file, gzip=gzip)
+    try:
+        return publish_staged(
+            staged, errors=errors, transaction_time=transaction_time, request=request, max_lines_per_file=max_lines_per_file
+        )
+    except BaseException:
+        staged.discard()
+        raise
+
+
+def stage_resources(
+    out_dir: Path,
+    resources: Mapping[str, pl.DataFrame] | Iterable[tuple[str, pl.DataFrame]],
+    *,
+    max_lines_per_file: int = 100_000,
+    gzip: bool = False,
+) -> StagedResources:
+    """Write the NDJSON parts of an export into a hidden staging folder next to ``out_dir``.
+
+    ``resources`` may be a mapping or an iterable of (type, frame) pairs: with an iterable each
+    frame is written and released before the next one is built, so a month's resources never
+    sit in memory all at once. Nothing is visible at ``out_dir`` until ``publish_staged``.
+    Staging again for the same ``out_dir`` replaces the earlier staged build.
+    """
     if max_lines_per_file < 1:
         raise AtrError("max_lines_per_file must be at least 1")
-    unknown = sorted(set(resources) - set(LOAD_ORDER))
-    if unknown:
-        raise AtrError(f"resource type(s) {unknown} are not in systems.LOAD_ORDER; add them there so the loader knows their order")
-    instant = format_instant(transaction_time)
-    # Every type is checked before anything is written; each is sorted only when its turn comes,
-    # so at most one sorted copy exists at a time.
-    frames = {t: _checked_frame(t, resources[t]) for t in LOAD_ORDER if t in resources and resources[t].height}
-    error_lines = [_checked_error_line(i, line) for i, line in enumerate(errors or [], start=1)]
-
+    pairs = resources.items() if isinstance(resources, Mapping) else resources
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale_partials(out_dir)
-    partial = out_dir.with_name(f".{out_dir.name}{_PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    partial.mkdir()
+    staging = staging_dir(out_dir)
+    building = out_dir.with_name(f".{out_dir.name}{_PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    building.mkdir()
     try:
-        output: list[ManifestFile] = []
+        files: dict[str, list[ManifestFile]] = {}
+        heights: dict[str, int] = {}
         pending: dict[str, Future[str]] = {}
-        error_items: list[ManifestFile] = []
         with ThreadPoolExecutor(max_workers=1) as hasher:
-            for resource_type, frame in frames.items():
-                items, sums = _write_lines(partial, resource_type, _json_in_id_order(frame), max_lines_per_file, gzip, hasher)
-                output.extend(items)
+            for resource_type, frame in pairs:
+                if resource_type not in LOAD_ORDER:
+                    raise AtrError(
+                        f"resource type {resource_type!r} is not in systems.LOAD_ORDER; add it there so the loader knows its order"
+                    )
+                heights[resource_type] = frame.height
+                if not frame.height:
+                    continue
+                frame = _checked_frame(resource_type, frame)
+                items, sums = _write_lines(building, resource_type, _json_in_id_order(frame), max_lines_per_file, gzip, hasher)
+                del frame
+                files[resource_type] = items
                 pending.update(sums)
-            if error_lines:
-                error_items, sums = _write_lines(partial, ERROR_TYPE, error_lines, max_lines_per_file, gzip, hasher)
-                pending.update(sums)
-        digests = {name: future.result() for name, future in pending.items()}
-        manifest = Manifest(
-            transaction_time=instant,
-            request=request,
-            requires_access_token=True,
-            output=output,
-            error=error_items,
-            extension={"exportType": ATR_EXPORT_TYPE, "sha256": digests},
-        )
-        # The manifest is written last: a folder with a manifest is a finished export.
-        manifest_path = partial / MANIFEST_NAME
-        with open(manifest_path, "xb") as fh:
-            fh.write(manifest.to_json_bytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync_dir(partial)
-        _publish(partial, out_dir)
+        token = uuid.uuid4().hex
+        (building / _TOKEN_NAME).write_text(token)
+        _fsync_dir(building)
+        if staging.exists():
+            shutil.rmtree(staging)
+        os.rename(building, staging)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(building, ignore_errors=True)
         raise
+    order = {t: i for i, t in enumerate(LOAD_ORDER)}
+    return StagedResources(
+        out_dir=out_dir,
+        token=token,
+        files={t: files[t] for t in sorted(files, key=order.__getitem__)},
+        heights={t: heights[t] for t in sorted(heights, key=order.__getitem__)},
+        digests={name: future.result() for name, future in sorted(pending.items())},
+    )
+
+
+def publish_staged(
+    staged: StagedResources, *, errors: list[bytes] | None, transaction_time: datetime, request: str, max_lines_per_file: int = 100_000
+) -> Manifest:
+    """Add the error files and the manifest to a staged build and swap it into ``staged.out_dir``.
+
+    Publishing the same staged build twice is a no-op that returns the published manifest (a
+    retried step); a staged build replaced by a newer one is refused.
+    """
+    instant = format_instant(transaction_time)
+    error_lines = [_checked_error_line(i, line) for i, line in enumerate(errors or [], start=1)]
+    folder = staged.folder
+    if not staged.is_staged():
+        if staged.is_published():
+            return read_manifest(staged.out_dir)
+        raise AtrError(
+            f"the staged build for {staged.out_dir.name} is gone or was replaced by a newer build; build the month again"
+        )
+    gz = any(item.url.endswith(".gz") for items in staged.files.values() for item in items)
+    for stale in [*folder.glob(f"{ERROR_TYPE}*"), folder / MANIFEST_NAME]:
+        stale.unlink(missing_ok=True)  # left by an earlier attempt that failed before the swap
+    digests = dict(staged.digests)
+    error_items: list[ManifestFile] = []
+    if error_lines:
+        with ThreadPoolExecutor(max_workers=1) as hasher:
+            error_items, sums = _write_lines(folder, ERROR_TYPE, error_lines, max_lines_per_file, gz, hasher)
+        digests.update({name: future.result() for name, future in sums.items()})
+    manifest = Manifest(
+        transaction_time=instant,
+        request=request,
+        requires_access_token=True,
+        output=[item for items in staged.files.values() for item in items],
+        error=error_items,
+        extension={"exportType": ATR_EXPORT_TYPE, "sha256": dict(sorted(digests.items()))},
+    )
+    # The manifest is written last: a folder with a manifest is a finished export.
+    with open(folder / MANIFEST_NAME, "xb") as fh:
+        fh.write(manifest.to_json_bytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+    (folder / _TOKEN_NAME).unlink()
+    _fsync_dir(folder)
+    _publish(folder, staged.out_dir)
     return manifest
+
+
+_TOKEN_NAME = ".staged-build"
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """Where a build waits for its conformance check before ``publish_staged`` swaps it in."""
+    out_dir = Path(out_dir).absolute()
+    return out_dir.with_name(f".{out_dir.name}.staged")
+
+
+@dataclass(frozen=True)
+class StagedResources(Mapping[str, pl.DataFrame]):
+    """A built month's resources, written as NDJSON parts in a staging folder.
+
+    A read-only mapping type -> DataFrame(id, json) in id order: each lookup reads that type's
+    parts back from disk (~0.3 s per GB), so a caller that handles one type at a time holds one
+    type in memory. ``heights`` gives the counts without reading. Small to pickle (Dagster
+    stores it between steps): paths, counts and digests only.
+    """
+
+    out_dir: Path
+    token: str
+    files: dict[str, list[ManifestFile]]
+    heights: dict[str, int]
+    digests: dict[str, str]
+
+    @property
+    def folder(self) -> Path:
+        return staging_dir(self.out_dir)
+
+    def is_staged(self) -> bool:
+        marker = self.folder / _TOKEN_NAME
+        return marker.is_file() and marker.read_text() == self.token
+
+    def is_published(self) -> bool:
+        """True when ``out_dir`` holds exactly this build (every part's sha256 in its manifest)."""
+        try:
+            manifest = read_manifest(self.out_dir)
+        except AtrError:
+            return False
+        published = manifest.extension.get("sha256", {})
+        return all(published.get(name) == digest for name, digest in self.digests.items())
+
+    def __getitem__(self, resource_type: str) -> pl.DataFrame:
+        if resource_type not in self.heights:
+            raise KeyError(resource_type)
+        items = self.files.get(resource_type, [])
+        if not items:
+            return pl.DataFrame(schema={"id": pl.String(), "json": pl.String()})
+        if not self.is_staged():
+            raise AtrError(f"the staged build for {self.out_dir.name} is gone or was replaced by a newer build; build the month again")
+        frame = pl.concat([_read_part(self.folder / item.url) for item in items], rechunk=False)
+        if frame.height != self.heights[resource_type] or frame["id"].null_count():
+            raise AtrError(f"{resource_type}: the staged files do not hold the {self.heights[resource_type]} resources written")
+        return frame
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.heights)
+
+    def __len__(self) -> int:
+        return len(self.heights)
+
+    def discard(self) -> None:
+        """Remove the staged build (nothing is published), unless a newer build replaced it."""
+        if self.is_staged():
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# Every line was written from JSON text, where a raw control character cannot occur (JSON
+# escapes U+0000-U+001F), so U+001F never splits a line and each line is one cell.
+_NO_SEPARATOR = "\x1f"
+_ID = r'^\{"resourceType":"[A-Za-z]+","id":"([^"]+)"'
+
+
+def _read_part(path: Path) -> pl.DataFrame:
+    source: Path | bytes = path
+    if path.name.endswith(".gz"):
+        with _open_for_read(path) as fh:
+            source = fh.read()
+    lines = pl.read_csv(
+        source, has_header=False, separator=_NO_SEPARATOR, quote_char=None, new_columns=["json"], schema={"json": pl.String()},
+    )
+    return lines.select(pl.col("json").str.extract(_ID, 1).alias("id"), "json")
 
 
 def _checked_error_line(index: int, line: bytes) -> bytes:
