@@ -363,6 +363,7 @@ def process_landed(
         return outcome
     progress(f"{landed.original_name}: recording {validated.rows_accepted:,} rows in history")
     record_history(validated, settings, spec)
+    del validated  # the accepted rows are in history now; the build reads them from there
     published = publish_month(spec, landed.month, settings, errors=outcomes, progress=progress)
     if published.export_dir is None:
         outcome.status = "refused"

@@ -126,14 +126,15 @@ def main() -> int:
     # Record and diff timed apart: the diff alone has its own <= 5 s target.
     with stage("history record", sampler):
         pipeline.record_history(validated, settings, spec)
+    # What atr run keeps from here on: counts and the OperationOutcomes, not the accepted rows.
+    rows = validated.rows_accepted
+    del validated
     with stage("history diff (member list)", sampler):
         from atr_pipeline.history.store import HistoryStore
 
         diffed = HistoryStore(settings.history_path).member_list(spec.source_id, m2)
         entries = diffed.height
         del diffed
-    rows = validated.rows_accepted
-    del validated
     with stage("FHIR build + staging (incl. diff read)", sampler):
         built = pipeline.build_month(spec, m2, settings)
     with stage("conformance (all cheap + sample)", sampler):
