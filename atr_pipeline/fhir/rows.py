@@ -112,25 +112,32 @@ def _derive(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def key_of(id_column: str) -> str:
+    """The UInt32 column ranking ``id_column``'s ids in string order (fhir/ids.py add_id)."""
+    return f"{id_column}_key"
+
+
 def _ids(df: pl.DataFrame, key: bytes) -> pl.DataFrame:
-    df = add_id(df, key, "Patient", ["payer_id", "member_id"], PATIENT_ID)
-    df = add_id(df, key, "Coverage", ["payer_id", "member_id", "plan_id"], COVERAGE_ID)
-    df = add_id(
-        df, key, "RelatedPerson", ["payer_id", "subscriber_id", "member_id"], RELATED_PERSON_ID,
-        when=pl.col(SUBSCRIBER_KIND) == "RelatedPerson",
-    )
-    df = add_id(df, key, "Practitioner", ["provider_npi"], PRACTITIONER_ID, when=pl.col(HAS_PRACTITIONER))
-    df = add_id(df, key, "Organization", ["payer_id"], PAYER_ORG_ID, prefix=("payer",))
-    df = add_id(df, key, "Organization", [ORG_KIND, ORG_VALUE], PROVIDER_ORG_ID, prefix=("provider",), when=pl.col(ORG_KIND).is_not_null())
-    df = add_id(
-        df, key, "Organization", ["payer_id", "settlement_entity_id"], SETTLEMENT_ORG_ID,
+    def add(resource_type: str, columns: list[str], out: str, **kw) -> None:
+        nonlocal df
+        df = add_id(df, key, resource_type, columns, out, order_key=key_of(out), **kw)
+
+    add("Patient", ["payer_id", "member_id"], PATIENT_ID)
+    add("Coverage", ["payer_id", "member_id", "plan_id"], COVERAGE_ID)
+    add("RelatedPerson", ["payer_id", "subscriber_id", "member_id"], RELATED_PERSON_ID, when=pl.col(SUBSCRIBER_KIND) == "RelatedPerson")
+    add("Practitioner", ["provider_npi"], PRACTITIONER_ID, when=pl.col(HAS_PRACTITIONER))
+    add("Organization", ["payer_id"], PAYER_ORG_ID, prefix=("payer",))
+    add("Organization", [ORG_KIND, ORG_VALUE], PROVIDER_ORG_ID, prefix=("provider",), when=pl.col(ORG_KIND).is_not_null())
+    add(
+        "Organization", ["payer_id", "settlement_entity_id"], SETTLEMENT_ORG_ID,
         prefix=("settlement",), when=pl.col("settlement_entity_id").is_not_null(),
     )
-    df = add_id(
-        df, key, "PractitionerRole", ["provider_npi", ORG_KIND, ORG_VALUE], ROLE_ID,
+    add(
+        "PractitionerRole", ["provider_npi", ORG_KIND, ORG_VALUE], ROLE_ID,
         when=pl.col(HAS_PRACTITIONER) & pl.col(ORG_KIND).is_not_null(),
     )
-    return add_id(df, key, "Group", ["payer_id", "contract_id"], GROUP_ID)
+    add("Group", ["payer_id", "contract_id"], GROUP_ID)
+    return df
 
 
 # Several rows can describe one resource (a member in two contracts, an NPI in many rows).
@@ -153,9 +160,12 @@ def prepare(members: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
 
 
 def representative(df: pl.DataFrame | pl.LazyFrame, id_column: str) -> pl.LazyFrame:
-    """One row per non-null ``id_column`` value: the most preferred one (see above). Unordered.
+    """One row per non-null ``id_column`` value: the most preferred one (see above), in id order.
 
-    Lazy, so the columns a builder does not use are never copied by the filters.
+    Lazy, so only the columns a builder uses are moved. Sorting by (id rank, preference rank),
+    two UInt32s, and keeping each id's first row replaces a window over the id text and the
+    string sort of the output (the builders' largest cost at 1M rows).
     """
-    present = df.lazy().filter(pl.col(id_column).is_not_null())
-    return present.filter(pl.col(RANK) == pl.col(RANK).min().over(id_column))
+    k = pl.col(key_of(id_column))
+    ordered = df.lazy().filter(k.is_not_null()).sort(k, pl.col(RANK))
+    return ordered.filter((k != k.shift(1)).fill_null(True))
