@@ -134,10 +134,6 @@ _SINGLE_SLICES = (S.ID_TYPE_MEDICARE, S.ID_TYPE_MEDICAID, S.ID_TYPE_SSN)
 _SYSTEM_TOKENS = (orjson.dumps(S.SYS_NPI).decode(), orjson.dumps(S.SYS_TIN).decode())
 
 
-def _all(df: pl.DataFrame, expr: pl.Expr) -> bool:
-    return bool(df.select(expr.all()).item()) if df.height else True
-
-
 def _periods_ordered_expr() -> pl.Expr:
     """True when every ``"start":..,"end":..`` pair of ``json`` has start[:10] <= end[:10] (the
     period.order rule); an aggregate, so it runs inside the bulk queries."""
@@ -163,30 +159,26 @@ def _template_check(rtype: str) -> pl.Expr:
     return pl.all_horizontal(checks).all()
 
 
-def _bulk_checks(bulk: Mapping[str, pl.DataFrame]) -> dict[str, tuple[bool, pl.Series]]:
-    """Per bulk text column: (admitted by its grammar, the reference targets it names), computed
-    in one ``collect_all`` so the types' regex scans run on both cores at once instead of one
-    after the other. Keys are the templated types and ``"Group"`` (the member array bodies)."""
+def _bulk_check(rtype: str, df: pl.DataFrame) -> pl.Series | None:
+    """One bulk text column (a templated type's frame, or Group member array bodies in ``json``):
+    the reference targets it names, or None when its grammar, column checks or (Coverage, Group)
+    period order do not admit every row. Slices of ~BULK_SLICE_BYTES run in one ``collect_all``:
+    one scan of a text column is single-threaded, and the slices keep both cores busy on this
+    type alone, so only one type's text needs to be in memory at a time."""
+    text = pl.col("json")
+    check = text.str.contains(MEMBERS).all() if rtype == "Group" else _template_check(rtype)
+    if rtype in ("Coverage", "Group"):  # the types whose grammar admits start + end periods
+        check = check & _periods_ordered_expr()
+    # The escape-free rule rides along in the same slice queries (a literal scan, both cores).
+    check = check & (~text.str.contains("\\", literal=True)).all()
     queries: list[pl.LazyFrame] = []
-    owners: list[str] = []
-    for rtype, df in bulk.items():
-        check = pl.col("json").str.contains(MEMBERS).all() if rtype == "Group" else _template_check(rtype)
-        if rtype in ("Coverage", "Group"):  # the types whose grammar admits start + end periods
-            check = check & _periods_ordered_expr()
-        # One scan of a text column is single-threaded; slices of ~BULK_SLICE_BYTES give both
-        # cores work of similar size (the Coverage column alone is ~40% of the bytes at 1M).
-        for offset, length in _byte_slices(df.get_column("json")):
-            part = df.lazy().slice(offset, length)
-            queries += [part.select(check.alias("ok")), part.select(_reference_expr())]
-            owners.append(rtype)
+    for offset, length in _byte_slices(df.get_column("json")):
+        part = df.lazy().slice(offset, length)
+        queries += [part.select(check.alias("ok")), part.select(_reference_expr())]
     done = pl.collect_all(queries)
-    out: dict[str, tuple[bool, pl.Series]] = {}
-    for rtype in bulk:
-        parts = [i for i, owner in enumerate(owners) if owner == rtype]
-        admitted = all(bool(done[2 * i].item()) for i in parts)
-        refs = pl.concat([done[2 * i + 1].to_series() for i in parts]).unique()
-        out[rtype] = (admitted, refs)
-    return out
+    if not all(bool(done[i].item()) for i in range(0, len(done), 2)):
+        return None
+    return pl.concat([done[i].to_series() for i in range(1, len(done), 2)]).unique()
 
 
 BULK_SLICE_BYTES = 64 * 2**20
@@ -222,10 +214,6 @@ def _reference_expr() -> pl.Expr:
     return found.str.slice(_REFERENCE_PREFIX).str.strip_suffix('"').unique().alias("ref")
 
 
-def _references(texts: pl.Series) -> pl.Series:
-    return texts.to_frame("json").select(_reference_expr()).to_series()
-
-
 def fast_report(
     frames: Mapping[str, pl.DataFrame],
     order: list[str],
@@ -236,67 +224,34 @@ def fast_report(
     assume_profiles: bool,
     resolve_references: bool,
 ) -> ConformReport | None:
-    from atr_pipeline.conform.checker import Checker, _walk_null_empty
+    """The report of the per-resource path for ``frames`` in ``order``, or None (see module doc).
+
+    ``frames[rtype]`` is read exactly once per type, in ``order``, and dropped before the next
+    type: a lazy mapping that loads each type from disk on access keeps one type in memory.
+    What outlives a type is small: its ``Type/id`` keys, the unique reference targets it names,
+    and the structural sample's rows that fall in it."""
+    from atr_pipeline.conform.checker import Checker
 
     if structural not in ("sample", "none"):
         return None
     scratch = Checker(structural="none", assume_profiles=assume_profiles, resolve_references=resolve_references)
+    sample = _Reservoir(sample_size if structural == "sample" else 0, seed)
     reference_sets: list[pl.Series] = []
     keys: list[pl.Series] = []
     by_type: dict[str, int] = {}
-    split_groups: tuple[pl.Series, pl.Series] | None = None
-    bulk: dict[str, pl.DataFrame] = {}
     for rtype in order:
-        df = frames[rtype]
-        if df.height and rtype in TEMPLATES:
-            bulk[rtype] = df.select("id", "json")
-        elif df.height and rtype == "Group":
-            split_groups = _split_groups(df.select("id", "json"))
-            if split_groups is None:
-                return None
-            bulk[rtype] = split_groups[1].to_frame("json")
-    bulk_results = _bulk_checks(bulk) if bulk else {}
-    for rtype in order:
-        df = frames[rtype].select("id", "json")
+        df = frames[rtype]  # the only access: a lazy mapping reads the type from disk here
         if df.height == 0:
             continue
+        df = df.select("id", "json")
+        refs = _check_type(rtype, df, scratch)
+        if refs is None or scratch.findings._hits:
+            return None
         by_type[rtype] = df.height
-        if df.get_column("id").null_count() or df.get_column("id").is_duplicated().any():
-            return None
         keys.append((f"{rtype}/" + df.get_column("id")).alias("key"))
-        if df.get_column("json").null_count():
-            return None
-        if not _all(df, ~pl.col("json").str.contains("\\", literal=True)):
-            return None
-        if rtype in TEMPLATES:
-            admitted, refs = bulk_results[rtype]
-            if not admitted:  # grammar, column checks and (Coverage) period order
-                return None
-            reference_sets.append(refs)
-            candidates = _null_or_empty_candidates(df)
-        elif rtype == "Group":
-            assert split_groups is not None
-            heads = split_groups[0]
-            for rid, head in zip(df.get_column("id").to_list(), heads.to_list()):
-                scratch.add_text(head, expected_type=rtype, expected_id=rid)
-            admitted, refs = bulk_results[rtype]
-            if not admitted:  # member grammar and period order
-                return None
-            reference_sets.append(refs)
-            candidates = pl.Series([], dtype=pl.String)  # the member grammar has no null or empty
-        elif df.height <= SCRATCH_LIMIT:
-            for rid, text in zip(df.get_column("id").to_list(), df.get_column("json").to_list()):
-                scratch.add_text(text, expected_type=rtype, expected_id=rid)
-            candidates = pl.Series([], dtype=pl.String)  # the scratch checker scanned them
-        else:
-            return None
-        for text in candidates.to_list():
-            probe = Findings(resolve_references=False)
-            _walk_null_empty(orjson.loads(text), rtype, rtype, probe)
-            if probe.results():
-                return None
-        if scratch.findings._hits:
-            return None
+        reference_sets.append(refs)
+        sample.advance(rtype, df)
+        del df
 
     if resolve_references:
         present = pl.concat(keys) if keys else pl.Series("key", [], dtype=pl.String)
@@ -305,15 +260,60 @@ def fast_report(
         if refs.len() and not bool(refs.is_in(present.implode()).all()):
             return None
 
-    total = sum(by_type.values())
     findings = Findings(resolve_references=False)
-    checked = 0
-    if structural == "sample" and sample_size:
-        for index in _reservoir(total, sample_size, seed):
-            rtype, rid, text = _locate(frames, order, index)
-            check_structure(orjson.loads(text), rtype, f"{rtype}/{rid}", findings)
-            checked += 1
-    return ConformReport(resources_checked=total, structurally_checked=checked, by_type=dict(sorted(by_type.items())), results=findings.results())
+    for rtype, rid, text in sample.rows():
+        check_structure(orjson.loads(text), rtype, f"{rtype}/{rid}", findings)
+    return ConformReport(
+        resources_checked=sum(by_type.values()),
+        structurally_checked=sample.count,
+        by_type=dict(sorted(by_type.items())),
+        results=findings.results(),
+    )
+
+
+_NO_REFS = pl.Series("ref", [], dtype=pl.String)
+
+
+def _check_type(rtype: str, df: pl.DataFrame, scratch) -> pl.Series | None:
+    """One type's frame (``id``, ``json``): the reference targets it names that are not yet
+    checked (templated types, Group members), or None when a cheap rule might fire. Small types
+    and Group headers are fed to ``scratch`` (the caller checks it found nothing)."""
+    from atr_pipeline.conform.checker import _walk_null_empty
+
+    ids = df.get_column("id")
+    if ids.null_count() or ids.is_duplicated().any() or df.get_column("json").null_count():
+        return None
+    if rtype in TEMPLATES:
+        refs = _bulk_check(rtype, df)  # grammar, column checks, escapes, (Coverage) period order
+        if refs is None:
+            return None
+        # The grammar admits no null or empty element except inside free-text strings: the
+        # literal hits are candidates for the exact walk.
+        for text in _null_or_empty_candidates(df).to_list():
+            probe = Findings(resolve_references=False)
+            _walk_null_empty(orjson.loads(text), rtype, rtype, probe)
+            if probe.results():
+                return None
+        return refs
+    if rtype == "Group":
+        split = _split_groups(df)
+        if split is None:
+            return None
+        heads, bodies = split
+        if heads.str.contains("\\", literal=True).any():
+            return None  # escapes anywhere decline the set (the bodies: in _bulk_check)
+        for rid, head in zip(ids.to_list(), heads.to_list()):
+            scratch.add_text(head, expected_type=rtype, expected_id=rid)
+        del heads
+        # Member grammar (no null or empty element), escapes and period order.
+        return _bulk_check(rtype, bodies.to_frame("json"))
+    if df.height <= SCRATCH_LIMIT:
+        if df.get_column("json").str.contains("\\", literal=True).any():
+            return None
+        for rid, text in zip(ids.to_list(), df.get_column("json").to_list()):
+            scratch.add_text(text, expected_type=rtype, expected_id=rid)
+        return _NO_REFS  # the scratch checker keeps their references as pending
+    return None
 
 
 def _split_groups(df: pl.DataFrame) -> tuple[pl.Series, pl.Series] | None:
@@ -334,28 +334,65 @@ def _split_groups(df: pl.DataFrame) -> tuple[pl.Series, pl.Series] | None:
     return heads, parts.get_column("body")
 
 
-def _reservoir(total: int, size: int, seed: int) -> list[int]:
-    """The stream positions Checker's seeded reservoir keeps, in its final list order."""
-    rng = random.Random(seed)
-    sample = list(range(min(size, total)))
+class _Reservoir:
+    """Checker's seeded reservoir sample replayed type by type over the same stream order.
+
+    Checker draws ``rng.randrange(seen)`` for every resource after the first ``size``; the draws
+    depend only on the stream position, so feeding one type's frame at a time gives the same
+    positions as knowing the total up front. The kept rows (type, id, text) are copied while
+    their type is loaded; a row replaced by a later draw is dropped."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.rng = random.Random(seed)
+        self.positions: list[int] = []  # stream position per slot, in the sample's list order
+        self.seen = 0
+        self._rows: list[tuple[str, str, str]] = []
+
+    def advance(self, rtype: str, df: pl.DataFrame) -> None:
+        first = self.seen
+        self.seen = _draw(self.rng, self.positions, first, df.height, self.size)
+        slots = [slot for slot, pos in enumerate(self.positions) if pos >= first]
+        if not slots:
+            return
+        picked = df[[self.positions[slot] - first for slot in slots]]
+        self._rows += [(rtype, "", "")] * (len(self.positions) - len(self._rows))
+        for slot, rid, text in zip(slots, picked.get_column("id").to_list(), picked.get_column("json").to_list()):
+            self._rows[slot] = (rtype, rid, text)
+
+    @property
+    def count(self) -> int:
+        return len(self.positions)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        return self._rows
+
+
+def _draw(rng: random.Random, sample: list[int], seen: int, n: int, size: int) -> int:
+    """Advance a reservoir of ``size`` stream positions over positions ``seen .. seen+n-1``;
+    returns the new ``seen``. ``sample[j] = position`` exactly where Checker's reservoir puts it."""
+    end = seen + n
+    if size == 0:
+        return end  # no sample: Checker draws nothing either
+    while len(sample) < size and seen < end:
+        sample.append(seen)
+        seen += 1
     # rng.randrange(seen) inlined: CPython's Random._randbelow_with_getrandbits, the same draws
     # (tests/test_perf_conform_round3.py checks the positions against randrange), without the two
     # Python calls per resource that took ~2 s at 1M.
     getrandbits = rng.getrandbits
-    for seen in range(size + 1, total + 1):
+    for seen in range(seen + 1, end + 1):
         k = seen.bit_length()
         j = getrandbits(k)
         while j >= seen:
             j = getrandbits(k)
         if j < size:
             sample[j] = seen - 1
+    return end
+
+
+def _reservoir(total: int, size: int, seed: int) -> list[int]:
+    """The stream positions Checker's seeded reservoir keeps, in its final list order."""
+    sample: list[int] = []
+    _draw(random.Random(seed), sample, 0, total, size)
     return sample
-
-
-def _locate(frames: Mapping[str, pl.DataFrame], order: list[str], index: int) -> tuple[str, str, str]:
-    for rtype in order:
-        df = frames[rtype]
-        if index < df.height:
-            return rtype, df.get_column("id")[index], df.get_column("json")[index]
-        index -= df.height
-    raise IndexError(index)
