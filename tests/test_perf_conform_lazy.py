@@ -1,0 +1,147 @@
+"""The conformance fast path reads each resource type once, from a mapping that loads on access.
+
+The fhir/ stage hands ``check_ndjson_frames`` a read-only Mapping whose ``__getitem__`` reads a
+type's (id, json) frame from disk every time. Here a Mapping over parquet files counts its loads:
+the fast path must read each type exactly once, in load order, and still give the report the
+per-resource checker gives on the same frames held in a plain dict (sample included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from atr_pipeline.canonical import conform_columns
+from atr_pipeline.conform import fast
+from atr_pipeline.conform.checker import check_ndjson_frames, frame_order
+from atr_pipeline.fhir.build import BuildContext, build_resources
+from atr_pipeline.layouts.spec import load_mapping
+from atr_pipeline.synthetic import population
+
+ROOT = Path(__file__).resolve().parents[1]
+CHANGES = ["new", "changed", "nochange", "dropped", "cancelled"]
+
+
+class CountingFrames(Mapping[str, pl.DataFrame]):
+    """Each access reads the type's parquet file again; ``loads`` counts accesses per type."""
+
+    def __init__(self, folder: Path, heights: bool = True) -> None:
+        self.folder = folder
+        self.types = sorted(p.stem for p in folder.glob("*.parquet"))
+        self.loads: list[str] = []
+        if heights:
+            self.heights = {t: pl.scan_parquet(folder / f"{t}.parquet").select(pl.len()).collect().item() for t in self.types}
+
+    def __getitem__(self, rtype: str) -> pl.DataFrame:
+        if rtype not in self.types:
+            raise KeyError(rtype)
+        self.loads.append(rtype)
+        return pl.read_parquet(self.folder / f"{rtype}.parquet")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.types)
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, pl.DataFrame]:
+    spec = load_mapping(ROOT / "mappings" / "acme_commercial.yaml")
+    rows = population(spec, members=1200, month=date(2026, 9, 1), seed=4)
+    i = pl.int_range(0, rows.height)
+    rows = rows.with_columns(
+        pl.lit("acme_commercial").alias("source_id"),
+        pl.lit("acme_202609.csv").alias("file_name"),
+        pl.lit("0" * 64).alias("file_sha256"),
+        (i + 2).cast(pl.Int64).alias("line_number"),
+        pl.lit(date(2026, 9, 1)).alias("reporting_month"),
+        pl.lit("ACME01").alias("payer_id"),
+        pl.lit("Acme Health Plan (synthetic)").alias("payer_name"),
+    )
+    rows = conform_columns(rows, keep_issues=False).with_columns(
+        pl.Series("change_type", [CHANGES[k % 5] for k in range(rows.height)]),
+        pl.Series("inactive", [k % 5 in (3, 4) and k % 2 == 0 for k in range(rows.height)]),
+    )
+    ctx = BuildContext(id_key=b"test-key", systems=spec.identifier_systems, transaction_time=datetime(2026, 9, 5, tzinfo=UTC))
+    return build_resources(rows, ctx)
+
+
+def _on_disk(frames: dict[str, pl.DataFrame], folder: Path, **changed: pl.DataFrame) -> Path:
+    folder.mkdir()
+    for rtype, df in {**frames, **changed}.items():
+        df.select("id", "json").write_parquet(folder / f"{rtype}.parquet")
+    return folder
+
+
+KW = dict(structural="sample", sample_size=300, seed=2, assume_profiles=False, resolve_references=True)
+
+
+@pytest.mark.parametrize("heights", [True, False])
+def test_each_type_is_loaded_once_in_load_order_with_the_same_report(frames, tmp_path, heights):
+    lazy = CountingFrames(_on_disk(frames, tmp_path / "f"), heights=heights)
+    report = fast.fast_report(lazy, frame_order(lazy), **KW)
+    assert report is not None
+    assert lazy.loads == frame_order(frames)  # every type once, targets before referrers
+    slow = check_ndjson_frames(frames, fast=False, **KW)
+    assert report == slow
+    assert report.structurally_checked == 300
+    assert report.resources_checked == sum(df.height for df in frames.values())
+
+
+def test_check_ndjson_frames_on_a_lazy_mapping_loads_once_and_matches_the_dict(frames, tmp_path):
+    lazy = CountingFrames(_on_disk(frames, tmp_path / "f"))
+    report = check_ndjson_frames(lazy, **KW)
+    assert sorted(lazy.loads) == sorted(frames)
+    assert len(lazy.loads) == len(frames)
+    assert report == check_ndjson_frames(frames, **KW)
+
+
+def test_a_sample_that_finds_a_structural_error_is_the_same_from_disk(frames, tmp_path):
+    # A bad birthDate passes every cheap rule: only the structural sample can see it, so the
+    # streamed reservoir must pick exactly the resources the per-resource checker picks.
+    patients = frames["Patient"].with_columns(pl.col("json").str.replace(r'"birthDate":"(\d{4})-\d\d', '"birthDate":"${1}-13'))
+    lazy = CountingFrames(_on_disk(frames, tmp_path / "f", Patient=patients))
+    for seed in (0, 7, 31):
+        kw = dict(KW, seed=seed, sample_size=150)
+        report = fast.fast_report(lazy, frame_order(lazy), **kw)
+        slow = check_ndjson_frames(dict(frames, Patient=patients), fast=False, **kw)
+        assert report == slow
+        assert [r.rule for r in report.results] == ["r4.structure"]
+        assert report.results[0].count == slow.results[0].count > 0
+    assert lazy.loads == frame_order(frames) * 3
+
+
+def test_a_declined_set_falls_back_and_reports_the_broken_rule(frames, tmp_path):
+    coverage = frames["Coverage"]
+    broken = coverage.with_columns(
+        pl.when(pl.int_range(0, pl.len()) == 5)
+        .then(pl.col("json").str.replace('"status":"active"', '"status":"cancelled"', literal=True))
+        .otherwise(pl.col("json"))
+        .alias("json")
+    )
+    lazy = CountingFrames(_on_disk(frames, tmp_path / "f", Coverage=broken))
+    report = check_ndjson_frames(lazy, **KW)
+    assert [r.rule for r in report.results] == ["coverage.status.fixed"]
+    assert report.results[0].count == 1
+    # The fast path stops at Coverage (its loads so far), then the per-resource path reads each type once.
+    order = frame_order(frames)
+    assert lazy.loads == order[: order.index("Coverage") + 1] + order
+
+
+@pytest.mark.parametrize(("total", "size", "seed", "splits"), [(1000, 40, 3, [0, 10, 0, 400, 590]), (50, 80, 1, [20, 30]), (9000, 7, 5, [1, 1, 8998])])
+def test_reservoir_drawn_per_type_keeps_the_positions_of_the_whole_stream(total, size, seed, splits):
+    import random
+
+    assert sum(splits) == total
+    sample: list[int] = []
+    rng, seen = random.Random(seed), 0
+    for n in splits:
+        seen = fast._draw(rng, sample, seen, n, size)
+    assert seen == total
+    assert sample == fast._reservoir(total, size, seed)
+    assert len(sample) == min(size, total)
