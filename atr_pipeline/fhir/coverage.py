@@ -27,6 +27,7 @@ from atr_pipeline.fhir.rows import (
     RELATED_PERSON_ID,
     SUBSCRIBER_ID,
     SUBSCRIBER_KIND,
+    key_of,
     representative,
 )
 from atr_pipeline.systems import (
@@ -103,9 +104,11 @@ def coverage_json(ctx: BuildContext) -> Json:
 
 
 def build_coverages(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
-    attribution = rows.group_by(COVERAGE_ID).agg(
+    # grouped and joined on the id's UInt32 rank, not the 36-byte id text
+    key = key_of(COVERAGE_ID)
+    attribution = rows.group_by(key).agg(
         pl.col("attribution_start").min().alias(_ATT_START),
         pl.when(pl.col("attribution_end").null_count() == 0).then(pl.col("attribution_end").max()).alias(_ATT_END),
     )
-    chosen = representative(rows, COVERAGE_ID).join(attribution.lazy(), on=COVERAGE_ID, how="left")
+    chosen = representative(rows, COVERAGE_ID).join(attribution.lazy(), on=key, how="left", maintain_order="left")
     return to_frame(chosen, COVERAGE_ID, coverage_json(ctx))

@@ -41,5 +41,5 @@ def build_related_persons(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame
     subscribers = representative(rows, PATIENT_ID).select(
         "payer_id", pl.col("member_id").alias("subscriber_id"), *NAME_COLUMNS
     )
-    joined = dependents.join(subscribers, on=["payer_id", "subscriber_id"], how="left")
+    joined = dependents.join(subscribers, on=["payer_id", "subscriber_id"], how="left", maintain_order="left")
     return to_frame(joined, RELATED_PERSON_ID, related_person_json(ctx))
