@@ -17,6 +17,11 @@ text without its member array) go through the real ``Checker`` on a scratch ``Fi
 must come back empty. The seeded reservoir sample is replayed over the same stream order, so
 the structural findings are the same resources in the same order as the per-resource path.
 
+Memory: ``frames`` may be a lazy mapping that reads a type from disk on every access. Each type
+is read once, in ``order``, checked, and dropped before the next; only its ``Type/id`` keys, the
+unique reference targets it names and the sample rows that fall in it are kept. References are
+resolved once every type has been seen; the reservoir is drawn type by type (no total needed).
+
 Conservative by design: any text the expressions do not admit (escapes, ``null`` or empty
 elements, NPI/TIN systems in the bulk types, extensions they do not know) sends the whole set
 to the per-resource path. It can only be slower than needed, never report something else.
