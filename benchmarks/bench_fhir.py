@@ -8,6 +8,11 @@ members/s for both and the ratio.
 
     python benchmarks/bench_fhir.py                  # 200k rows, baseline on 10k
     python benchmarks/bench_fhir.py --rows 50000 --baseline-rows 5000
+    python benchmarks/bench_fhir.py --steps members.arrow   # prepare + each builder on a saved member list
+
+``--steps`` reads a member list saved as Arrow IPC (e.g. ``HistoryStore(...).member_list(...)
+.write_ipc(path)``), then prints wall, user + system CPU and peak RSS (sampled) of ``prepare``
+and of each builder, and a sha256 per type (compare them before and after a change).
 
 Figures on a shared machine are noisy: read the ratio, and run it twice.
 """
@@ -15,7 +20,10 @@ Figures on a shared machine are noisy: read the ratio, and run it twice.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import resource
 import sys
+import threading
 import tempfile
 import time
 from datetime import UTC, date, datetime
@@ -131,12 +139,64 @@ def context() -> BuildContext:
     return BuildContext(id_key=b"bench-key", systems=SYSTEMS, transaction_time=datetime(2026, 3, 5, tzinfo=UTC), payer_name="Acme")
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def steps(path: Path) -> None:
+    """prepare + each builder on a saved member list: wall, CPU, peak RSS, sha256 per type."""
+    from atr_pipeline.fhir.build import BUILDERS, prepare
+    from atr_pipeline.systems import LOAD_ORDER
+
+    proc = psutil.Process()
+    peak = [0]
+
+    def sample() -> None:
+        while True:
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.01)
+
+    threading.Thread(target=sample, daemon=True).start()
+
+    def timed(name: str, fn):  # noqa: ANN001, ANN202
+        peak[0] = 0
+        w0, c0 = time.perf_counter(), _cpu()
+        out = fn()
+        print(f"{name:17s} wall {time.perf_counter() - w0:6.2f} s  cpu {_cpu() - c0:6.2f} s  peak rss {peak[0] / 2**20:6,.0f} MiB", flush=True)
+        return out
+
+    members = pl.read_ipc(path, memory_map=False)
+    ctx = BuildContext(id_key=b"benchmark-key", systems=SYSTEMS, transaction_time=datetime(2026, 9, 5, tzinfo=UTC))
+    print(f"member entries: {members.height:,}  rss: {proc.memory_info().rss / 2**20:,.0f} MiB")
+    w0, c0 = time.perf_counter(), _cpu()
+    rows = timed("prepare", lambda: prepare(members, ctx))
+    del members
+    build_cpu, build_wall = 0.0, 0.0
+    for rtype in (t for t in LOAD_ORDER if t in BUILDERS):
+        b0, bc = time.perf_counter(), _cpu()
+        df = timed(rtype, lambda t=rtype: BUILDERS[t](rows, ctx))
+        build_wall, build_cpu = build_wall + time.perf_counter() - b0, build_cpu + _cpu() - bc
+        digest = hashlib.sha256()
+        for part in df.iter_slices(20_000):
+            for rid, text in part.iter_rows():
+                digest.update(f"{rid}\t{text}\n".encode())
+        print(f"{'':17s} {df.height:,} resources  sha256 {digest.hexdigest()}")
+        del df
+    print(f"prepare + builders: wall {time.perf_counter() - w0 - 0:.2f} s (hashing included), "
+          f"cpu {_cpu() - c0:.2f} s; builders alone cpu {build_cpu:.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--baseline-rows", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=2, help="best of N runs of build_resources")
+    ap.add_argument("--steps", type=Path, help="time prepare + each builder on this member list (Arrow IPC)")
     args = ap.parse_args()
+    if args.steps:
+        steps(args.steps)
+        return
 
     members = synthetic_members(args.rows)
     proc = psutil.Process()
