@@ -30,10 +30,12 @@ import csv
 import hashlib
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import polars as pl
 
@@ -72,6 +74,11 @@ class ReadResult:
 
 # --- bytes -> lines ---------------------------------------------------------------------------
 
+# The file is read, checked and decoded in slices of about this many bytes, each cut just after
+# a line feed, so its bytes, its text and its line frame never all exist at once for the whole
+# file: peak memory is the canonical rows plus one slice's working set.
+CHUNK_BYTES = 32 << 20
+
 
 def _decode(data: bytes, encoding: str, name: str) -> str:
     codec = codecs.lookup(encoding).name
@@ -104,14 +111,94 @@ def physical_lines(text: str) -> list[str]:
     return text.split("\n")
 
 
-def _lines(text: str) -> pl.DataFrame:
-    """Physical lines with 1-based numbers; CR of CRLF removed; trailing empty lines dropped."""
-    parts = physical_lines(text)
+def _sliceable(codec: str) -> bool:
+    """True when byte 0x0A is a line feed wherever it appears, so slices can end after one.
+
+    UTF-8 and the single-byte ASCII supersets qualify; UTF-16/32 and the multi-byte East Asian
+    codecs are decoded whole (as before) and re-encoded to UTF-8 first.
+    """
+    return codec in ("utf-8", "ascii") or codec.startswith(("iso8859", "latin", "cp125", "mac-"))
+
+
+def _byte_slices(stream: BinaryIO, size: int) -> Iterator[bytes]:
+    while chunk := stream.read(size):
+        if not chunk.endswith(b"\n"):
+            chunk += stream.readline()  # finish the line: a slice never splits one
+        yield chunk
+
+
+@dataclass
+class _Bytes:
+    """What the byte-level pass learns about the whole file while it streams."""
+
+    hasher: Any = None  # hashlib object when the caller gave no digest
+    content: bool = False  # some byte other than ASCII whitespace (else "the file is empty")
+    lines: int = 0  # physical lines handed out so far
+
+
+def _line_slices(path: Path, encoding: str, name: str, size: int, state: _Bytes) -> Iterator[tuple[int, list[str]]]:
+    """(number of the slice's first line, its physical lines), file order, CR of CRLF kept.
+
+    Refusals keep the whole-file order of ``_decode``: a NUL byte anywhere wins over a decoding
+    error anywhere, so after a bad byte the rest of the file is still searched for NUL. Line
+    numbers in those refusals count line feeds, as ``_decode`` does.
+    """
+    codec = codecs.lookup(encoding).name
+    if _sliceable(codec):
+        with open(path, "rb") as stream:
+            yield from _decoded_slices(_byte_slices(stream, size), codec, encoding, name, state, strip_bom=codec == "utf-8")
+        return
+    data = path.read_bytes()
+    if state.hasher is not None:
+        state.hasher.update(data)
+    state.content = bool(data.strip())
+    if not state.content:
+        return
+    utf8 = _decode(data, encoding, name).encode("utf-8")
+    del data
+    slices = _byte_slices(io.BytesIO(utf8), size)
+    yield from _decoded_slices(slices, "utf-8", encoding, name, state, strip_bom=False, hashed=True)
+
+
+def _decoded_slices(
+    slices: Iterator[bytes], codec: str, encoding: str, name: str, state: _Bytes, *, strip_bom: bool, hashed: bool = False
+) -> Iterator[tuple[int, list[str]]]:
+    feeds = 0  # line feeds before this slice (refusal line numbers)
+    bad: FileRefused | None = None
+    for i, chunk in enumerate(slices):
+        if state.hasher is not None and not hashed:
+            state.hasher.update(chunk)
+        if not state.content:
+            state.content = bool(chunk.strip())
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            raise FileRefused(name, "binary", "NUL bytes found: this is not a text file (compressed or encrypted?)", feeds + chunk.count(b"\n", 0, nul) + 1)
+        if bad is None:
+            if i == 0 and strip_bom and chunk.startswith(codecs.BOM_UTF8):
+                chunk = chunk[len(codecs.BOM_UTF8) :]
+            try:
+                text = chunk.decode(codec, errors="strict")
+            except UnicodeDecodeError as exc:
+                line = feeds + chunk.count(b"\n", 0, exc.start) + 1
+                bad = FileRefused(name, "encoding", f"bytes at line {line} are not valid {encoding}; resend in {encoding} or fix the mapping's file.encoding", line)
+            else:
+                parts = physical_lines(text)
+                del text
+                if chunk.endswith(b"\n"):
+                    parts.pop()  # the empty piece after the slice's last line feed is not a line
+                first = state.lines + 1
+                state.lines += len(parts)
+                yield first, parts
+        feeds += chunk.count(b"\n")
+    if bad is not None:
+        raise bad
+
+
+def _lines(first: int, parts: list[str]) -> pl.DataFrame:
+    """Physical lines with 1-based numbers, CR of CRLF removed, and whether each is blank."""
     lines = pl.Series(LINE, parts, dtype=pl.String).str.strip_suffix("\r")
-    df = pl.DataFrame({LINE_NO: pl.int_range(1, len(parts) + 1, eager=True, dtype=pl.Int64), LINE: lines})
-    df = df.with_columns((pl.col(LINE).str.strip_chars() == "").alias(BLANK))
-    last = df.filter(~pl.col(BLANK)).select(pl.col(LINE_NO).max()).item()
-    return df.filter(pl.col(LINE_NO) <= (last or 0))
+    df = pl.DataFrame({LINE_NO: pl.int_range(first, first + len(parts), eager=True, dtype=pl.Int64), LINE: lines})
+    return df.with_columns((pl.col(LINE).str.strip_chars() == "").alias(BLANK))
 
 
 # --- delimited helpers ------------------------------------------------------------------------
@@ -159,27 +246,44 @@ class _Delim:
 # --- the reader -------------------------------------------------------------------------------
 
 
-def read_file(path: Path, spec: MappingSpec, *, sha256: str | None = None, file_name: str | None = None) -> ReadResult:
-    """``file_name`` is the delivered name when ``path`` is a landed copy (landing prefixes its sha)."""
+def read_file(
+    path: Path, spec: MappingSpec, *, sha256: str | None = None, file_name: str | None = None, chunk_bytes: int = CHUNK_BYTES
+) -> ReadResult:
+    """``file_name`` is the delivered name when ``path`` is a landed copy (landing prefixes its sha).
+
+    ``chunk_bytes`` sets the slice size (tests use tiny slices to cross slice boundaries);
+    the result does not depend on it.
+    """
     path = Path(path)
     name = file_name or path.name
-    data = path.read_bytes()
-    digest = sha256 or hashlib.sha256(data).hexdigest()
-    if not data.strip():
-        raise FileRefused(name, "empty", "the file is empty")
-    text = _decode(data, spec.file.encoding, name)
-    del data
-    return _Reader(spec, name, digest).read(_lines(text))
+    return _Reader(spec, name, path, chunk_bytes).read(sha256)
+
+
+@dataclass
+class _Control:
+    """First two header / trailer records seen (line, text), their counts, record bounds."""
+
+    found: dict[str, list[tuple[int, str]]] = field(default_factory=lambda: {HEADER: [], TRAILER: []})
+    counts: dict[str, int] = field(default_factory=lambda: {HEADER: 0, TRAILER: 0})
+    first_record: int | None = None
+    last_record: int | None = None
 
 
 class _Reader:
-    def __init__(self, spec: MappingSpec, name: str, digest: str):
+    """One pass over the file's line slices; whole-file refusals are decided at the end in the
+    order the checks are listed in ``read`` (a file with two problems gets the same refusal
+    whatever the slice size)."""
+
+    def __init__(self, spec: MappingSpec, name: str, path: Path, chunk_bytes: int):
         self.spec = spec
         self.name = name
-        self.digest = digest
+        self.path = path
+        self.chunk_bytes = max(1, chunk_bytes)
         fmt = spec.format
         self.delim = _Delim(fmt.delimiter, fmt.quote) if fmt.kind == "delimited" else None
         self.names: list[str] | None = None
+        self.digest = ""
+        self.month = date(1, 1, 1)  # placeholder until the month is known (see _patch_lineage)
 
     def refuse(self, rule: str, reason: str, line: int | None = None) -> FileRefused:
         return FileRefused(self.name, rule, reason, line)
@@ -215,46 +319,169 @@ class _Reader:
             out[fname] = value.strip() if value is not None else None
         return out
 
-    # -- steps --
+    # -- the pass --
 
-    def read(self, lines: pl.DataFrame) -> ReadResult:
+    def _slices(self, state: _Bytes) -> Iterator[pl.DataFrame]:
+        for first, parts in _line_slices(self.path, self.spec.file.encoding, self.name, self.chunk_bytes, state):
+            yield _lines(first, parts)
+            del parts
+
+    def read(self, sha256: str | None) -> ReadResult:
         spec = self.spec
-        if lines.filter(~pl.col(BLANK)).height == 0:
-            raise self.refuse("empty", "the file holds no records")
-        lines = self._classify(lines)
-        header_vals, trailer_vals = self._control_records(lines)
-
-        details = lines.filter(pl.col(KIND) == DETAIL)
-        unknown = lines.filter(pl.col(KIND) == UNKNOWN)
-        if details.height == 0:
-            extra = f" ({unknown.height} line(s) of unknown record type)" if unknown.height else ""
-            raise self.refuse("empty", f"no detail records{extra}")
-
-        if self.delim:
-            raw, bad, hash_frame, source_columns = self._cut_delimited(details)
+        state = _Bytes(hashlib.sha256() if sha256 is None else None)
+        self.digest = sha256 or ""
+        if spec.format.kind == "delimited" and not spec.format.header_row:
+            expected: int | None = self._usual_width(_Bytes())
         else:
-            raw, bad, hash_frame, source_columns = self._cut_fixed(details, unknown)
-        rejects = pl.concat([self._unknown_rejects(unknown), bad]).sort(LINE_NO)
+            expected = None
 
-        records_read = raw.height + rejects.select(pl.col(LINE_NO).n_unique()).item()
-        month = self._month(header_vals)
-        control = self._control(header_vals, trailer_vals, records_read, hash_frame)
-        rows = self._canonical(raw, month)
-        return ReadResult(rows, rejects.select(REJECT_SCHEMA.names()).cast(dict(REJECT_SCHEMA)), records_read, month, control, source_columns)
-
-    def _classify(self, lines: pl.DataFrame) -> pl.DataFrame:
-        spec, recs = self.spec, self.spec.records
-        body = lines.filter(~pl.col(BLANK))
+        # The column-name row is the first non-blank line, or the second when a header record
+        # leads; slices are held back (rarely more than the first) until it is found.
+        want_names = bool(self.delim and spec.format.header_row)
+        names_idx = 1 if spec.records and spec.records.header else 0
         names_line: int | None = None
-        if self.delim and spec.format.header_row:
-            # The column-name row is the first record, or the second when a header record leads.
-            idx = 1 if recs and recs.header else 0
-            if body.height <= idx:
-                raise self.refuse("empty", "no column-name row and no detail records")
-            names_line = body[LINE_NO][idx]
-            self.names = [c.strip().lstrip("\ufeff") for c in self.delim.split_one(body[LINE][idx])]
-            self._check_named_columns(names_line)
+        names_error: FileRefused | None = None
+        nonblank = 0
+        held: list[pl.DataFrame] = []
+        ctl = _Control()
+        n_details = n_unknown = 0
+        rejects: list[pl.DataFrame] = []
+        rows: list[pl.DataFrame] = []
+        hash_total = 0
+        header_vals: dict[str, str | None] | None = None
+        month_error: FileRefused | None = None
+        fields = self._mapped_read_fields()
+        needed = 0
 
+        def ready() -> None:
+            nonlocal expected, needed, names_error
+            if self.delim is None:
+                return
+            if self.names is not None:
+                expected = len(self.names)
+            needed = max((self._column_index(p, f) + 1 for f, p in fields.items()), default=0)
+
+        def process(lines: pl.DataFrame) -> None:
+            nonlocal n_details, n_unknown, hash_total, header_vals, month_error
+            lines = self._classify(lines, names_line)
+            self._note_control(lines, ctl)
+            if header_vals is None and ctl.found[HEADER]:
+                header_vals = self._record_values(ctl.found[HEADER][0][1], spec.records.header.fields)  # type: ignore[union-attr]
+            if header_vals is not None or not (spec.records and spec.records.header):
+                if month_error is None and self.month == date(1, 1, 1):
+                    try:
+                        self.month = self._month(header_vals or {})
+                    except FileRefused as exc:
+                        month_error = exc
+            details = lines.filter(pl.col(KIND) == DETAIL)
+            unknown = lines.filter(pl.col(KIND) == UNKNOWN)
+            del lines
+            n_details += details.height
+            n_unknown += unknown.height
+            if unknown.height:
+                rejects.append(self._unknown_rejects(unknown))
+            if names_error is not None or (expected is not None and needed > expected):
+                return  # refused at the end; nothing can be cut
+            if self.delim:
+                raw, bad, hashed = self._cut_delimited(details, expected or 0)
+            else:
+                raw, bad, hashed = self._cut_fixed(details, unknown)
+            del details, unknown
+            hash_total += hashed
+            if bad.height:
+                rejects.append(bad)
+            if raw.height:
+                rows.append(self._canonical(raw))
+
+        for lines in self._slices(state):
+            if want_names and names_line is None:
+                body = lines.filter(~pl.col(BLANK))
+                if nonblank + body.height > names_idx:
+                    names_line = body[LINE_NO][names_idx - nonblank]
+                    self.names = [c.strip().lstrip("\ufeff") for c in self.delim.split_one(body[LINE][names_idx - nonblank])]  # type: ignore[union-attr]
+                    try:
+                        self._check_named_columns(names_line)
+                        ready()
+                    except FileRefused as exc:
+                        names_error = exc
+                    nonblank += body.height
+                    for early in held:
+                        process(early)
+                    held.clear()
+                    process(lines)
+                else:
+                    nonblank += body.height
+                    held.append(lines)
+                continue
+            if not want_names and not nonblank:
+                ready()
+            nonblank += lines.filter(~pl.col(BLANK)).height
+            process(lines)
+        del held
+
+        # Whole-file refusals, in the order a reader of the whole text would meet them.
+        if not state.content:
+            raise self.refuse("empty", "the file is empty")
+        if nonblank == 0:
+            raise self.refuse("empty", "the file holds no records")
+        if want_names and names_line is None:
+            raise self.refuse("empty", "no column-name row and no detail records")
+        if names_error is not None:
+            raise names_error
+        header_vals, trailer_vals = self._control_records(ctl)
+        if n_details == 0:
+            extra = f" ({n_unknown} line(s) of unknown record type)" if n_unknown else ""
+            raise self.refuse("empty", f"no detail records{extra}")
+        if expected and needed > expected:
+            raise self.refuse("missing_columns", f"the mapping reads column {needed} but detail records have {expected} fields")
+        if sha256 is None:
+            self.digest = state.hasher.hexdigest()
+
+        rejected = pl.concat(rejects).sort(LINE_NO) if rejects else self._rejects(_no_lines(), pl.lit(None, pl.String), pl.lit(None, pl.String))
+        out = pl.concat(rows, rechunk=False) if rows else self._canonical(self._no_raw())
+        records_read = out.height + rejected.select(pl.col(LINE_NO).n_unique()).item()
+        if month_error is not None:
+            raise month_error
+        month = self._month(header_vals)
+        control = self._control(header_vals, trailer_vals, records_read, hash_total)
+        out = self._patch_lineage(out, month)
+        source_columns = self._source_columns(expected or 0)
+        return ReadResult(out, rejected.select(REJECT_SCHEMA.names()).cast(dict(REJECT_SCHEMA)), records_read, month, control, source_columns)
+
+    def _patch_lineage(self, rows: pl.DataFrame, month: date) -> pl.DataFrame:
+        """Rows were cut before the whole file was hashed or its month known: set them now."""
+        if month != self.month:
+            rows = rows.with_columns(pl.lit(month).alias("reporting_month"))
+        if rows.height and rows["file_sha256"][0] != self.digest:
+            rows = rows.with_columns(pl.lit(self.digest).alias("file_sha256"))
+        return rows
+
+    def _usual_width(self, state: _Bytes) -> int:
+        """A headerless delimited file's width: the most common field count of its detail lines
+        whose quotes balance (ties go to the wider). Needs the whole file, so it is a pass of its own."""
+        d = self.delim
+        assert d is not None
+        tally: dict[int, int] = {}
+        for lines in self._slices(state):
+            details = self._classify(lines, None).filter(pl.col(KIND) == DETAIL)
+            checked = self._field_counts(details)
+            for width, n in checked.filter(pl.col("_quote_ok")).group_by("_fields").len().iter_rows():
+                tally[width] = tally.get(width, 0) + n
+        if not tally:
+            return 0
+        return max(tally.items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+    def _no_raw(self) -> pl.DataFrame:
+        return pl.DataFrame(schema={LINE_NO: pl.Int64, **{raw_name(f): pl.String for f in self._mapped_read_fields()}})
+
+    def _source_columns(self, expected: int) -> list[str]:
+        if self.delim:
+            return list(self.names) if self.names is not None else [str(i + 1) for i in range(expected)]
+        ordered = sorted(self._mapped_read_fields().values(), key=lambda p: (p.start, p.length))
+        return list(dict.fromkeys(f"{p.start}-{p.start + p.length - 1}" for p in ordered))  # type: ignore[operator]
+
+    def _classify(self, lines: pl.DataFrame, names_line: int | None) -> pl.DataFrame:
+        recs = self.spec.records
         if recs is None:
             kind = pl.lit(DETAIL)
         else:
@@ -283,25 +510,39 @@ class _Reader:
             out["records.type_field"] = self.spec.records.type_field
         return out
 
-    def _control_records(self, lines: pl.DataFrame) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    def _note_control(self, lines: pl.DataFrame, ctl: _Control) -> None:
+        if self.spec.records is None:
+            return
+        records = lines.filter(~pl.col(KIND).is_in([BLANK, NAMES]))
+        if records.height == 0:
+            return
+        if ctl.first_record is None:
+            ctl.first_record = records[LINE_NO][0]
+        ctl.last_record = records[LINE_NO][-1]
+        for kind in (HEADER, TRAILER):
+            found = records.filter(pl.col(KIND) == kind)
+            ctl.counts[kind] += found.height
+            room = 2 - len(ctl.found[kind])
+            if room > 0 and found.height:
+                ctl.found[kind].extend(found.head(room).select(LINE_NO, LINE).iter_rows())
+
+    def _control_records(self, ctl: _Control) -> tuple[dict[str, str | None], dict[str, str | None]]:
         recs = self.spec.records
         vals: dict[str, dict[str, str | None]] = {HEADER: {}, TRAILER: {}}
         if recs is None:
             return vals[HEADER], vals[TRAILER]
-        records = lines.filter(~pl.col(KIND).is_in([BLANK, NAMES]))
-        first, last = records[LINE_NO][0], records[LINE_NO][-1]
-        for kind, rec, must_be in ((HEADER, recs.header, first), (TRAILER, recs.trailer, last)):
-            found = records.filter(pl.col(KIND) == kind)
+        for kind, rec, must_be in ((HEADER, recs.header, ctl.first_record), (TRAILER, recs.trailer, ctl.last_record)):
+            found, count = ctl.found[kind], ctl.counts[kind]
             if rec is None:
                 continue
-            if found.height == 0:
+            if count == 0:
                 raise self.refuse("missing_trailer", f"no {kind} record (record type {rec.code!r}); the file may be truncated")
-            if found.height > 1:
-                raise self.refuse("record_order", f"{found.height} {kind} records, expected one", found[LINE_NO][1])
-            if found[LINE_NO][0] != must_be:
+            if count > 1:
+                raise self.refuse("record_order", f"{count} {kind} records, expected one", found[1][0])
+            if found[0][0] != must_be:
                 where = "first" if kind == HEADER else "last"
-                raise self.refuse("record_order", f"the {kind} record must be the {where} record", found[LINE_NO][0])
-            vals[kind] = self._record_values(found[LINE][0], rec.fields)
+                raise self.refuse("record_order", f"the {kind} record must be the {where} record", found[0][0])
+            vals[kind] = self._record_values(found[0][1], rec.fields)
         return vals[HEADER], vals[TRAILER]
 
     def _unknown_rejects(self, unknown: pl.DataFrame) -> pl.DataFrame:
@@ -334,24 +575,33 @@ class _Reader:
         ht = self.spec.control.hash_total
         return raw_name(ht.of) if ht and self.spec.fields[ht.of].is_set else None
 
-    def _cut_delimited(self, details: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, list[str]]:
+    def _field_counts(self, details: pl.DataFrame) -> pl.DataFrame:
+        """``_quote_ok`` and ``_fields`` per line. Lines without a quote character are always
+        balanced and their width is a delimiter count, so the quote regexes run only on lines
+        that hold a quote."""
         d = self.delim
         assert d is not None
-        checked = details.with_columns(
-            (pl.col(LINE).str.contains(d.line_re) if d.quote is not None else pl.lit(True)).alias("_quote_ok"),
-            d.field_count(pl.col(LINE)).alias("_fields"),
+        count = pl.col(LINE).str.count_matches(d.delimiter, literal=True) + 1
+        if d.quote is None:
+            return details.with_columns(pl.lit(True).alias("_quote_ok"), count.alias("_fields"))
+        quoted = details.select(pl.col(LINE).str.contains(d.quote, literal=True)).to_series()
+        if not quoted.any():
+            return details.with_columns(pl.lit(True).alias("_quote_ok"), count.alias("_fields"))
+        if quoted.all():
+            return details.with_columns(pl.col(LINE).str.contains(d.line_re).alias("_quote_ok"), d.field_count(pl.col(LINE)).alias("_fields"))
+        at = quoted.arg_true()
+        sub = details.select(pl.col(LINE).gather(at).str.contains(d.line_re).alias("ok"), d.field_count(pl.col(LINE).gather(at)).alias("n"))
+        plain = details.select(count.alias("n"))["n"]
+        return details.with_columns(
+            pl.repeat(True, details.height, eager=True).scatter(at, sub["ok"]).alias("_quote_ok"),
+            plain.scatter(at, sub["n"]).alias("_fields"),
         )
-        if self.names is not None:
-            expected = len(self.names)
-        else:
-            # No header row: the usual width of this file's detail lines is its width.
-            counts = checked.filter(pl.col("_quote_ok")).group_by("_fields").len().sort(["len", "_fields"], descending=True)
-            expected = counts["_fields"][0] if counts.height else 0
-        fields = self._mapped_read_fields()
-        needed = max((self._column_index(p, f) + 1 for f, p in fields.items()), default=0)
-        if expected and needed > expected:
-            raise self.refuse("missing_columns", f"the mapping reads column {needed} but detail records have {expected} fields")
 
+    def _cut_delimited(self, details: pl.DataFrame, expected: int) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+        d = self.delim
+        assert d is not None
+        checked = self._field_counts(details)
+        fields = self._mapped_read_fields()
         good_mask = pl.col("_quote_ok") & (pl.col("_fields") == expected)
         bad = checked.filter(~good_mask)
         bad_rejects = self._rejects(
@@ -361,23 +611,27 @@ class _Reader:
             .then(pl.lit("unbalanced or misplaced quote"))
             .otherwise(pl.format(f"expected {expected} fields, found {{}}", pl.col("_fields"))),
         )
-        good = checked.filter(good_mask)
+        good = checked.filter(good_mask) if bad.height else checked
+        del checked
         cols = [f"c{i}" for i in range(expected)]
         if good.height:
             # The lines, one per row, written by polars from its own buffers (quote_style="never"
-            # writes the text as is): joining them into one Python string needed ~4 copies of the
-            # file and ran out of memory at 5M rows.
+            # writes the text as is) and cut by its CSV reader: one Python string per line or
+            # one joined string needs several copies of the text.
             payload = io.BytesIO()
-            pl.DataFrame({LINE: good[LINE]}).write_csv(payload, include_header=False, quote_style="never", line_terminator="\n")
+            good.select(LINE).write_csv(payload, include_header=False, quote_style="never", line_terminator="\n")
             payload.seek(0)
+            wanted = sorted({self._column_index(p, f) for f, p in fields.items()})
             cells = pl.read_csv(
                 payload,
                 has_header=False,
                 separator=d.delimiter,
                 quote_char=d.quote,
                 infer_schema=False,
-                new_columns=cols,
+                columns=wanted,  # unmapped columns are never materialised
+                new_columns=[cols[i] for i in wanted],
             )
+            del payload
             if cells.height != good.height:  # would mean read_csv saw records differently
                 raise RuntimeError(f"{self.name}: csv reader returned {cells.height} records for {good.height} lines")
         else:
@@ -385,12 +639,17 @@ class _Reader:
         raw = good.select(LINE_NO).hstack(cells.get_columns()).select(
             pl.col(LINE_NO), *[pl.col(cols[self._column_index(p, f)]).alias(raw_name(f)) for f, p in fields.items()]
         )
-        source_columns = list(self.names) if self.names is not None else [str(i + 1) for i in range(expected)]
-        hash_col = self._hash_source()
-        hash_frame = raw.select(pl.col(hash_col)) if hash_col else pl.DataFrame()
-        return raw, bad_rejects, hash_frame, source_columns
+        return raw, bad_rejects, self._hash_sum(raw)
 
-    def _cut_fixed(self, details: pl.DataFrame, unknown: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, list[str]]:
+    def _hash_sum(self, frame: pl.DataFrame) -> int:
+        """Hash totals sum the field's digits as written (implied decimals), like the sender."""
+        hash_col = self._hash_source()
+        if not hash_col or not self.spec.control.hash_total or frame.height == 0:
+            return 0
+        total = frame.select(pl.col(hash_col).str.replace_all(r"[^0-9]", "").cast(pl.Decimal(38, 0), strict=False).sum()).item()
+        return int(total or 0)
+
+    def _cut_fixed(self, details: pl.DataFrame, unknown: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
         fmt = self.spec.format
         length = fmt.record_length
         assert length is not None
@@ -405,18 +664,14 @@ class _Reader:
             padded = df.select(pl.col(LINE_NO), pl.col(LINE).str.pad_end(length))
             return padded.select(pl.col(LINE_NO), *[self._value_expr(pl.col(LINE), p, f).alias(raw_name(f)) for f, p in only.items()])
 
-        raw = cut(details.filter(~bad_mask), fields)
-        hash_col = self._hash_source()
+        raw = cut(details.filter(~bad_mask) if bad.height else details, fields)
         ht = self.spec.control.hash_total
         # The sender's hash total covers every record it wrote as detail, including lines we
         # reject for their length or a damaged record-type code: positions still cut them.
-        if hash_col and ht:
-            hash_frame = cut(pl.concat([details, unknown]), {ht.of: fields[ht.of]}).select(pl.col(hash_col))
-        else:
-            hash_frame = pl.DataFrame()
-        ordered = sorted(fields.values(), key=lambda p: (p.start, p.length))
-        source_columns = list(dict.fromkeys(f"{p.start}-{p.start + p.length - 1}" for p in ordered))  # type: ignore[operator]
-        return raw, bad_rejects, hash_frame, source_columns
+        hashed = 0
+        if self._hash_source() and ht:
+            hashed = self._hash_sum(cut(pl.concat([details, unknown]), {ht.of: fields[ht.of]}))
+        return raw, bad_rejects, hashed
 
     def _month(self, header_vals: dict[str, str | None]) -> date:
         f = self.spec.file
@@ -438,7 +693,7 @@ class _Reader:
         kind, _, fname = ref.partition(".")
         return (header_vals if kind == "header" else trailer_vals).get(fname) or "", kind
 
-    def _control(self, header_vals: dict[str, str | None], trailer_vals: dict[str, str | None], records_read: int, hash_frame: pl.DataFrame) -> ControlTotals:
+    def _control(self, header_vals: dict[str, str | None], trailer_vals: dict[str, str | None], records_read: int, hash_total: int) -> ControlTotals:
         ctl = self.spec.control
         expected_records = expected_hash = actual_hash = None
         if ctl.record_count:
@@ -455,18 +710,12 @@ class _Reader:
                 expected_hash = Decimal(raw) if "." in raw else Decimal(int(raw)).scaleb(-ht.scale)
             except (InvalidOperation, ValueError):
                 raise self.refuse("hash_total", f"{kind} hash total field is not a number") from None
-            # Hash totals sum the field's digits as written (implied decimals), like the sender.
-            total = 0
-            if hash_frame.width:
-                total = hash_frame.select(
-                    pl.col(hash_frame.columns[0]).str.replace_all(r"[^0-9]", "").cast(pl.Decimal(38, 0), strict=False).sum()
-                ).item()
-            actual_hash = Decimal(int(total or 0)).scaleb(-ht.scale)
+            actual_hash = Decimal(hash_total).scaleb(-ht.scale)
             if actual_hash != expected_hash:
                 raise self.refuse("hash_total", f"{kind} hash total of {ht.of} is {expected_hash}, the detail records sum to {actual_hash}")
         return ControlTotals(expected_records, records_read, expected_hash, actual_hash)
 
-    def _canonical(self, raw: pl.DataFrame, month: date) -> pl.DataFrame:
+    def _canonical(self, raw: pl.DataFrame) -> pl.DataFrame:
         plans = [field_plan(f, s) for f, s in self.spec.fields.items()]
         checks = [c for p in plans for c in p.checks]
         flags = [f"_flag{i}" for i in range(len(checks))]
@@ -477,13 +726,18 @@ class _Reader:
             pl.lit(self.name).alias("file_name"),
             pl.lit(self.digest).alias("file_sha256"),
             pl.col(LINE_NO),
-            pl.lit(month).alias("reporting_month"),
+            pl.lit(self.month).alias("reporting_month"),
         ]
         assert [e.meta.output_name() for e in lineage] == list(LINEAGE_FIELDS)
         out = texts.select(*lineage, *[p.value for p in plans], *[c.failed.fill_null(False).alias(n) for c, n in zip(checks, flags)])
         # Only rows with a failed check pay for building their issue list.
         failing = pl.any_horizontal(flags) if flags else pl.lit(False)
         bad = out.filter(failing).with_columns(issues_expr(checks, flags))
-        good = out.filter(~failing).with_columns(pl.lit([], dtype=ISSUE_DTYPE).alias(ISSUES_COLUMN))
+        good = out.filter(~failing) if bad.height else out
+        good = good.with_columns(pl.lit([], dtype=ISSUE_DTYPE).alias(ISSUES_COLUMN))
         rows = pl.concat([good, bad]).sort(LINE_NO) if bad.height else good
         return conform_columns(rows, keep_issues=True).select(*[f.name for f in FIELDS], ISSUES_COLUMN)
+
+
+def _no_lines() -> pl.DataFrame:
+    return pl.DataFrame(schema={LINE_NO: pl.Int64, LINE: pl.String})
