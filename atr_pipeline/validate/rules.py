@@ -404,7 +404,9 @@ def validate_rows(rows: pl.DataFrame, spec: MappingSpec, *, today: date) -> Vali
     warnings = hits.filter(pl.col("severity") == "warning").drop("severity")
     warnings = warnings.filter(pl.col(_INDEX).is_in(rejected_idx.implode()).not_())
 
-    accepted = rows.filter(rejected_mask.not_()).select(list(CANONICAL_SCHEMA))
+    # A clean file keeps its rows as they are: filtering with an all-true mask copies every column.
+    kept = rows.filter(rejected_mask.not_()) if rejected_idx.len() else rows
+    accepted = kept.select(list(CANONICAL_SCHEMA))
     rows_rejected = rejected_idx.len()
     return ValidationResult(
         accepted=accepted,
