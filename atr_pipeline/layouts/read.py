@@ -13,9 +13,13 @@ missing or out of place (``missing_trailer`` / ``record_order``), record count o
 disagreeing with the control record (``trailer_count`` / ``hash_total``), an unreadable
 reporting month (``month``).
 
-The work is columnar: lines become a polars Series once, record types, quoting and field counts
-are vectorised string operations, good delimited lines go through ``pl.read_csv`` (all String)
-and fixed-width lines through ``str.slice``. Python touches only the header/trailer records.
+The work is columnar and streamed: the file is read in line-aligned slices (``CHUNK_BYTES``);
+each slice's lines become a polars Series, record types, quoting and field counts are vectorised
+string operations, good delimited lines go through ``pl.read_csv`` (all String) and fixed-width
+lines through ``str.slice``, and only the slice's canonical rows are kept. Whole-file checks
+(control records, counts, hash totals, refusal order) are totalled across slices and decided at
+the end, so the result does not depend on the slice size. Python touches only the
+header/trailer records.
 
 Conventions: line numbers are 1-based physical lines (header, column-name and trailer lines
 count). A UTF-8 BOM and CRLF endings are accepted. Whitespace-only lines carry no data and are
