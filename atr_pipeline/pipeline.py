@@ -22,6 +22,7 @@ import polars as pl
 from atr_pipeline.canonical import MEMBER_ENTRY_KEY, REJECT_SCHEMA
 from atr_pipeline.config import Settings
 from atr_pipeline.errors import FileRefused
+from atr_pipeline.history.hashes import contract_content_hashes
 from atr_pipeline.layouts.read import ReadResult, read_file
 from atr_pipeline.layouts.spec import MappingSpec
 from atr_pipeline.publish.export import StagedResources
@@ -181,16 +182,6 @@ def record_history(validated: ValidatedFile, settings: Settings, spec: MappingSp
             rows=validated.rows_accepted,
         ),
     )
-
-
-def contract_content_hashes(members: pl.DataFrame) -> dict[str, str]:
-    """sha256 per contract of its member list (lineage excluded), to version Groups only on change."""
-    # Lineage and the diff's bookkeeping column say where rows came from, not what the list holds.
-    content_cols = [c for c in members.columns if c not in ("source_id", "file_name", "file_sha256", "line_number", "reporting_month", "previous_month")]
-    out: dict[str, str] = {}
-    for (contract_id,), part in members.sort(["contract_id", *MEMBER_ENTRY_KEY]).group_by("contract_id", maintain_order=True):
-        out[str(contract_id)] = hashlib.sha256(part.select(content_cols).write_csv().encode("utf-8")).hexdigest()
-    return out
 
 
 # ---------------------------------------------------------------- FHIR + conformance + export
