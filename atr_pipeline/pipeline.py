@@ -10,7 +10,6 @@ before history: nothing from it reaches the history or FHIR stages.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
