@@ -240,8 +240,11 @@ def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress:
     member_entries = members.height
     rows = prepare(members, ctx) if member_entries else None
     del members  # the prepared rows hold everything the builders need
-    # Each type is written to the staging folder as soon as it is built and then dropped.
-    staged = stage_resources(export_dir_for(settings, spec.source_id, month), iter_prepared(rows, ctx))
+    # Each type is written to the staging folder as soon as it is built and then dropped; the
+    # generator holds the only reference to the rows, so they go after the last builder.
+    resources = iter_prepared(rows, ctx)
+    del rows
+    staged = stage_resources(export_dir_for(settings, spec.source_id, month), resources)
     return BuiltMonth(
         source_id=spec.source_id,
         month=month,
