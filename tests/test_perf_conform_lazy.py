@@ -145,3 +145,46 @@ def test_reservoir_drawn_per_type_keeps_the_positions_of_the_whole_stream(total,
     assert seen == total
     assert sample == fast._reservoir(total, size, seed)
     assert len(sample) == min(size, total)
+
+
+# ---------------------------------------------------------------- the staged build, part by part
+
+
+def test_a_staged_build_is_checked_part_by_part_with_the_same_report(frames, tmp_path):
+    """StagedResources offers iter_parts: the fast path reads one NDJSON part at a time (here 100
+    lines) and must give the in-memory report, sample included."""
+    from atr_pipeline.publish.export import stage_resources
+
+    staged = stage_resources(tmp_path / "m", frames, max_lines_per_file=100)
+    assert max(len(items) for items in staged.files.values()) > 5  # several parts per bulk type
+    for seed in (0, 7):
+        kw = dict(KW, seed=seed, sample_size=150)
+        report = fast.fast_report(staged, frame_order(staged), **kw)
+        assert report is not None and report == check_ndjson_frames(frames, fast=False, **kw)
+        assert report.structurally_checked == 150
+
+
+class _Parted(dict):
+    """A plain dict of frames that also hands out given types in given parts."""
+
+    def __init__(self, frames: dict[str, pl.DataFrame], parts: dict[str, list[pl.DataFrame]]) -> None:
+        super().__init__(frames)
+        self.parts = parts
+
+    def iter_parts(self, rtype: str) -> Iterator[pl.DataFrame]:
+        yield from self.parts.get(rtype, [self[rtype]])
+
+
+def test_a_duplicate_id_in_two_parts_is_caught_across_parts(frames):
+    """Each part alone has unique ids; the same Patient at the end of one part and the start of
+    the next must still decline the fast path, and the per-resource checker reports it."""
+    patients = frames["Patient"].sort("id")
+    twin = pl.concat([patients.head(100), patients.slice(99)])  # row 99 twice, ids still sorted
+    split = _Parted(dict(frames, Patient=twin), {"Patient": [twin.head(100), twin.slice(100)]})
+    assert split.parts["Patient"][0]["id"].is_unique().all() and split.parts["Patient"][1]["id"].is_unique().all()
+    assert fast.fast_report(split, frame_order(split), **KW) is None
+    report = check_ndjson_frames(split, **KW)
+    assert {r.rule: r.count for r in report.results} == {"resource.id.duplicate": 1}
+    # The same parts without the twin pass the fast path with the whole-frame report.
+    clean = _Parted(dict(frames), {"Patient": [patients.head(100), patients.slice(100)]})
+    assert fast.fast_report(clean, frame_order(clean), **KW) == check_ndjson_frames(frames, fast=False, **KW)

@@ -30,7 +30,7 @@ to the per-resource path. It can only be slower than needed, never report someth
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import orjson
 import polars as pl
@@ -232,7 +232,8 @@ def fast_report(
     """The report of the per-resource path for ``frames`` in ``order``, or None (see module doc).
 
     ``frames[rtype]`` is read exactly once per type, in ``order``, and dropped before the next
-    type: a lazy mapping that loads each type from disk on access keeps one type in memory.
+    type: a lazy mapping that loads each type from disk on access keeps one type in memory; one
+    with ``iter_parts`` (the staged build) is read part by part, so only one part is.
     What outlives a type is small: its ``Type/id`` keys, the unique reference targets it names,
     and the structural sample's rows that fall in it."""
     from atr_pipeline.conform.checker import Checker
@@ -245,18 +246,23 @@ def fast_report(
     keys: list[pl.Series] = []
     by_type: dict[str, int] = {}
     for rtype in order:
-        df = frames[rtype]  # the only access: a lazy mapping reads the type from disk here
-        if df.height == 0:
-            continue
-        df = df.select("id", "json")
-        refs = _check_type(rtype, df, scratch)
-        if refs is None or scratch.findings._hits:
+        type_keys: list[pl.Series] = []
+        for df in _parts(frames, rtype):
+            if df.height == 0:
+                continue
+            df = df.select("id", "json")
+            refs = _check_type(rtype, df, scratch)
+            if refs is None or scratch.findings._hits:
+                return None
+            by_type[rtype] = by_type.get(rtype, 0) + df.height
+            type_keys.append((f"{rtype}/" + df.get_column("id")).alias("key"))
+            reference_sets.append(refs)
+            sample.advance(rtype, df)
+            del df
+        # _check_type saw each part alone: ids must also be unique across the type's parts.
+        if len(type_keys) > 1 and pl.concat(type_keys).is_duplicated().any():
             return None
-        by_type[rtype] = df.height
-        keys.append((f"{rtype}/" + df.get_column("id")).alias("key"))
-        reference_sets.append(refs)
-        sample.advance(rtype, df)
-        del df
+        keys += type_keys
 
     if resolve_references:
         present = pl.concat(keys) if keys else pl.Series("key", [], dtype=pl.String)
@@ -277,6 +283,17 @@ def fast_report(
 
 
 _NO_REFS = pl.Series("ref", [], dtype=pl.String)
+
+
+def _parts(frames: Mapping[str, pl.DataFrame], rtype: str) -> Iterator[pl.DataFrame]:
+    """One type's rows: part by part when the mapping can (publish.export.StagedResources reads
+    one NDJSON part at a time, so a 5M-member Coverage never sits in memory whole), else the
+    frame, read once (a lazy mapping loads it from disk here)."""
+    iter_parts = getattr(frames, "iter_parts", None)
+    if iter_parts is not None:
+        yield from iter_parts(rtype)
+    else:
+        yield frames[rtype]
 
 
 def _check_type(rtype: str, df: pl.DataFrame, scratch) -> pl.Series | None:

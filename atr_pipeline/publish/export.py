@@ -434,6 +434,23 @@ class StagedResources(Mapping[str, pl.DataFrame]):
             raise AtrError(f"{resource_type}: the staged files do not hold the {self.heights[resource_type]} resources written")
         return frame
 
+    def iter_parts(self, resource_type: str) -> Iterator[pl.DataFrame]:
+        """The type's (id, json) one NDJSON part at a time (<= max_lines_per_file rows each), in
+        id order: what a caller uses to keep a part, not the whole type, in memory."""
+        if resource_type not in self.heights:
+            raise KeyError(resource_type)
+        seen = 0
+        for item in self.files.get(resource_type, []):
+            if not self.is_staged():
+                raise AtrError(f"the staged build for {self.out_dir.name} is gone or was replaced by a newer build; build the month again")
+            part = _read_part(self.folder / item.url)
+            if part.height != item.count or part["id"].null_count():
+                raise AtrError(f"{item.url}: the staged file does not hold the {item.count} resources written")
+            seen += part.height
+            yield part
+        if seen != self.heights[resource_type]:
+            raise AtrError(f"{resource_type}: the staged files do not hold the {self.heights[resource_type]} resources written")
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.heights)
 
