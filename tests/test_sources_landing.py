@@ -228,3 +228,28 @@ def test_two_processes_landing_the_same_bytes_land_once(tmp_path, acme_spec):
     assert len(Ledger.for_landing(landing).entries()) == 1
     assert len(_landed_files(landing)) == 1
     assert os.listdir(landing / ".incoming") == []
+
+
+def _open_ledger_at(path: str, start: float) -> str:
+    while time.time() < start:  # every process opens the new ledger at the same instant
+        pass
+    try:
+        Ledger(Path(path))
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - the test reports what failed
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_processes_creating_the_ledger_at_once_all_open_it(tmp_path):
+    """Two `atr run` (or Dagster runs) starting on a fresh ATR_HOME create the ledger together:
+    switching a new sqlite file to WAL while another process has it open answered "database is
+    locked" at once (seen with benchmarks/bench_two_sources.sh)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(6) as pool:
+        for attempt in range(15):
+            path = str(tmp_path / f"home{attempt}" / "ledger.sqlite")
+            start = time.time() + 0.3
+            results = pool.starmap(_open_ledger_at, [(path, start)] * 6)
+            assert results == ["ok"] * 6, (attempt, results)

@@ -107,6 +107,32 @@ CREATE TABLE IF NOT EXISTS duplicates (
 """
 
 
+def _ensure_wal(con: sqlite3.Connection, timeout: float = 60.0) -> None:
+    """Put the ledger in WAL mode (persistent in the file, so usually already set).
+
+    Switching a new file to WAL while another process has it open fails with "database is
+    locked" at once, without the busy handler: two runs starting on a fresh ATR_HOME hit it.
+    Retry until this or the other process has switched it.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            if con.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                return
+            failure = "journal mode stayed as it was"
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            failure = str(exc)
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"could not put the landing ledger in WAL mode: {failure}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 class Ledger:
     """Every landed delivery: sha256, name, size, time, source, month and status.
 
@@ -132,8 +158,8 @@ class Ledger:
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
         con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA busy_timeout=60000")
+        _ensure_wal(con)
         return con
 
     @staticmethod
