@@ -11,7 +11,6 @@ before history: nothing from it reaches the history or FHIR stages.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -25,7 +24,6 @@ from atr_pipeline.errors import FileRefused
 from atr_pipeline.history.hashes import contract_content_hashes
 from atr_pipeline.layouts.read import ReadResult, read_file
 from atr_pipeline.layouts.spec import MappingSpec
-from atr_pipeline.conform.report import ConformReport
 from atr_pipeline.publish.export import StagedResources
 from atr_pipeline.sources.landing import LandedFile
 
@@ -195,8 +193,6 @@ class BuiltMonth:
     ``resources`` reads one type at a time back from the staged NDJSON (publish.export.
     StagedResources): the conformance check sees exactly the bytes that will be published, and
     nothing holds the whole month's JSON in memory (or in Dagster's pickled step outputs).
-    ``report`` is the conformance report when it was computed during the build (large months,
-    see build_month), with the structural mode it used.
     """
 
     source_id: str
@@ -206,8 +202,6 @@ class BuiltMonth:
     change_types: dict[str, int]
     group_versions: dict[str, int]
     transaction_time: datetime
-    report: ConformReport | None = None
-    report_structural: str | None = None
 
     @property
     def resources_by_type(self) -> dict[str, int]:
@@ -218,27 +212,11 @@ def export_dir_for(settings: Settings, source_id: str, month: date) -> Path:
     return settings.exports_dir / source_id / month_key(month)
 
 
-def _conform_limits() -> tuple[int, int]:
-    """(ATR_CONFORM_FULL_MAX, ATR_CONFORM_SAMPLE_SIZE): structure on every resource up to the
-    first, else on a seeded sample of the second's size. Structure (R4B models) costs ~10k
-    resources/s; the cheap ATR rules always run on every resource."""
-    import os
-
-    return int(os.environ.get("ATR_CONFORM_FULL_MAX", "50000")), int(os.environ.get("ATR_CONFORM_SAMPLE_SIZE", "2000"))
-
-
 def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress: Progress = _quiet) -> BuiltMonth:
-    """Member list from history (with change types) -> versioned ATR resources, staged on disk.
-
-    In a month too large for the structural check on every resource, the conformance check runs
-    on a second thread while the types are built, reading each type's staged parts as soon as
-    they are written: the build and the check each leave a core partly idle, together they
-    fill both. check_month then returns that report.
-    """
-    from atr_pipeline.fhir.build import BUILDERS, BuildContext, iter_prepared, prepare
+    """Member list from history (with change types) -> versioned ATR resources, staged on disk."""
+    from atr_pipeline.fhir.build import BuildContext, iter_prepared, prepare
     from atr_pipeline.history.store import HistoryStore
-    from atr_pipeline.publish.export import StagingWatcher, stage_resources
-    from atr_pipeline.systems import LOAD_ORDER
+    from atr_pipeline.publish.export import stage_resources
 
     store = HistoryStore(settings.history_path)
     members = store.member_list(spec.source_id, month)
@@ -266,18 +244,7 @@ def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress:
     # generator holds the only reference to the rows, so they go after the last builder.
     resources = iter_prepared(rows, ctx)
     del rows
-    full_max, sample_size = _conform_limits()
-    watcher: StagingWatcher | None = None
-    checked: dict[str, object] = {}
-    if member_entries > full_max:  # a month this size gets the sampled structural check
-        watcher = StagingWatcher([t for t in LOAD_ORDER if t in BUILDERS])
-        progress(f"checking conformance while building (structural: sample of {sample_size:,})")
-        thread = threading.Thread(target=_check_in_background, args=(watcher, sample_size, checked), name="atr-conformance", daemon=True)
-        watcher.on_finish = thread.join
-        thread.start()
-    staged = stage_resources(export_dir_for(settings, spec.source_id, month), resources, watcher=watcher)
-    if "error" in checked:
-        raise checked["error"]  # type: ignore[misc]
+    staged = stage_resources(export_dir_for(settings, spec.source_id, month), resources)
     return BuiltMonth(
         source_id=spec.source_id,
         month=month,
@@ -286,31 +253,22 @@ def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress:
         change_types=change_types,
         group_versions={c: v.version_id for c, v in versions.items()},
         transaction_time=transaction_time,
-        report=checked.get("report"),  # type: ignore[arg-type]
-        report_structural="sample" if "report" in checked else None,
     )
-
-
-def _check_in_background(watcher, sample_size: int, out: dict[str, object]) -> None:
-    from atr_pipeline.conform.checker import check_ndjson_frames
-
-    try:
-        out["report"] = check_ndjson_frames(watcher, structural="sample", sample_size=sample_size)
-    except BaseException as exc:  # handed to the building thread, which raises it
-        out["error"] = exc
 
 
 def check_month(built: BuiltMonth, *, structural: str = "auto", progress: Progress = _quiet):
     """ATR conformance of what build_month produced (cheap rules on all, structure on all or a sample)."""
     from atr_pipeline.conform.checker import check_ndjson_frames
 
+    import os
+
     total = sum(built.resources_by_type.values())
-    full_max, sample_size = _conform_limits()
+    # Structure (R4B models) costs ~10k resources/s: every resource in small runs, a seeded
+    # random sample in large ones. Cheap ATR rules always run on every resource.
+    full_max = int(os.environ.get("ATR_CONFORM_FULL_MAX", "50000"))
+    sample_size = int(os.environ.get("ATR_CONFORM_SAMPLE_SIZE", "2000"))
     if structural == "auto":
         structural = "all" if total <= full_max else "sample"
-    if built.report is not None and built.report_structural == structural:
-        progress(f"conformance of {total:,} resources was checked while building (structural: {structural})")
-        return built.report
     progress(f"checking conformance of {total:,} resources (structural: {structural})")
     return check_ndjson_frames(built.resources, structural=structural, sample_size=sample_size)
 

@@ -28,9 +28,8 @@ import gzip
 import hashlib
 import os
 import shutil
-import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -281,16 +280,13 @@ def stage_resources(
     *,
     max_lines_per_file: int = 100_000,
     gzip: bool = False,
-    watcher: StagingWatcher | None = None,
 ) -> StagedResources:
     """Write the NDJSON parts of an export into a hidden staging folder next to ``out_dir``.
 
     ``resources`` may be a mapping or an iterable of (type, frame) pairs: with an iterable each
     frame is written and released before the next one is built, so a month's resources never
     sit in memory all at once. Nothing is visible at ``out_dir`` until ``publish_staged``.
-    Staging again for the same ``out_dir`` replaces the earlier staged build. A ``watcher``
-    hears of each type as soon as its parts are written (another thread can check them while
-    the next type is built) and is waited for before the folder is renamed.
+    Staging again for the same ``out_dir`` replaces the earlier staged build.
     """
     if max_lines_per_file < 1:
         raise AtrError("max_lines_per_file must be at least 1")
@@ -312,25 +308,20 @@ def stage_resources(
                         f"resource type {resource_type!r} is not in systems.LOAD_ORDER; add it there so the loader knows its order"
                     )
                 heights[resource_type] = frame.height
-                if frame.height:
-                    frame = _checked_frame(resource_type, frame)
-                    items, sums = _write_lines(building, resource_type, _json_in_id_order(frame), max_lines_per_file, gzip, hasher)
-                    files[resource_type] = items
-                    pending.update(sums)
+                if not frame.height:
+                    continue
+                frame = _checked_frame(resource_type, frame)
+                items, sums = _write_lines(building, resource_type, _json_in_id_order(frame), max_lines_per_file, gzip, hasher)
                 del frame
-                if watcher is not None:
-                    watcher.written(resource_type, building, files.get(resource_type, []))
-        if watcher is not None:
-            watcher.finish(building)  # returns once the watcher is done reading this folder
+                files[resource_type] = items
+                pending.update(sums)
         token = uuid.uuid4().hex
         (building / _TOKEN_NAME).write_text(token)
         _fsync_dir(building)
         if staging.exists():
             shutil.rmtree(staging)
         os.rename(building, staging)
-    except BaseException as exc:
-        if watcher is not None:
-            watcher.abort(exc)
+    except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
     order = {t: i for i, t in enumerate(LOAD_ORDER)}
@@ -470,65 +461,6 @@ class StagedResources(Mapping[str, pl.DataFrame]):
         """Remove the staged build (nothing is published), unless a newer build replaced it."""
         if self.is_staged():
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-class StagingWatcher(Mapping[str, pl.DataFrame]):
-    """A staging in progress as another thread sees it: type -> (id, json) once it is written.
-
-    ``iter_parts``/``__getitem__`` block until ``stage_resources`` has written the type (or has
-    failed: then AtrError). ``types`` are every type the build may yield; types it never
-    yields read as empty. ``on_finish`` runs when every type is written and the folder is about
-    to be renamed (pipeline.build_month joins its checking thread there).
-    """
-
-    def __init__(self, types: Iterable[str], on_finish: Callable[[], None] | None = None) -> None:
-        self._types = list(types)
-        self._ready = {t: threading.Event() for t in self._types}
-        self._parts: dict[str, tuple[Path, list[ManifestFile]]] = {}
-        self._failed: BaseException | None = None
-        self.on_finish = on_finish
-
-    def written(self, resource_type: str, folder: Path, items: list[ManifestFile]) -> None:
-        if resource_type in self._ready:
-            self._parts[resource_type] = (folder, list(items))
-            self._ready[resource_type].set()
-
-    def finish(self, folder: Path) -> None:
-        for resource_type in self._types:
-            if resource_type not in self._parts:
-                self.written(resource_type, folder, [])
-        if self.on_finish is not None:
-            self.on_finish()
-
-    def abort(self, error: BaseException) -> None:
-        self._failed = error
-        for event in self._ready.values():
-            event.set()
-        if self.on_finish is not None:
-            self.on_finish()
-
-    def iter_parts(self, resource_type: str) -> Iterator[pl.DataFrame]:
-        if resource_type not in self._ready:
-            raise KeyError(resource_type)
-        self._ready[resource_type].wait()
-        if resource_type not in self._parts:
-            raise AtrError(f"the build stopped before {resource_type} was written ({type(self._failed).__name__})")
-        folder, items = self._parts[resource_type]
-        for item in items:
-            part = _read_part(folder / item.url)
-            if part.height != item.count:
-                raise AtrError(f"{item.url}: the staged file does not hold the {item.count} resources written")
-            yield part
-
-    def __getitem__(self, resource_type: str) -> pl.DataFrame:
-        parts = list(self.iter_parts(resource_type))
-        return pl.concat(parts) if parts else pl.DataFrame(schema={"id": pl.String(), "json": pl.String()})
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._types)
-
-    def __len__(self) -> int:
-        return len(self._types)
 
 
 # Every line was written from JSON text, where a raw control character cannot occur (JSON
