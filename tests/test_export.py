@@ -264,3 +264,11 @@ def test_staging_refuses_a_bad_frame_and_leaves_nothing_behind(tmp_path):
     with pytest.raises(AtrError, match="1 duplicate id"):
         stage_resources(tmp_path / "m", resources)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_folder_is_readable_by_its_owner_only(tmp_path):
+    """The NDJSON holds names, birth dates and member ids: like the landing folder (0700)."""
+    import stat
+
+    out, _ = _export(tmp_path)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700

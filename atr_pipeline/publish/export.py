@@ -296,7 +296,7 @@ def stage_resources(
     _sweep_stale_partials(out_dir)
     staging = staging_dir(out_dir)
     building = out_dir.with_name(f".{out_dir.name}{_PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    building.mkdir()
+    building.mkdir(mode=0o700)  # the NDJSON holds PHI: owner only, like the landing folder
     try:
         files: dict[str, list[ManifestFile]] = {}
         heights: dict[str, int] = {}
