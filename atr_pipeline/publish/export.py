@@ -348,9 +348,7 @@ def publish_staged(
     if not staged.is_staged():
         if staged.is_published():
             return read_manifest(staged.out_dir)
-        raise AtrError(
-            f"the staged build for {staged.out_dir.name} is gone or was replaced by a newer build; build the month again"
-        )
+        raise staged.gone()
     gz = any(item.url.endswith(".gz") for items in staged.files.values() for item in items)
     for stale in [*folder.glob(f"{ERROR_TYPE}*"), folder / MANIFEST_NAME]:
         stale.unlink(missing_ok=True)  # left by an earlier attempt that failed before the swap
@@ -422,17 +420,8 @@ class StagedResources(Mapping[str, pl.DataFrame]):
         return all(published.get(name) == digest for name, digest in self.digests.items())
 
     def __getitem__(self, resource_type: str) -> pl.DataFrame:
-        if resource_type not in self.heights:
-            raise KeyError(resource_type)
-        items = self.files.get(resource_type, [])
-        if not items:
-            return pl.DataFrame(schema={"id": pl.String(), "json": pl.String()})
-        if not self.is_staged():
-            raise AtrError(f"the staged build for {self.out_dir.name} is gone or was replaced by a newer build; build the month again")
-        frame = pl.concat([_read_part(self.folder / item.url) for item in items], rechunk=False)
-        if frame.height != self.heights[resource_type] or frame["id"].null_count():
-            raise AtrError(f"{resource_type}: the staged files do not hold the {self.heights[resource_type]} resources written")
-        return frame
+        parts = list(self.iter_parts(resource_type))
+        return pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema={"id": pl.String(), "json": pl.String()})
 
     def iter_parts(self, resource_type: str) -> Iterator[pl.DataFrame]:
         """The type's (id, json) one NDJSON part at a time (<= max_lines_per_file rows each), in
@@ -442,7 +431,7 @@ class StagedResources(Mapping[str, pl.DataFrame]):
         seen = 0
         for item in self.files.get(resource_type, []):
             if not self.is_staged():
-                raise AtrError(f"the staged build for {self.out_dir.name} is gone or was replaced by a newer build; build the month again")
+                raise self.gone()
             part = _read_part(self.folder / item.url)
             if part.height != item.count or part["id"].null_count():
                 raise AtrError(f"{item.url}: the staged file does not hold the {item.count} resources written")
@@ -456,6 +445,9 @@ class StagedResources(Mapping[str, pl.DataFrame]):
 
     def __len__(self) -> int:
         return len(self.heights)
+
+    def gone(self) -> AtrError:
+        return AtrError(f"the staged build for {self.out_dir.name} is gone or was replaced by a newer build; build the month again")
 
     def discard(self) -> None:
         """Remove the staged build (nothing is published), unless a newer build replaced it."""
