@@ -65,10 +65,14 @@ def iter_prepared(rows: pl.DataFrame | None, ctx: BuildContext) -> Iterator[tupl
     holds one type's JSON at a time instead of the whole month's (~2.6 GB at 1M members).
     """
     types = [t for t in LOAD_ORDER if t in BUILDERS]
+    if rows is None or rows.height == 0:
+        for resource_type in types:
+            yield resource_type, empty_resources()
+        return
     for resource_type in types[:-1]:
         # No local name for the frame: the generator must not keep it alive while the next builds.
-        yield resource_type, (empty_resources() if rows is None or rows.height == 0 else BUILDERS[resource_type](rows, ctx))
-    last = empty_resources() if rows is None or rows.height == 0 else BUILDERS[types[-1]](rows, ctx)
+        yield resource_type, BUILDERS[resource_type](rows, ctx)
+    last = BUILDERS[types[-1]](rows, ctx)
     # After the last builder the rows are done with: a caller that handed over its only reference
     # (pipeline.build_month) gets them freed before the last frame is written.
     rows = None
