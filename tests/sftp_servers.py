@@ -182,6 +182,14 @@ class AsyncSftpServer:
         path.write_text(known_hosts_line(self.port, self.public_host_key))
         return path
 
+    def sensor_env(self, tmp_path: Path) -> dict[str, str]:
+        """The ATR_SFTP_* settings that point the Dagster SFTP sensor at this server's /inbox."""
+        return {
+            "ATR_SFTP_HOST": "127.0.0.1", "ATR_SFTP_PORT": str(self.port), "ATR_SFTP_USER": self.username,
+            "ATR_SFTP_PASSWORD": self.password, "ATR_SFTP_KNOWN_HOSTS": str(self.known_hosts(tmp_path / "kh")),
+            "ATR_SFTP_INBOX": "/inbox", "ATR_SFTP_STABLE_POLLS": "2",
+        }
+
 
 @pytest.fixture
 def sftp_server(tmp_path: Path) -> Iterator[AsyncSftpServer]:

@@ -177,11 +177,7 @@ def test_unconfigured_sftp_sensor_names_the_missing_variable(no_sftp_env: None) 
 def test_wired_sftp_sensor_requests_an_attribution_partition(sftp_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name = "ACME_ATTRIB_202608.csv"
     shutil.copy2(ROOT / "fixtures" / "acme_commercial" / name, sftp_server.root / "inbox" / name)
-    for var, value in {
-        "ATR_SFTP_HOST": "127.0.0.1", "ATR_SFTP_PORT": str(sftp_server.port), "ATR_SFTP_USER": sftp_server.username,
-        "ATR_SFTP_PASSWORD": sftp_server.password, "ATR_SFTP_KNOWN_HOSTS": str(sftp_server.known_hosts(tmp_path / "kh")),
-        "ATR_SFTP_INBOX": "/inbox", "ATR_SFTP_STABLE_POLLS": "2",
-    }.items():
+    for var, value in sftp_server.sensor_env(tmp_path).items():
         monkeypatch.setenv(var, value)
     defs = build_definitions()
     sensor = defs.resolve_sensor_def("sftp_inbox_sensor")

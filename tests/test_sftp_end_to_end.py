@@ -24,10 +24,7 @@ def test_sensor_request_lands_once_and_exports(sftp_server, tmp_path: Path, monk
     home = tmp_path / "home"
     for var, value in {
         "ATR_HOME": str(home), "ATR_INBOX": str(tmp_path / "empty_inbox"), "ATR_ID_KEY": "e2e",
-        "ATR_MAPPINGS_DIR": str(ROOT / "mappings"),
-        "ATR_SFTP_HOST": "127.0.0.1", "ATR_SFTP_PORT": str(sftp_server.port), "ATR_SFTP_USER": sftp_server.username,
-        "ATR_SFTP_PASSWORD": sftp_server.password, "ATR_SFTP_KNOWN_HOSTS": str(sftp_server.known_hosts(tmp_path / "kh")),
-        "ATR_SFTP_INBOX": "/inbox", "ATR_SFTP_STABLE_POLLS": "2",
+        "ATR_MAPPINGS_DIR": str(ROOT / "mappings"), **sftp_server.sensor_env(tmp_path),
     }.items():
         monkeypatch.setenv(var, value)
     defs = build_definitions()
