@@ -47,7 +47,8 @@ def test_binary_refused() -> None:
 def test_empty_file_and_header_only_refused() -> None:
     assert refused(BAD / "empty" / "ACME_ATTRIB_202608.csv").rule == "empty"
     err = refused(BAD / "header_only" / "ACME_ATTRIB_202608.csv")
-    assert (err.rule, err.reason) == ("empty", "no detail records")
+    # Intended change (issue 14): a file with records but no detail record has its own rule.
+    assert err.rule == "no_detail_records" and err.reason.startswith("no detail records")
 
 
 def test_missing_columns_named() -> None:
@@ -220,7 +221,8 @@ def test_quoted_csv_round_trips_and_broken_lines_are_never_lost(tmp_path: Path, 
     lines = [",".join(q(f"m{i}") if j == 0 else q(v) for j, v in enumerate(row)) for i, row in enumerate(cells)]
     broken = cut % len(lines)
     lines_bad = list(lines)
-    lines_bad[broken] = lines_bad[broken].rsplit(",", 1)[0] if len(lines) > 1 else lines_bad[broken]
+    # Drop the last field whole: cutting inside a quoted field would open a multi-line field.
+    lines_bad[broken] = ",".join(q(f"m{broken}") if j == 0 else q(v) for j, v in enumerate(cells[broken][:-1]))
     path = tmp_path / "T_202608.txt"
     path.write_text("\n".join(lines) + "\n")
     rows = read_file(path, spec).rows

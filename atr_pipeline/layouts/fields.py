@@ -105,6 +105,10 @@ class FieldPlan:
 
 def field_plan(field: str, spec: FieldSpec) -> FieldPlan:
     dtype = FIELD_BY_NAME[field].dtype
+    if spec.record_field is not None:
+        # Known only once the header/trailer record is read: the reader sets it on every row
+        # at the end (``record_field_values``); until then the column is empty.
+        return FieldPlan(field, None, pl.lit(None, dtype=dtype).alias(field), [])
     if spec.constant is not None:
         if dtype == pl.Date():
             return FieldPlan(field, None, pl.lit(date.fromisoformat(spec.constant)).alias(field), [])
@@ -129,10 +133,31 @@ def field_plan(field: str, spec: FieldSpec) -> FieldPlan:
         checks.append(Check(field, "date_format", f"{field}: '{fmt}' date expected", text.is_not_null() & value.is_null()))
     elif dtype == pl.String():
         value = text
+    elif spec.implied_decimals is not None:
+        # COBOL 9(3)V9(4): an optional sign and digits only; the point is implied.
+        digits = pl.when(text.str.contains(r"^[+-]?[0-9]{1,18}$")).then(text).cast(pl.Int64, strict=False)
+        value = (digits.cast(pl.Float64) / (10**spec.implied_decimals)).cast(dtype)
+        checks.append(
+            Check(field, "number_format", f"{field}: digits with {spec.implied_decimals} implied decimals expected", text.is_not_null() & value.is_null())
+        )
     else:
         value = text.cast(dtype, strict=False)
         checks.append(Check(field, "number_format", f"{field}: {dtype} number expected", text.is_not_null() & value.is_null()))
+    if dtype == pl.String():
+        checks.append(control_check(field, text))
     return FieldPlan(field, cleaned(field, spec).alias(text_name(field)), value.alias(field), checks)
+
+
+# C0 controls other than TAB, LF and CR (a quoted field may hold line breaks), DEL and C1
+# controls. They break fixed-width exports and FHIR's string rules, and a C1 control in a name
+# is the mark of a wrong encoding (U+0085 from UTF-8 bytes read as latin-1).
+CONTROL_IN_TEXT = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+
+
+def control_check(field: str, text: pl.Expr) -> Check:
+    """``control_characters`` on a text field's cleaned value. The reader evaluates it only in
+    slices where some line holds such a character (``Check.rule`` tells it apart)."""
+    return Check(field, "control_characters", f"{field}: contains control characters", text.str.contains(CONTROL_IN_TEXT))
 
 
 def issues_expr(checks: list[Check], flag_names: list[str]) -> pl.Expr:

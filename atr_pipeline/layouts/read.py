@@ -36,16 +36,19 @@ import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import polars as pl
 
-from atr_pipeline.canonical import FIELDS, ISSUE_DTYPE, ISSUES_COLUMN, LINEAGE_FIELDS, REJECT_SCHEMA, conform_columns
+from atr_pipeline.canonical import FIELD_BY_NAME, FIELDS, ISSUE_DTYPE, ISSUES_COLUMN, LINEAGE_FIELDS, REJECT_SCHEMA, conform_columns
 from atr_pipeline.errors import FileRefused
+from atr_pipeline.layouts import sniff
 from atr_pipeline.layouts.fields import field_plan, issues_expr, raw_name
+from atr_pipeline.layouts.multiline import RecordJoiner
+from atr_pipeline.layouts.sniff import HEAD_BYTES
 from atr_pipeline.layouts.spec import MappingSpec, Position, to_strftime
 
 LINE = "line"
@@ -55,7 +58,6 @@ KIND = "kind"
 HEADER, DETAIL, TRAILER = "header", "detail", "trailer"
 UNKNOWN, NAMES, BLANK = "unknown", "names", "blank"
 
-_WIDE_ENCODINGS = ("utf_16", "utf_32")  # NUL bytes are normal inside these
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ class ReadResult:
     reporting_month: date
     control: ControlTotals
     source_columns: list[str] = field(default_factory=list)
+    # The date the row rules judge against ("birth date in the future"): the file's own date
+    # (mapping's file.reference_date_field, else the last day of the reporting month), so a
+    # re-run next year gives the same answer.
+    reference_date: date | None = None
 
 
 # --- bytes -> lines ---------------------------------------------------------------------------
@@ -86,7 +92,7 @@ CHUNK_BYTES = 32 << 20
 
 def _decode(data: bytes, encoding: str, name: str) -> str:
     codec = codecs.lookup(encoding).name
-    wide = codec.startswith(_WIDE_ENCODINGS)
+    wide = sniff.is_wide(codec)
     if not wide:
         nul = data.find(b"\x00")
         if nul >= 0:
@@ -100,7 +106,7 @@ def _decode(data: bytes, encoding: str, name: str) -> str:
         raise FileRefused(name, "encoding", f"bytes at line {line} are not valid {encoding}; resend in {encoding} or fix the mapping's file.encoding", line) from None
     if wide and "\x00" in text:
         raise FileRefused(name, "binary", "NUL characters found: this is not a text file", text.count("\n", 0, text.index("\x00")) + 1)
-    return text
+    return text.removeprefix("\ufeff")  # utf-16-le/-be keep a BOM as a character
 
 
 def physical_lines(text: str) -> list[str]:
@@ -138,19 +144,24 @@ class _Bytes:
     hasher: Any = None  # hashlib object when the caller gave no digest
     content: bool = False  # some byte other than ASCII whitespace (else "the file is empty")
     lines: int = 0  # physical lines handed out so far
+    control: bool = False  # the last slice may hold a control character (sniff.has_control)
 
 
-def _line_slices(path: Path, encoding: str, name: str, size: int, state: _Bytes) -> Iterator[tuple[int, list[str]]]:
+def _line_slices(path: Path, encoding: str, name: str, size: int, state: _Bytes, *, detect: bool = False) -> Iterator[tuple[int, list[str]]]:
     """(number of the slice's first line, its physical lines), file order, CR of CRLF kept.
 
     Refusals keep the whole-file order of ``_decode``: a NUL byte anywhere wins over a decoding
     error anywhere, so after a bad byte the rest of the file is still searched for NUL. Line
-    numbers in those refusals count line feeds, as ``_decode`` does.
+    numbers in those refusals count line feeds, as ``_decode`` does. A head (first 64 KiB) full
+    of control bytes is ``binary`` at once, whatever the slice size. ``state.control`` tells
+    whether the slice just handed out may hold a control character (``sniff.has_control``).
     """
     codec = codecs.lookup(encoding).name
     if _sliceable(codec):
         with open(path, "rb") as stream:
-            yield from _decoded_slices(_byte_slices(stream, size), codec, encoding, name, state, strip_bom=codec == "utf-8")
+            _refuse_binary_head(stream.read(HEAD_BYTES), codec, name)
+            stream.seek(0)
+            yield from _decoded_slices(_byte_slices(stream, size), codec, encoding, name, state, strip_bom=codec == "utf-8", detect=detect)
         return
     data = path.read_bytes()
     if state.hasher is not None:
@@ -160,15 +171,27 @@ def _line_slices(path: Path, encoding: str, name: str, size: int, state: _Bytes)
         return
     utf8 = _decode(data, encoding, name).encode("utf-8")
     del data
+    _refuse_binary_head(utf8[:HEAD_BYTES], "utf-8", name)
     slices = _byte_slices(io.BytesIO(utf8), size)
     yield from _decoded_slices(slices, "utf-8", encoding, name, state, strip_bom=False, hashed=True)
 
 
+def _refuse_binary_head(head: bytes, codec: str, name: str) -> None:
+    """Control bytes (not NUL: that keeps its whole-file order below) throughout the head."""
+    if codec == "utf-8" and head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8) :]
+    reason = sniff.binary_reason(head.replace(b"\x00", b""))
+    if reason is not None:
+        raise FileRefused(name, "binary", reason, 1)
+
+
 def _decoded_slices(
-    slices: Iterator[bytes], codec: str, encoding: str, name: str, state: _Bytes, *, strip_bom: bool, hashed: bool = False
+    slices: Iterator[bytes], codec: str, encoding: str, name: str, state: _Bytes, *, strip_bom: bool, hashed: bool = False, detect: bool = False
 ) -> Iterator[tuple[int, list[str]]]:
     feeds = 0  # line feeds before this slice (refusal line numbers)
     bad: FileRefused | None = None
+    # A single-byte encoding is checked against UTF-8 on its first slice with non-ASCII bytes.
+    check_utf8 = sniff.single_byte(codec)
     for i, chunk in enumerate(slices):
         if state.hasher is not None and not hashed:
             state.hasher.update(chunk)
@@ -180,19 +203,36 @@ def _decoded_slices(
         if bad is None:
             if i == 0 and strip_bom and chunk.startswith(codecs.BOM_UTF8):
                 chunk = chunk[len(codecs.BOM_UTF8) :]
-            try:
-                text = chunk.decode(codec, errors="strict")
-            except UnicodeDecodeError as exc:
-                line = feeds + chunk.count(b"\n", 0, exc.start) + 1
-                bad = FileRefused(name, "encoding", f"bytes at line {line} are not valid {encoding}; resend in {encoding} or fix the mapping's file.encoding", line)
-            else:
-                parts = physical_lines(text)
-                del text
-                if chunk.endswith(b"\n"):
-                    parts.pop()  # the empty piece after the slice's last line feed is not a line
-                first = state.lines + 1
-                state.lines += len(parts)
-                yield first, parts
+            if check_utf8 and not chunk.isascii():
+                check_utf8 = False
+                at = sniff.utf8_mismatch_line(chunk)
+                if at is not None and detect:
+                    codec = "utf-8"  # the mapping opted in: these bytes are UTF-8 text
+                elif at is not None:
+                    line = feeds + at
+                    bad = FileRefused(
+                        name,
+                        "encoding_mismatch",
+                        f"line {line} holds UTF-8 text but the mapping declares {encoding}; read as {encoding} every accented "
+                        "letter would be garbled. Resend in the declared encoding, or set file.detect_encoding: true",
+                        line,
+                    )
+            if bad is None:
+                try:
+                    text = chunk.decode(codec, errors="strict")
+                except UnicodeDecodeError as exc:
+                    line = feeds + chunk.count(b"\n", 0, exc.start) + 1
+                    what = encoding if codec == codecs.lookup(encoding).name else "utf-8 (detected from the file's first non-ASCII text)"
+                    bad = FileRefused(name, "encoding", f"bytes at line {line} are not valid {what}; resend in {encoding} or fix the mapping's file.encoding", line)
+                else:
+                    parts = physical_lines(text)
+                    del text
+                    if chunk.endswith(b"\n"):
+                        parts.pop()  # the empty piece after the slice's last line feed is not a line
+                    first = state.lines + 1
+                    state.lines += len(parts)
+                    state.control = sniff.has_control(chunk, codec)
+                    yield first, parts
         feeds += chunk.count(b"\n")
     if bad is not None:
         raise bad
@@ -286,6 +326,7 @@ class _Reader:
         fmt = spec.format
         self.delim = _Delim(fmt.delimiter, fmt.quote) if fmt.kind == "delimited" else None
         self.names: list[str] | None = None
+        self.absent: set[str] = set()  # ``required: false`` named columns this file lacks
         self.digest = ""
         self.month = date(1, 1, 1)  # placeholder until the month is known (see _patch_lineage)
 
@@ -325,10 +366,18 @@ class _Reader:
 
     # -- the pass --
 
-    def _slices(self, state: _Bytes) -> Iterator[pl.DataFrame]:
-        for first, parts in _line_slices(self.path, self.spec.file.encoding, self.name, self.chunk_bytes, state):
-            yield _lines(first, parts)
+    def _slices(self, state: _Bytes) -> Iterator[tuple[pl.DataFrame, bool]]:
+        """The file's records, a slice at a time: physical lines, with the lines of a quoted
+        field that holds line breaks joined into one record (``multiline``)."""
+        fmt = self.spec.format
+        joiner = RecordJoiner(fmt.delimiter, fmt.quote, fmt.max_record_lines, self.name) if self.delim and fmt.quote else None
+        f = self.spec.file
+        for first, parts in _line_slices(self.path, f.encoding, self.name, self.chunk_bytes, state, detect=f.detect_encoding):
+            lines = _lines(first, parts)
             del parts
+            yield (joiner.join(lines) if joiner else lines), state.control
+        if joiner:
+            joiner.finish()
 
     def read(self, sha256: str | None) -> ReadResult:
         spec = self.spec
@@ -346,27 +395,28 @@ class _Reader:
         names_line: int | None = None
         names_error: FileRefused | None = None
         nonblank = 0
-        held: list[pl.DataFrame] = []
+        held: list[tuple[pl.DataFrame, bool]] = []
         ctl = _Control()
         n_details = n_unknown = 0
         rejects: list[pl.DataFrame] = []
         rows: list[pl.DataFrame] = []
-        hash_total = 0
+        hash_totals: dict[str, int] = {}
         header_vals: dict[str, str | None] | None = None
         month_error: FileRefused | None = None
         fields = self._mapped_read_fields()
         needed = 0
 
         def ready() -> None:
-            nonlocal expected, needed, names_error
+            nonlocal expected, needed, names_error, fields
             if self.delim is None:
                 return
             if self.names is not None:
                 expected = len(self.names)
+            fields = self._mapped_read_fields()  # without the absent optional columns
             needed = max((self._column_index(p, f) + 1 for f, p in fields.items()), default=0)
 
-        def process(lines: pl.DataFrame) -> None:
-            nonlocal n_details, n_unknown, hash_total, header_vals, month_error
+        def process(lines: pl.DataFrame, control: bool) -> None:
+            nonlocal n_details, n_unknown, header_vals, month_error
             lines = self._classify(lines, names_line)
             self._note_control(lines, ctl)
             if header_vals is None and ctl.found[HEADER]:
@@ -391,13 +441,14 @@ class _Reader:
             else:
                 raw, bad, hashed = self._cut_fixed(details, unknown)
             del details, unknown
-            hash_total += hashed
+            for f, v in hashed.items():
+                hash_totals[f] = hash_totals.get(f, 0) + v
             if bad.height:
                 rejects.append(bad)
             if raw.height:
-                rows.append(self._canonical(raw))
+                rows.append(self._canonical(raw, control=control))
 
-        for lines in self._slices(state):
+        for lines, control in self._slices(state):
             if want_names and names_line is None:
                 body = lines.filter(~pl.col(BLANK))
                 if nonblank + body.height > names_idx:
@@ -410,17 +461,17 @@ class _Reader:
                         names_error = exc
                     nonblank += body.height
                     for early in held:
-                        process(early)
+                        process(*early)
                     held.clear()
-                    process(lines)
+                    process(lines, control)
                 else:
                     nonblank += body.height
-                    held.append(lines)
+                    held.append((lines, control))
                 continue
             if not want_names and not nonblank:
                 ready()
             nonblank += lines.filter(~pl.col(BLANK)).height
-            process(lines)
+            process(lines, control)
         del held
 
         # Whole-file refusals, in the order a reader of the whole text would meet them.
@@ -435,7 +486,7 @@ class _Reader:
         header_vals, trailer_vals = self._control_records(ctl)
         if n_details == 0:
             extra = f" ({n_unknown} line(s) of unknown record type)" if n_unknown else ""
-            raise self.refuse("empty", f"no detail records{extra}")
+            raise self.refuse("no_detail_records", f"no detail records{extra}: only header, column-name or trailer records")
         if expected and needed > expected:
             raise self.refuse("missing_columns", f"the mapping reads column {needed} but detail records have {expected} fields")
         if sha256 is None:
@@ -447,10 +498,13 @@ class _Reader:
         if month_error is not None:
             raise month_error
         month = self._month(header_vals)
-        control = self._control(header_vals, trailer_vals, records_read, hash_total)
+        control = self._control(header_vals, trailer_vals, records_read, hash_totals, out)
         out = self._patch_lineage(out, month)
+        out = self._record_field_values(out, header_vals, trailer_vals)
+        reference = self._reference_date(month, header_vals, trailer_vals)
         source_columns = self._source_columns(expected or 0)
-        return ReadResult(out, rejected.select(REJECT_SCHEMA.names()).cast(dict(REJECT_SCHEMA)), records_read, month, control, source_columns)
+        rejected = rejected.select(REJECT_SCHEMA.names()).cast(dict(REJECT_SCHEMA))
+        return ReadResult(out, rejected, records_read, month, control, source_columns, reference)
 
     def _patch_lineage(self, rows: pl.DataFrame, month: date) -> pl.DataFrame:
         """Rows were cut before the whole file was hashed or its month known: set them now."""
@@ -466,7 +520,7 @@ class _Reader:
         d = self.delim
         assert d is not None
         tally: dict[int, int] = {}
-        for lines in self._slices(state):
+        for lines, control in self._slices(state):
             details = self._classify(lines, None).filter(pl.col(KIND) == DETAIL)
             checked = self._field_counts(details)
             for width, n in checked.filter(pl.col("_quote_ok")).group_by("_fields").len().iter_rows():
@@ -502,7 +556,10 @@ class _Reader:
 
     def _check_named_columns(self, names_line: int) -> None:
         assert self.names is not None
-        wanted = [p.column for p in self._positions().values() if isinstance(p.column, str)]
+        positions = self._positions()
+        optional = {f for f, p in positions.items() if not getattr(p, "required", True)}
+        self.absent = {f for f in optional if positions[f].column not in self.names}
+        wanted = [p.column for f, p in positions.items() if isinstance(p.column, str) and f not in optional]
         missing = sorted({c for c in wanted if c not in self.names})
         if missing:
             raise self.refuse("missing_columns", f"header row lacks column(s) {missing}", names_line)
@@ -573,11 +630,13 @@ class _Reader:
         )
 
     def _mapped_read_fields(self) -> dict[str, Position]:
-        return {f: s for f, s in self.spec.fields.items() if s.is_set}
+        """Fields cut from detail records (not constants, header values or absent columns)."""
+        return {f: s for f, s in self.spec.fields.items() if s.is_set and f not in self.absent}
 
-    def _hash_source(self) -> str | None:
-        ht = self.spec.control.hash_total
-        return raw_name(ht.of) if ht and self.spec.fields[ht.of].is_set else None
+    def _hash_fields(self) -> list[str]:
+        """Fields whose digits a ``hash`` control check sums (hash_total and checks)."""
+        read = self._mapped_read_fields()
+        return list(dict.fromkeys(c.of for c in self.spec.control.all_checks() if c.kind == "hash" and c.of in read))
 
     def _field_counts(self, details: pl.DataFrame) -> pl.DataFrame:
         """``_quote_ok`` and ``_fields`` per line. Lines without a quote character are always
@@ -601,7 +660,7 @@ class _Reader:
             plain.scatter(at, sub["n"]).alias("_fields"),
         )
 
-    def _cut_delimited(self, details: pl.DataFrame, expected: int) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    def _cut_delimited(self, details: pl.DataFrame, expected: int) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
         d = self.delim
         assert d is not None
         checked = self._field_counts(details)
@@ -643,17 +702,19 @@ class _Reader:
         raw = good.select(LINE_NO).hstack(cells.get_columns()).select(
             pl.col(LINE_NO), *[pl.col(cols[self._column_index(p, f)]).alias(raw_name(f)) for f, p in fields.items()]
         )
-        return raw, bad_rejects, self._hash_sum(raw)
+        return raw, bad_rejects, self._hash_sums(raw)
 
-    def _hash_sum(self, frame: pl.DataFrame) -> int:
-        """Hash totals sum the field's digits as written (implied decimals), like the sender."""
-        hash_col = self._hash_source()
-        if not hash_col or not self.spec.control.hash_total or frame.height == 0:
-            return 0
-        total = frame.select(pl.col(hash_col).str.replace_all(r"[^0-9]", "").cast(pl.Decimal(38, 0), strict=False).sum()).item()
-        return int(total or 0)
+    def _hash_sums(self, frame: pl.DataFrame) -> dict[str, int]:
+        """Hash totals sum each field's digits as written (implied decimals), like the sender."""
+        fields = self._hash_fields()
+        if not fields or frame.height == 0:
+            return {}
+        sums = frame.select(
+            pl.col(raw_name(f)).str.replace_all(r"[^0-9]", "").cast(pl.Decimal(38, 0), strict=False).sum().alias(f) for f in fields
+        ).row(0)
+        return {f: int(v or 0) for f, v in zip(fields, sums)}
 
-    def _cut_fixed(self, details: pl.DataFrame, unknown: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    def _cut_fixed(self, details: pl.DataFrame, unknown: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
         fmt = self.spec.format
         length = fmt.record_length
         assert length is not None
@@ -669,12 +730,11 @@ class _Reader:
             return padded.select(pl.col(LINE_NO), *[self._value_expr(pl.col(LINE), p, f).alias(raw_name(f)) for f, p in only.items()])
 
         raw = cut(details.filter(~bad_mask) if bad.height else details, fields)
-        ht = self.spec.control.hash_total
         # The sender's hash total covers every record it wrote as detail, including lines we
         # reject for their length or a damaged record-type code: positions still cut them.
-        hashed = 0
-        if self._hash_source() and ht:
-            hashed = self._hash_sum(cut(pl.concat([details, unknown]), {ht.of: fields[ht.of]}))
+        hashed: dict[str, int] = {}
+        if self._hash_fields():
+            hashed = self._hash_sums(cut(pl.concat([details, unknown]), {f: fields[f] for f in self._hash_fields()}))
         return raw, bad_rejects, hashed
 
     def _month(self, header_vals: dict[str, str | None]) -> date:
@@ -697,32 +757,80 @@ class _Reader:
         kind, _, fname = ref.partition(".")
         return (header_vals if kind == "header" else trailer_vals).get(fname) or "", kind
 
-    def _control(self, header_vals: dict[str, str | None], trailer_vals: dict[str, str | None], records_read: int, hash_total: int) -> ControlTotals:
-        ctl = self.spec.control
+    def _control(
+        self, header_vals: dict[str, str | None], trailer_vals: dict[str, str | None], records_read: int, hash_totals: dict[str, int], rows: pl.DataFrame
+    ) -> ControlTotals:
+        """Every control check, in the mapping's order (``ControlSpec.all_checks``); the first
+        that disagrees refuses the file with both numbers. The returned totals are the first
+        count and the first hash check (what metadata shows)."""
         expected_records = expected_hash = actual_hash = None
-        if ctl.record_count:
-            raw, kind = self._ref_value(ctl.record_count, header_vals, trailer_vals)
-            if not raw.isdigit():
-                raise self.refuse("trailer_count", f"{kind} record count field is not a number")
-            expected_records = int(raw)
-            if expected_records != records_read:
-                raise self.refuse("trailer_count", f"{kind} says {expected_records} detail records, the file has {records_read}")
-        if ctl.hash_total:
-            ht = ctl.hash_total
-            raw, kind = self._ref_value(ht.expected, header_vals, trailer_vals)
+        for check in self.spec.control.all_checks():
+            raw, kind = self._ref_value(check.expected, header_vals, trailer_vals)
+            if check.kind == "count":
+                if not raw.isdigit():
+                    raise self.refuse("trailer_count", f"{kind} record count field is not a number")
+                if int(raw) != records_read:
+                    raise self.refuse("trailer_count", f"{kind} says {int(raw)} detail records, the file has {records_read}")
+                expected_records = int(raw) if expected_records is None else expected_records
+                continue
+            rule = "hash_total" if check.kind == "hash" else "control_sum"
+            what = "hash total" if check.kind == "hash" else "sum"
             try:
-                expected_hash = Decimal(raw) if "." in raw else Decimal(int(raw)).scaleb(-ht.scale)
+                expected = Decimal(raw) if "." in raw else Decimal(int(raw)).scaleb(-check.scale)
             except (InvalidOperation, ValueError):
-                raise self.refuse("hash_total", f"{kind} hash total field is not a number") from None
-            actual_hash = Decimal(hash_total).scaleb(-ht.scale)
-            if actual_hash != expected_hash:
-                raise self.refuse("hash_total", f"{kind} hash total of {ht.of} is {expected_hash}, the detail records sum to {actual_hash}")
+                raise self.refuse(rule, f"{kind} {what} field is not a number") from None
+            assert check.of is not None
+            if check.kind == "hash":
+                actual = Decimal(hash_totals.get(check.of, 0)).scaleb(-check.scale)
+            else:
+                # Values as converted (signs, points, implied decimals) over the rows read;
+                # compared at the precision the control field is written in.
+                total = rows.get_column(check.of).sum() if rows.height else 0
+                actual = Decimal(repr(float(total or 0))).quantize(Decimal(1).scaleb(expected.as_tuple().exponent))
+            if actual != expected:
+                raise self.refuse(rule, f"{kind} {what} of {check.of} is {expected}, the detail records sum to {actual}")
+            if check.kind == "hash" and expected_hash is None:
+                expected_hash, actual_hash = expected, actual
         return ControlTotals(expected_records, records_read, expected_hash, actual_hash)
 
-    def _canonical(self, raw: pl.DataFrame) -> pl.DataFrame:
+    def _record_field_values(self, rows: pl.DataFrame, header_vals: dict[str, str | None], trailer_vals: dict[str, str | None]) -> pl.DataFrame:
+        """Fields filled from a header or trailer record field, the same on every row. The value
+        goes through the field's transforms, default, map and format like a row value; one that
+        fails refuses the file (every row would carry the same bad value)."""
+        values = []
+        for fname, fspec in self.spec.fields.items():
+            if fspec.record_field is None:
+                continue
+            raw, kind = self._ref_value(fspec.record_field, header_vals, trailer_vals)
+            as_column = fspec.model_copy(update={"record_field": None, "column": 1})
+            plan = field_plan(fname, as_column)
+            one = pl.DataFrame({raw_name(fname): [raw]}, schema={raw_name(fname): pl.String}).select(plan.text)  # type: ignore[arg-type]
+            got = one.select(plan.value, *[c.failed.fill_null(False).alias(c.reason) for c in plan.checks])
+            failed = [c.reason for c in plan.checks if got.get_column(c.reason)[0]]
+            if failed:
+                raise self.refuse("record_field", f"{kind} field {fspec.record_field.partition('.')[2]!r} for {failed[0]}")
+            values.append(pl.lit(got.get_column(fname)[0], dtype=FIELD_BY_NAME[fname].dtype).alias(fname))
+        return rows.with_columns(values) if values and rows.height else rows
+
+    def _reference_date(self, month: date, header_vals: dict[str, str | None], trailer_vals: dict[str, str | None]) -> date:
+        f = self.spec.file
+        if f.reference_date_field is None:
+            nxt = date(month.year + (month.month == 12), month.month % 12 + 1, 1)
+            return nxt - timedelta(days=1)
+        raw, kind = self._ref_value(f.reference_date_field, header_vals, trailer_vals)
+        try:
+            return datetime.strptime(raw, to_strftime(f.reference_date_format)).date()
+        except ValueError:
+            raise self.refuse("reference_date", f"{kind} field {f.reference_date_field.partition('.')[2]!r} is not a {f.reference_date_format} date") from None
+
+    def _canonical(self, raw: pl.DataFrame, *, control: bool = True) -> pl.DataFrame:
+        """``control``: the slice may hold control characters, so the per-field
+        ``control_characters`` checks run; otherwise they cannot fire and are skipped."""
         plans = [field_plan(f, s) for f, s in self.spec.fields.items()]
-        checks = [c for p in plans for c in p.checks]
+        checks = [c for p in plans for c in p.checks if control or c.rule != "control_characters"]
         flags = [f"_flag{i}" for i in range(len(checks))]
+        if self.absent:  # optional named columns this file lacks: empty on every row
+            raw = raw.with_columns(pl.lit(None, dtype=pl.String).alias(raw_name(f)) for f in sorted(self.absent))
         # Stage 1: each field's cleaned text once; stage 2: values and failure flags from it.
         texts = raw.select(pl.col(LINE_NO), *[p.text for p in plans if p.text is not None])
         lineage = [

@@ -16,12 +16,15 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from atr_pipeline.canonical import DATE_FIELDS, FIELD_BY_NAME, MAPPABLE_FIELDS
 
 Transform = Literal["trim", "upper", "lower", "title", "digits", "strip_zeros"]
+
+NUMERIC_DTYPES = (pl.Float64(), pl.Float32(), pl.Int64(), pl.Int32())
 
 # Friendly date tokens accepted in mappings, translated to strftime codes.
 _DATE_TOKENS = (("YYYY", "%Y"), ("YY", "%y"), ("MM", "%m"), ("DD", "%d"))
@@ -87,9 +90,20 @@ class FieldSpec(Position):
     default: str | None = None
     transforms: list[Transform] = Field(default_factory=lambda: ["trim"])
     date: str | None = None  # e.g. MM/DD/YYYY, YYYYMMDD or %m/%d/%Y
-    map: dict[str, str] | None = None  # code map, raw value (after transforms) -> canonical code
+    # Code map, raw value (after transforms) -> canonical code; a null target maps to empty
+    # (e.g. ``"99991231": null`` for an open-ended period).
+    map: dict[str, str | None] | None = None
     # What a value outside ``map`` does: reject the row (default) or pass the raw value through.
     unmapped: Literal["reject", "keep"] = "reject"
+    # Numeric fields written without a decimal point (COBOL ``9(3)V9(4)``): the digits are
+    # divided by 10**implied_decimals. A value with a point of its own is a number_format issue.
+    implied_decimals: int | None = Field(default=None, ge=0, le=18)
+    # A named column the file may lack: absent -> the field is empty on every row. A column the
+    # mapping needs (required: true, the default) missing from the header row refuses the file.
+    required: bool = True
+    # The value of a header or trailer record field ("header.<name>" / "trailer.<name>"), the
+    # same for every row of the file (e.g. the payer id that only the header record carries).
+    record_field: str | None = None
 
     @field_validator("date")
     @classmethod
@@ -108,10 +122,15 @@ class FieldSpec(Position):
 
     @model_validator(mode="after")
     def _source(self) -> FieldSpec:
-        if self.constant is not None and self.is_set:
-            raise ValueError("a field is either a 'constant' or read from the file, not both")
-        if self.constant is None and not self.is_set and self.default is None:
-            raise ValueError("a field needs 'column', 'start'/'length', 'constant' or 'default'")
+        sources = sum((self.constant is not None, self.is_set, self.record_field is not None))
+        if sources > 1:
+            raise ValueError("a field takes one source: 'constant', a position in the record, or 'record_field'")
+        if sources == 0 and self.default is None:
+            raise ValueError("a field needs 'column', 'start'/'length', 'record_field', 'constant' or 'default'")
+        if self.record_field is not None and not re.fullmatch(r"(header|trailer)\.\w+", self.record_field):
+            raise ValueError("'record_field' is 'header.<name>' or 'trailer.<name>'")
+        if not self.required and not isinstance(self.column, str):
+            raise ValueError("'required: false' is for named columns (a header-row name that may be absent)")
         return self
 
     @property
@@ -127,6 +146,15 @@ class FileSpec(_Strict):
     month_header_field: str | None = None  # header field holding the month when month_from=header
     month_format: str = "YYYYMM"
     encoding: str = "utf-8"
+    # A single-byte encoding (latin-1, cp1252...) declared for a file whose bytes are valid UTF-8
+    # with non-ASCII characters is refused (encoding_mismatch): read as declared, every accented
+    # name would be published as mojibake. true: read such a file as UTF-8 instead.
+    detect_encoding: bool = False
+    # The date rules ("birth date in the future") are judged against the file's own date, never
+    # the day it is (re-)run: this header/trailer field ("header.<name>") when given, else the
+    # last day of the reporting month.
+    reference_date_field: str | None = None
+    reference_date_format: str = "YYYYMMDD"
 
     @field_validator("pattern")
     @classmethod
@@ -148,7 +176,7 @@ class FileSpec(_Strict):
             raise ValueError(f"unknown encoding {v!r}") from exc
         return v
 
-    @field_validator("month_format")
+    @field_validator("month_format", "reference_date_format")
     @classmethod
     def _month_fmt(cls, v: str) -> str:
         to_strftime(v)
@@ -176,6 +204,10 @@ class FormatSpec(_Strict):
     # fixed-width: lines shorter than record_length are padded with spaces (trailing blanks are
     # often trimmed in transit); longer lines are always structural errors.
     pad_short_lines: bool = True
+    # delimited with quote: a quoted field may hold line breaks (RFC 4180), so one record can
+    # span physical lines; a quote still open after this many lines refuses the file (a stray
+    # quote must not swallow the rest of it).
+    max_record_lines: int = Field(default=20, ge=1)
 
     @model_validator(mode="after")
     def _kind(self) -> FormatSpec:
@@ -216,9 +248,40 @@ class HashTotalSpec(_Strict):
     scale: int = 0  # implied decimals in the expected value
 
 
+class ControlCheck(_Strict):
+    """One control total. ``count``: detail records read; ``hash``: the digits of field ``of``
+    as written, summed (implied decimals, like ``hash_total``); ``sum``: the field's numeric
+    values summed (signs and decimal points count). ``scale`` places the decimal point of the
+    expected value for ``hash`` (and of a ``sum`` written without a point)."""
+
+    kind: Literal["count", "hash", "sum"]
+    expected: str  # "header.<field>" or "trailer.<field>"
+    of: str | None = None  # canonical field (hash, sum)
+    scale: int = Field(default=0, ge=0, le=18)
+
+    @model_validator(mode="after")
+    def _of(self) -> ControlCheck:
+        if self.kind == "count" and self.of is not None:
+            raise ValueError("a 'count' check takes no 'of'")
+        if self.kind != "count" and self.of is None:
+            raise ValueError(f"a '{self.kind}' check needs 'of' (the field to total)")
+        return self
+
+
 class ControlSpec(_Strict):
     record_count: str | None = None  # "trailer.<field>" or "header.<field>"
     hash_total: HashTotalSpec | None = None
+    checks: list[ControlCheck] = Field(default_factory=list)  # any number of further checks
+
+    def all_checks(self) -> list[ControlCheck]:
+        """``record_count`` and ``hash_total`` (the short forms) first, then ``checks``."""
+        out: list[ControlCheck] = []
+        if self.record_count:
+            out.append(ControlCheck(kind="count", expected=self.record_count))
+        if self.hash_total:
+            ht = self.hash_total
+            out.append(ControlCheck(kind="hash", expected=ht.expected, of=ht.of, scale=ht.scale))
+        return out + list(self.checks)
 
 
 class IdentifierSystems(_Strict):
@@ -249,8 +312,10 @@ class MappingSpec(_Strict):
     fields: dict[str, FieldSpec]
     identifier_systems: IdentifierSystems
     intended_recipient: RecipientIdentifier | None = None
-    # Share of rejected rows above which the whole file is refused.
+    # The whole file is refused when its rejected rows are above this share AND above
+    # ``reject_min_rows`` (or when no row at all is accepted); docs/BAD_INPUT.md says why.
     reject_threshold: float = Field(default=0.05, ge=0.0, le=1.0)
+    reject_min_rows: int = Field(default=0, ge=0)
 
     @field_validator("fields")
     @classmethod
@@ -284,6 +349,13 @@ class MappingSpec(_Strict):
             if fixed and spec.start is not None and spec.length is not None and self.format.record_length:
                 if spec.start + spec.length - 1 > self.format.record_length:
                     problems.append(f"fields.{name}: ends at {spec.start + spec.length - 1}, past record_length {self.format.record_length}")
+        for name, spec in self.fields.items():
+            if spec.record_field is not None and not self._control_ref_ok(spec.record_field):
+                problems.append(f"fields.{name}.record_field: {spec.record_field!r} is not a defined header./trailer. field")
+            if spec.implied_decimals is not None and FIELD_BY_NAME[name].dtype not in NUMERIC_DTYPES:
+                problems.append(f"fields.{name}.implied_decimals: {name} is not a numeric field")
+            if not spec.required and not self.format.header_row:
+                problems.append(f"fields.{name}.required: absent columns need format.header_row: true")
         if problems:
             raise ValueError("; ".join(problems))
         if self.control.record_count and not self._control_ref_ok(self.control.record_count):
@@ -293,6 +365,16 @@ class MappingSpec(_Strict):
                 raise ValueError(f"control.hash_total.expected: {self.control.hash_total.expected!r} is not a defined header./trailer. field")
             if self.control.hash_total.of not in self.fields:
                 raise ValueError(f"control.hash_total.of: {self.control.hash_total.of!r} is not a mapped field")
+        for i, check in enumerate(self.control.checks):
+            if not self._control_ref_ok(check.expected):
+                raise ValueError(f"control.checks[{i}].expected: {check.expected!r} is not a defined header./trailer. field")
+            if check.of is not None and not (check.of in self.fields and self.fields[check.of].is_set):
+                raise ValueError(f"control.checks[{i}].of: {check.of!r} is not a field read from the detail records")
+            if check.kind == "sum" and check.of is not None and FIELD_BY_NAME[check.of].dtype not in NUMERIC_DTYPES:
+                raise ValueError(f"control.checks[{i}].of: a 'sum' needs a numeric field, {check.of} is not")
+        ref = self.file.reference_date_field
+        if ref is not None and not self._control_ref_ok(ref):
+            raise ValueError(f"file.reference_date_field: {ref!r} is not a defined header./trailer. field")
         if self.file.month_from == "header":
             if not (self.records and self.records.header and self.file.month_header_field in self.records.header.fields):
                 raise ValueError("file.month_header_field: must name a field of records.header")
@@ -311,6 +393,8 @@ class MappingSpec(_Strict):
         try:
             if g.get("yyyymm"):
                 return date(int(g["yyyymm"][:4]), int(g["yyyymm"][4:6]), 1)
+            if g.get("year") is None or g.get("month") is None:
+                return None  # a name without a month (PAYER.ATTR.D<CCYYMMDD>.txt): the header says
             return date(int(g["year"]), int(g["month"]), 1)
         except (TypeError, ValueError):
             return None
