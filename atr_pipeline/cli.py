@@ -132,30 +132,48 @@ def run(
         console.print(f"no files for source {spec.source_id} in {inbox_dir}" + (f" for {month}" if month else ""))
         raise typer.Exit(0)
     ledger = Ledger.for_landing(settings.landing_dir)
-    refused = 0
+    tally = {"processed": 0, "refused": 0, "skipped": 0, "failed": 0}
     for path in files:
+        # One file's failure never stops the others: every file gets exactly one outcome line.
         try:
-            landed = land_path(path, spec, settings)
-        except FileRefused as exc:
-            refused += 1
-            console.print(f"[red]refused[/red]  {path.name}: {exc.reason}")
+            try:
+                landed = land_path(path, spec, settings)
+            except FileRefused as exc:
+                tally["refused"] += 1
+                where = f", line {exc.line_number}" if exc.line_number else ""
+                console.print(f"[red]refused[/red]  {path.name}: {exc.reason} (rule {exc.rule}{where})")
+                continue
+            entry = ledger.get(landed.sha256)
+            if entry is not None and entry.status != "landed" and not reprocess:
+                tally["skipped"] += 1
+                console.print(f"[dim]skipped[/dim]  {path.name}: already {entry.status} (use --reprocess to run it again)")
+                continue
+            if wanted and landed.month != wanted:
+                tally["skipped"] += 1
+                continue
+            outcome = process_landed(landed, spec, settings, out_dir=out, progress=lambda m: err.print(f"[dim]  ... {m}[/dim]"))
+        except Exception as exc:  # noqa: BLE001 - a bug or an unreadable file must not stop the rest
+            # The type only: an exception's text may quote file content (PHI). The file stays
+            # "landed" (or in the inbox), so the next run tries it again.
+            tally["failed"] += 1
+            console.print(f"[red]failed[/red]   {path.name}: internal error ({type(exc).__name__}); the other files were still processed")
             continue
-        entry = ledger.get(landed.sha256)
-        if entry is not None and entry.status != "landed" and not reprocess:
-            console.print(f"[dim]skipped[/dim]  {path.name}: already {entry.status} (use --reprocess to run it again)")
-            continue
-        if wanted and landed.month != wanted:
-            continue
-        outcome = process_landed(landed, spec, settings, out_dir=out, progress=lambda m: err.print(f"[dim]  ... {m}[/dim]"))
         _print_outcome(outcome)
-        if outcome.status == "refused":
-            refused += 1
-    raise typer.Exit(REFUSED if refused else 0)
+        tally["refused" if outcome.status == "refused" else "processed"] += 1
+    console.print(f"{len(files)} file(s): " + ", ".join(f"{n} {k}" for k, n in tally.items() if n or k in ("processed", "refused")))
+    raise typer.Exit(REFUSED if tally["refused"] or tally["failed"] else 0)
 
 
 def _print_outcome(o) -> None:
+    """One file's outcome: counts, rules, change types, and where its outputs are (no values)."""
     if o.status == "refused":
         console.print(f"[red]refused[/red]  {o.file_name}: {o.message}")
+        if o.records_read:
+            console.print(f"         {o.records_read:,} rows read, {o.rows_rejected:,} rejected")
+        if o.rejects_by_rule:
+            console.print("         rejects: " + ", ".join(f"{r} {n}" for r, n in o.rejects_by_rule.items()))
+        if o.rejects_csv and o.rows_rejected:
+            console.print(f"         rejects CSV: {o.rejects_csv}")
         return
     console.print(
         f"[green]ok[/green]       {o.file_name} ({o.month:%Y-%m}): {o.records_read:,} rows read, "
@@ -163,6 +181,12 @@ def _print_outcome(o) -> None:
     )
     if o.rejects_by_rule:
         console.print("         rejects: " + ", ".join(f"{r} {n}" for r, n in o.rejects_by_rule.items()))
+    warnings = getattr(o, "warnings_by_rule", None)
+    if warnings:
+        console.print("         warnings: " + ", ".join(f"{r} {n}" for r, n in warnings.items()))
+    changes = getattr(o, "change_types", None)
+    if changes:
+        console.print("         members: " + ", ".join(f"{k} {changes.get(k, 0):,}" for k in ("new", "changed", "nochange", "dropped")))
     console.print("         resources: " + ", ".join(f"{t} {n:,}" for t, n in o.resources_by_type.items()))
     console.print(f"         export: {o.export_dir}")
     if o.rows_rejected:

@@ -83,6 +83,8 @@ class FileOutcome:
     export_dir: Path | None = None
     rejects_csv: Path | None = None
     message: str = ""
+    warnings_by_rule: dict[str, int] = field(default_factory=dict)
+    change_types: dict[str, int] = field(default_factory=dict)  # new / changed / nochange / dropped
 
 
 def month_key(month: date) -> str:
@@ -101,7 +103,8 @@ def validate_read(read: ReadResult, landed: LandedFile, spec: MappingSpec, *, to
     """Apply every row rule; split accepted rows from reject records."""
     from atr_pipeline.validate.rules import validate_rows
 
-    result = validate_rows(read.rows, spec, today=today or date.today())
+    # The file's own date (header date or the month's end), so a re-run never changes results.
+    result = validate_rows(read.rows, spec, today=today or read.reference_date or date.today())
     rejects = pl.concat([read.structural_rejects.select(REJECT_SCHEMA.names()), result.rejects.select(REJECT_SCHEMA.names())])
     rejects = rejects.sort("line_number", "field", "rule")
     structural_lines = read.structural_rejects.get_column("line_number").n_unique() if read.structural_rejects.height else 0
@@ -136,7 +139,7 @@ def refuse_if_over_threshold(validated: ValidatedFile, spec: MappingSpec) -> Non
     from atr_pipeline.validate.rejects import check_reject_threshold
 
     # records_read and rows_rejected both include the structural rejects already.
-    check_reject_threshold(validated, file_name=validated.landed.original_name, threshold=spec.reject_threshold)
+    check_reject_threshold(validated, file_name=validated.landed.original_name, threshold=spec.reject_threshold, minimum=spec.reject_min_rows)
 
 
 def control_dict(read: ReadResult) -> dict[str, object]:
@@ -157,7 +160,7 @@ def write_rejects(validated: ValidatedFile, settings: Settings, spec: MappingSpe
     folder = settings.rejects_dir / spec.source_id / month_key(landed.month)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     csv_path = folder / f"{Path(landed.original_name).stem}.rejects.csv"
-    write_rejects_csv(validated.rejects, csv_path, source_file=landed.path)
+    write_rejects_csv(validated.rejects, csv_path, source_file=landed.path, spec=spec)
     outcomes = rejects_to_operation_outcomes(validated.rejects)
     return csv_path, outcomes
 
@@ -342,6 +345,7 @@ def process_landed(
         outcome.rows_accepted = validated.rows_accepted
         outcome.rows_rejected = validated.rows_rejected
         outcome.rejects_by_rule = validated.rejects_by_rule
+        outcome.warnings_by_rule = validated.warnings_by_rule
         # Rejects are written before the threshold check: a refused file's sender needs them most.
         csv_path, outcomes = write_rejects(validated, settings, spec)
         outcome.rejects_csv = csv_path
@@ -369,6 +373,7 @@ def process_landed(
     else:
         outcome.export_dir = published.export_dir
     outcome.resources_by_type = published.resources_by_type
+    outcome.change_types = published.change_types
     ledger.mark(landed.sha256, "processed")
     return outcome
 
@@ -416,10 +421,22 @@ def landed_from_entry(entry) -> LandedFile:
 def land_path(path: Path, spec: MappingSpec, settings: Settings) -> LandedFile:
     """Land one local file. The same bytes under the same name come back as the earlier landing
     (re-running is safe); the same bytes under another name are a duplicate delivery, refused."""
+    import csv
+
+    from atr_pipeline.layouts.sniff import HEAD_BYTES, refuse_head
     from atr_pipeline.sources.landing import land_local
 
+    # An empty or binary file is refused with its own rule before landing tries to read a
+    # header month out of it (which would blame the month, or fail in the csv module). Files
+    # whose month is in the name land, and the reader refuses them with the same rules.
+    if spec.file.month_from == "header":
+        with open(path, "rb") as fh:
+            refuse_head(fh.read(HEAD_BYTES), spec.file.encoding, path.name)
     ledger = _ledger(settings)
-    outcome = land_local(path, spec=spec, landing_dir=settings.landing_dir, ledger=ledger)
+    try:
+        outcome = land_local(path, spec=spec, landing_dir=settings.landing_dir, ledger=ledger)
+    except csv.Error:  # the header record could not be split (a stray line end or quote)
+        raise FileRefused(path.name, "month", "the header record cannot be read, so neither can its month", 1) from None
     if outcome.status == "landed" and outcome.file is not None:
         return outcome.file
     if outcome.duplicate_of != path.name:

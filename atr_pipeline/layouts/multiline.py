@@ -157,3 +157,24 @@ class RecordJoiner:
             return []
         counts = lines.get_column(LINE).gather(at).str.count_matches(self.quote, literal=True)
         return at.filter(counts % 2 == 1).to_list()
+
+
+def raw_records(lines: list[str], wanted: set[int], delimiter: str, quote: str, max_lines: int) -> dict[int, str]:
+    """The text of the records starting at the ``wanted`` 1-based physical lines, joined the way
+    ``RecordJoiner`` joins them (for the rejects CSV, which carries the whole raw record)."""
+    joiner = RecordJoiner(delimiter, quote, max_lines, "")
+    out: dict[int, str] = {}
+    for number in sorted(wanted):
+        i = number - 1
+        if i >= len(lines):
+            continue
+        text = lines[i]
+        if text.count(quote) % 2 == 1 and joiner._opener.match(text):
+            parts = [text]
+            for nxt in lines[i + 1 : i + max_lines]:
+                parts.append(nxt)
+                if nxt.count(quote) % 2 == 1:
+                    break
+            text = "\n".join(parts)
+        out[number] = text
+    return out

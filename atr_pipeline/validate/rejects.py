@@ -24,6 +24,7 @@ import polars as pl
 
 from atr_pipeline.canonical import REJECT_SCHEMA
 from atr_pipeline.errors import FileRefused
+from atr_pipeline.layouts.spec import MappingSpec
 from atr_pipeline.validate.rules import ValidationResult
 
 REJECTS_CSV_COLUMNS: tuple[str, ...] = ("file_name", "line_number", "field", "rule", "reason", "raw_record")
@@ -68,50 +69,62 @@ def _defuse_expr(col: str) -> pl.Expr:
     return pl.when(starts).then(pl.lit("'") + c).otherwise(c).alias(col)
 
 
-def read_lines(source_file: Path, line_numbers: Iterable[int], *, encoding: str = "utf-8") -> dict[int, str]:
-    """The text of the given 1-based physical lines, numbered as layouts/ numbers them.
+def read_lines(
+    source_file: Path, line_numbers: Iterable[int], *, encoding: str = "utf-8", spec: MappingSpec | None = None
+) -> dict[int, str]:
+    """The raw record starting at each given 1-based physical line, numbered as layouts/ numbers them.
 
-    Lines are split by ``layouts.read.physical_lines`` after decoding (so UTF-16 works); bytes
-    that do not decode become U+FFFD rather than failing, since this runs on rejected input.
+    Lines are split by ``layouts.read.physical_lines`` after decoding with the mapping's encoding
+    (so latin-1 names stay readable and UTF-16 works; a file the mapping reads as detected UTF-8
+    is decoded as UTF-8); bytes that do not decode become U+FFFD rather than failing, since this
+    runs on rejected input. With a delimited ``spec`` that quotes, a record whose quoted field
+    holds line breaks comes back whole (its lines joined with LF), as the reader joined it.
     """
+    from atr_pipeline.layouts.multiline import raw_records
+    from atr_pipeline.layouts.read import physical_lines
+    from atr_pipeline.layouts.sniff import single_byte, utf8_mismatch_line
+
     wanted = set(line_numbers)
     if not wanted:
         return {}
+    if spec is not None:
+        encoding = spec.file.encoding
     data = Path(source_file).read_bytes()
     codec = codecs.lookup(encoding).name
+    if spec is not None and spec.file.detect_encoding and single_byte(codec) and utf8_mismatch_line(data) is not None:
+        codec = "utf-8"
     if codec == "utf-8" and data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
-    text = data.decode(codec, errors="replace")
-    out: dict[int, str] = {}
-    from atr_pipeline.layouts.read import physical_lines
-
-    for number, line in enumerate(physical_lines(text), start=1):
-        if number in wanted:
-            out[number] = line.removesuffix("\r")
-    return out
+    text = data.decode(codec, errors="replace").removeprefix("\ufeff")
+    lines = [line.removesuffix("\r") for line in physical_lines(text)]
+    fmt = spec.format if spec is not None else None
+    if fmt is not None and fmt.kind == "delimited" and fmt.quote and fmt.delimiter:
+        return raw_records(lines, wanted, fmt.delimiter, fmt.quote, fmt.max_record_lines)
+    return {n: lines[n - 1] for n in wanted if 0 < n <= len(lines)}
 
 
 def write_rejects_csv(
-    rejects: pl.DataFrame, path: Path, *, source_file: Path | None, encoding: str = "utf-8"
+    rejects: pl.DataFrame, path: Path, *, source_file: Path | None, encoding: str = "utf-8", spec: MappingSpec | None = None
 ) -> int:
     """Write the sender's rejects CSV; return the number of records written.
 
     One record per (line, problem), sorted by file, line, field, rule. ``raw_record`` is the
-    original line read back from ``source_file`` (decoded with the mapping's ``encoding``), only
-    for rejected lines; empty when no source file is given. UTF-8 with BOM so Excel detects the
-    encoding; every cell starting with = + - @ TAB or CR gets a leading apostrophe.
+    original record read back from ``source_file``, decoded with the mapping's encoding
+    (``spec.file.encoding`` when ``spec`` is given, else ``encoding``), whole when it spans
+    lines; only for rejected lines; empty when no source file is given. UTF-8 with BOM so Excel
+    detects the encoding; every cell starting with = + - @ TAB or CR gets a leading apostrophe.
     """
     ordered = _sorted(rejects)
     lines: dict[int, str] = {}
     if source_file is not None:
-        lines = read_lines(source_file, ordered["line_number"].drop_nulls().unique().to_list(), encoding=encoding)
+        lines = read_lines(source_file, ordered["line_number"].drop_nulls().unique().to_list(), encoding=encoding, spec=spec)
     raw = pl.Series("raw_record", [lines.get(n) if n is not None else None for n in ordered["line_number"]], dtype=pl.String)
     table = ordered.with_columns(raw).select(list(REJECTS_CSV_COLUMNS))
     table = table.with_columns(_defuse_expr(c) for c in REJECTS_CSV_COLUMNS if table.schema[c] == pl.String)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    # quote_style "always" keeps raw records with stray delimiters or CRs in one cell.
+    # quote_style "always" keeps raw records with stray delimiters or line breaks in one cell.
     table.write_csv(tmp, include_bom=True, quote_style="always", line_terminator="\r\n")
     tmp.replace(path)
     return table.height
@@ -159,21 +172,26 @@ def rejected_share(rows_rejected: int, rows_read: int) -> float:
 
 
 def check_reject_threshold(
-    result: ValidationResult, *, file_name: str, threshold: float, structural_rejected: int = 0
+    result: ValidationResult, *, file_name: str, threshold: float, structural_rejected: int = 0, minimum: int = 0
 ) -> None:
-    """Refuse the whole file when more than ``threshold`` (0..1) of its rows were rejected.
+    """Refuse the whole file when more than ``threshold`` (0..1) of its rows were rejected AND
+    more than ``minimum`` rows were, or when not one row was accepted.
 
-    ``structural_rejected`` adds lines the reader could not cut into rows (distinct lines in
-    ``ReadResult.structural_rejects``): they count as read and as rejected.
+    A share alone is noise on a small file (2 bad rows of 40 is 5%, yet the rejects name exactly
+    the lines to fix); the minimum lets a mapping keep such files while a broken layout, which
+    rejects nearly every row, is still refused. ``structural_rejected`` adds lines the reader
+    could not cut into rows (distinct lines in ``ReadResult.structural_rejects``): they count as
+    read and as rejected.
     """
     read = result.rows_read + structural_rejected
     rejected = result.rows_rejected + structural_rejected
     share = rejected_share(rejected, read)
-    if share > threshold:
+    if share > threshold and (rejected > minimum or rejected == read):
+        floor = f" and the minimum of {minimum} rows" if minimum else ""
         raise FileRefused(
             file_name,
             "reject_threshold",
-            f"{rejected} of {read} rows rejected ({share * 100:.1f}%), above the {threshold * 100:.1f}% threshold",
+            f"{rejected} of {read} rows rejected ({share * 100:.1f}%), above the {threshold * 100:.1f}% threshold{floor}",
         )
 
 
