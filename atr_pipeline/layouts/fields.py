@@ -135,8 +135,13 @@ def field_plan(field: str, spec: FieldSpec) -> FieldPlan:
         value = text
     elif spec.implied_decimals is not None:
         # COBOL 9(3)V9(4): an optional sign and digits only; the point is implied.
-        digits = pl.when(text.str.contains(r"^[+-]?[0-9]{1,18}$")).then(text).cast(pl.Int64, strict=False)
-        value = (digits.cast(pl.Float64) / (10**spec.implied_decimals)).cast(dtype)
+        # The point is put back in the text and the text parsed, so 0012345 (V9(4)) is exactly
+        # the float a file writing 1.2345 would give (dividing would round differently).
+        n = spec.implied_decimals
+        ok = pl.when(text.str.contains(r"^[+-]?[0-9]{1,18}$")).then(text)
+        body = ok.str.extract(r"([0-9]+)$", 1).str.zfill(n + 1)
+        point = pl.concat_str(ok.str.extract(r"^([+-]?)", 1), body.str.head(-n) if n else body, pl.lit("." if n else ""), body.str.tail(n) if n else pl.lit(""))
+        value = point.cast(pl.Float64, strict=False).cast(dtype)
         checks.append(
             Check(field, "number_format", f"{field}: digits with {spec.implied_decimals} implied decimals expected", text.is_not_null() & value.is_null())
         )
