@@ -297,6 +297,11 @@ def _(rs):
     _group(rs)["member"][1]["period"] = {"start": "2026-12-31", "end": "2026-01-01"}
 
 
+@case("text.mojibake", "Organization/org-payer")
+def _(rs):
+    by_id(rs, "Organization/org-payer")["name"] = "MÃ¼ller Health Plan"  # 'Müller' read as latin-1
+
+
 @case("group.type.cardinality", "Group/grp-1", also=("r4.structure",))
 def _(rs):
     del _group(rs)["type"]

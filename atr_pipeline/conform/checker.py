@@ -29,6 +29,7 @@ from atr_pipeline import systems as S
 from atr_pipeline.conform.findings import Findings
 from atr_pipeline.conform.profiles import TYPE_CHECKS
 from atr_pipeline.conform.report import ConformReport
+from atr_pipeline.conform.rules import MOJIBAKE_BYTES, MOJIBAKE_PATTERN
 from atr_pipeline.conform.structure import check_structure
 
 STRUCTURAL_MODES = ("all", "sample", "none")
@@ -116,6 +117,8 @@ class Checker:
             _walk_null_empty(res, rtype, key, f)
         if _NPI_TOKEN in text or _TIN_TOKEN in text:
             _check_identifier_values(res, text, key, f)
+        if any(b in text for b in MOJIBAKE_BYTES):
+            _walk_mojibake(res, rtype, key, f)
 
         rule_fn = TYPE_CHECKS.get(rtype)
         if rule_fn is None:
@@ -180,6 +183,21 @@ def _maybe_null_or_empty(text: bytes) -> bool:
         # Non-compact producers put a space after ':'; only their text pays for the regex.
         or (b": " in text and _SPACED_EMPTY.search(text) is not None)
     )
+
+
+_MOJIBAKE = re.compile(MOJIBAKE_PATTERN)
+
+
+def _walk_mojibake(node: object, path: str, key: str, f: Findings) -> None:
+    """text.mojibake on every string (the finding names the path, never the text: PHI)."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _walk_mojibake(value, f"{path}.{name}", key, f)
+    elif isinstance(node, list):
+        for item in node:
+            _walk_mojibake(item, path, key, f)
+    elif isinstance(node, str) and _MOJIBAKE.search(node):
+        f.add("text.mojibake", key, path)
 
 
 def _walk_null_empty(node: object, path: str, key: str, f: Findings) -> None:

@@ -38,6 +38,7 @@ import polars as pl
 from atr_pipeline import systems as S
 from atr_pipeline.conform.findings import Findings
 from atr_pipeline.conform.report import ConformReport
+from atr_pipeline.conform.rules import MOJIBAKE_PATTERN
 from atr_pipeline.conform.structure import check_structure
 
 # Frames up to this size that have no template are checked per resource on a scratch checker.
@@ -176,6 +177,8 @@ def _bulk_check(rtype: str, df: pl.DataFrame) -> pl.Series | None:
         check = check & _periods_ordered_expr()
     # The escape-free rule rides along in the same slice queries (a literal scan, both cores).
     check = check & (~text.str.contains("\\", literal=True)).all()
+    # text.mojibake: a hit declines the set, and the per-resource path names the resources.
+    check = check & (~text.str.contains(MOJIBAKE_PATTERN)).all()
     queries: list[pl.LazyFrame] = []
     for offset, length in _byte_slices(df.get_column("json")):
         part = df.lazy().slice(offset, length)

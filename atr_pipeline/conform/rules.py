@@ -44,6 +44,7 @@ _RULES: tuple[Rule, ...] = (
     Rule("npi.check-digit", ERROR, "NPI fails the Luhn check digit with prefix 80840"),
     Rule("tin.format", WARNING, "TIN identifier value is not 9 digits"),
     Rule("period.order", ERROR, "Period start is after its end (FHIR invariant per-1)"),
+    Rule("text.mojibake", ERROR, "Text looks like UTF-8 read as latin-1/cp1252 (e.g. 'Ã¶' for 'ö'): the source file's encoding is wrong"),
     # Group (atr-group; davinci-patient-list for the rules it shares)
     Rule("group.type.cardinality", ERROR, "Group.type is required (1..1)"),
     Rule("group.type.binding", ERROR, "Group.type is not in the required group-type value set"),
@@ -110,3 +111,10 @@ _RULES: tuple[Rule, ...] = (
 )
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}
+
+# text.mojibake: the UTF-8 lead bytes of U+0080..U+00FF (C2, C3) read as latin-1 or cp1252 are
+# 'Â' and 'Ã', each then followed by what its continuation byte (80..BF) decodes to: a Latin-1
+# supplement character, a C1 control, or one of cp1252's characters at 80..9F. Real names
+# ('JOÃO', 'SÃO') put a letter after 'Ã', not one of these.
+MOJIBAKE_PATTERN = "[ÂÃ][\u0080-\u00bf€‚ƒ„…†‡ˆ‰Š‹ŒŽ‘’“”•–—˜™š›œžŸ]"
+MOJIBAKE_BYTES = ("Â".encode(), "Ã".encode())  # a byte pre-check before any regex
