@@ -7,11 +7,14 @@ an ``_issues`` list for values that failed: bad date, code outside the map, bad 
 structural reject per detail line that could not be cut (wrong field count or record length,
 misplaced quote, unknown record type), control totals, the reporting month and column lineage.
 Refused (``FileRefused``, nothing from the file goes further): bytes that do not decode in the
-declared encoding (``encoding``), NUL bytes (``binary``), no detail records (``empty``), named
-columns missing from the header row (``missing_columns``), a declared header or trailer record
-missing or out of place (``missing_trailer`` / ``record_order``), record count or hash total
-disagreeing with the control record (``trailer_count`` / ``hash_total``), an unreadable
-reporting month (``month``).
+declared encoding (``encoding``), UTF-8 text on a feed declared latin-1/cp1252
+(``encoding_mismatch``), NUL bytes or a head full of control bytes (``binary``), no bytes or only
+whitespace (``empty``), no detail record (``no_detail_records``), a quoted field never closed
+(``unbalanced_quote``), named columns missing from the header row (``missing_columns``), a
+declared header or trailer record missing or out of place (``missing_trailer`` /
+``record_order``), a control check disagreeing (``trailer_count`` / ``hash_total`` /
+``control_sum``), a header value that fails its field (``record_field``), an unreadable
+reference date (``reference_date``) or reporting month (``month``).
 
 The work is columnar and streamed: the file is read in line-aligned slices (``CHUNK_BYTES``);
 each slice's lines become a polars Series, record types, quoting and field counts are vectorised
@@ -22,9 +25,11 @@ the end, so the result does not depend on the slice size. Python touches only th
 header/trailer records.
 
 Conventions: line numbers are 1-based physical lines (header, column-name and trailer lines
-count). A UTF-8 BOM and CRLF endings are accepted. Whitespace-only lines carry no data and are
-skipped (they are not records and never counted). A delimited record is one physical line:
-a quoted field cannot span lines (such a line is rejected for its unbalanced quote).
+count). A UTF-8 BOM and CRLF endings are accepted. Whitespace-only lines are skipped (they are
+not records and never counted). In a delimited layout with quoting, a quoted field may hold line
+breaks: its lines are one record numbered by its first line (``multiline``); a record may cross
+a slice boundary. A text field with a control character other than TAB/LF/CR gets a
+``control_characters`` issue (checked only in slices whose bytes hold one, ``sniff.has_control``).
 """
 
 from __future__ import annotations
