@@ -65,6 +65,7 @@ def test_csv_inbox_bad_files_next_to_good_ones(tmp_path: Path) -> None:
     rows[3] = csv_row("E00003", addr="12 Oak St\r\nApt 4", columns=without_phone)  # multi-line address
     rows[7] = rows[7].replace('"01/30/1979"', '"02/30/1979"')  # 2 bad rows of 40: under the minimum of 3
     rows[9] = rows[9].replace('"M"', '"X"')
+    rows[20] = rows[20].replace('"01/01/2026"', '"12/01/2025"')  # attributed before the contract: a warning
     too_many = [csv_row(f"E{i:05d}") for i in range(20)]
     for i in range(4):
         too_many[i] = too_many[i].replace('"01/30/1979"', '"13/45/1979"')
@@ -90,6 +91,7 @@ def test_csv_inbox_bad_files_next_to_good_ones(tmp_path: Path) -> None:
     assert_refused(out, "EDGE_CSV_202612.csv", "binary")
     # Run summary: per-file rules and change types, a refused file's rule counts and rejects CSV.
     assert "rejects: code_not_in_map 1, date_format 1" in out
+    assert "warnings: attribution_outside_contract 1" in out
     assert "members: new 32, changed 6, nochange 0, dropped 0" in out, out  # PHONE gone: the 6 earlier members changed
     assert "4 of 20 rows rejected (20.0%), above the 5.0% threshold and the minimum of 3 rows" in out
     assert "rejects: date_format 4" in out
