@@ -359,3 +359,18 @@ def test_fixed_width_positions_count_characters_in_utf8(tmp_path: Path) -> None:
     assert res.rows["family_name"][0] == "Ñúñez"
     assert res.rows["given_name"][0] == read_file(write(tmp_path, "SWMCD_ME_202608.txt", src, "latin-1"), SWMCD).rows["given_name"][0]
     assert ACME.file.encoding == "utf-8"
+
+
+@pytest.mark.parametrize("spec", [EDGE_PIPE, EDGE_CSV], ids=["pipe_record_types", "csv_header_row"])
+def test_synthetic_files_in_the_edge_layouts_read_back_clean(tmp_path: Path, spec) -> None:
+    """`atr fixtures` honours the new keys: control checks, header record fields, the reference
+    date field and implied decimals, so a generated file reads with no reject and no issue."""
+    from atr_pipeline.synthetic import write_synthetic
+
+    path = write_synthetic(spec, members=300, month=date(2026, 9, 1), out_dir=tmp_path, seed=5)
+    res = read_file(path, spec, chunk_bytes=4096)
+    assert res.structural_rejects.height == 0 and issues(res.rows) == []
+    assert res.rows["payer_id"].null_count() == 0
+    if spec is EDGE_PIPE:
+        assert res.rows["risk_score"].null_count() == 0
+        assert res.reference_date == date(2026, 9, 1) and res.control.expected_records == res.records_read

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ def _raw_expr(fname: str, spec: FieldSpec, fixed_len: int | None) -> pl.Expr:
     col = pl.col(fname)
     if dtype == pl.Date():
         text = col.dt.strftime(spec.strftime or "%Y-%m-%d")
+    elif dtype == pl.Float64() and spec.implied_decimals is not None:
+        # COBOL V9(n): digits only, the point implied (a sign in front when negative).
+        text = (col * 10**spec.implied_decimals).round(0).cast(pl.Int64).cast(pl.String)
+        if fixed_len:
+            text = text.str.pad_start(fixed_len, "0")
     elif dtype == pl.Float64():
         scaled = (col * 10**NUMBER_DECIMALS).round(0).cast(pl.Int64)
         text = pl.format(
@@ -78,17 +84,32 @@ def _fixed_line(parts: list[tuple[Position, pl.Expr]], length: int) -> pl.Expr:
 def _control_values(spec: MappingSpec, rows: pl.DataFrame, raw: pl.DataFrame, month: date, kind: str) -> dict[str, str]:
     """Values of header/trailer fields the writer knows how to fill."""
     rec = getattr(spec.records, kind)
+    checks = {c.expected: c for c in spec.control.all_checks()}
+    record_fields = {fs.record_field: f for f, fs in spec.fields.items() if fs.record_field}
     out: dict[str, str] = {}
     for fname in rec.fields:
         ref = f"{kind}.{fname}"
-        if spec.control.record_count == ref:
+        check = checks.get(ref)
+        if check is not None and check.kind == "count":
             out[fname] = str(rows.height)
-        elif spec.control.hash_total and spec.control.hash_total.expected == ref:
-            col = raw.get_column(spec.control.hash_total.of)
+        elif check is not None and check.kind == "hash" and check.of in raw.columns:
+            col = raw.get_column(check.of)
             total = col.str.replace_all(r"[^0-9]", "").cast(pl.Decimal(38, 0), strict=False).sum()
             out[fname] = str(int(total or 0))
+        elif check is not None and check.kind == "sum" and check.of in raw.columns:
+            # The sum of the values as written (what the reader will add up), exactly.
+            decimals = spec.fields[check.of].implied_decimals
+            texts = raw.get_column(check.of).drop_nulls().to_list()
+            values = [Decimal(t).scaleb(-decimals) if decimals else Decimal(t) for t in texts if t.strip()]
+            places = max(check.scale, decimals or NUMBER_DECIMALS)
+            out[fname] = f"{sum(values, Decimal(0)):.{places}f}"
         elif kind == "header" and spec.file.month_from == "header" and spec.file.month_header_field == fname:
             out[fname] = month.strftime(to_strftime(spec.file.month_format))
+        elif spec.file.reference_date_field == ref:
+            out[fname] = month.strftime(to_strftime(spec.file.reference_date_format))  # the month's first day
+        elif ref in record_fields and record_fields[ref] in rows.columns and rows.height:
+            value = rows.get_column(record_fields[ref])[0]
+            out[fname] = "" if value is None else str(value)
         elif fname in FIELD_BY_NAME and fname in rows.columns and rows.height:
             value = rows.get_column(fname)[0]
             out[fname] = "" if value is None else str(value)
@@ -158,8 +179,8 @@ def iter_rendered(
         f: (_raw_expr(f, s, s.length if fixed else None) if f in rows.columns else pl.lit("")).alias(f) for f, s in written.items()
     }
     # Control totals need only their own column over every row; the body is rendered per slice.
-    hash_of = spec.control.hash_total.of if spec.control.hash_total else None
-    control_raw = rows.select(raw_exprs[hash_of]) if hash_of in raw_exprs else pl.DataFrame()
+    totalled = list(dict.fromkeys(c.of for c in spec.control.all_checks() if c.of in raw_exprs))
+    control_raw = rows.select(raw_exprs[f] for f in totalled) if totalled else pl.DataFrame()
     wrote_any = False
     if spec.records and spec.records.header:
         wrote_any = True
