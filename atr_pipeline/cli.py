@@ -150,6 +150,7 @@ def run(
                 continue
             if wanted and landed.month != wanted:
                 tally["skipped"] += 1
+                console.print(f"[dim]skipped[/dim]  {path.name}: reports {landed.month:%Y-%m}, not {month}")
                 continue
             outcome = process_landed(landed, spec, settings, out_dir=out, progress=lambda m: err.print(f"[dim]  ... {m}[/dim]"))
         except Exception as exc:  # noqa: BLE001 - a bug or an unreadable file must not stop the rest
