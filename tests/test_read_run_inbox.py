@@ -108,7 +108,9 @@ def test_pipe_inbox_bad_files_next_to_good_ones(tmp_path: Path) -> None:
         "EDGEPIPE.ATTR.D20260901.txt": BINARY,
         "EDGEPIPE.ATTR.D20260902.txt": b"",
         "EDGEPIPE.ATTR.D20260903.txt": BINARY_NO_NUL,
-        "EDGEPIPE.ATTR.D20260915.txt": good_pipe().encode("latin-1"),
+        "EDGEPIPE.ATTR.D20260915.txt": pipe_file(
+            [pipe_detail(f"P{i}") for i in range(6)] + [pipe_detail("P9", family="Müller").replace("19800412", "19801345")]
+        ).encode("latin-1"),
         "EDGEPIPE.ATTR.D20261015.txt": pipe_file([], period="202610").encode("latin-1"),
         "EDGEPIPE.ATTR.D20261115.txt": pipe_file([pipe_detail("P1", given="Björn")], period="202611").encode("utf-8"),
         "EDGEPIPE.ATTR.D20261215.txt": pipe_file([pipe_detail("P1")], period="202612", header_count=2).encode("latin-1"),
@@ -121,7 +123,12 @@ def test_pipe_inbox_bad_files_next_to_good_ones(tmp_path: Path) -> None:
     assert_refused(out, "EDGEPIPE.ATTR.D20260902.txt", "empty")
     assert_refused(out, "EDGEPIPE.ATTR.D20260903.txt", "binary")
     # Month from the header although the name holds no month (was KeyError: 'year').
-    assert "EDGEPIPE.ATTR.D20260915.txt (2026-09): 6 rows read, 6 accepted, 0 rejected" in out
+    assert "EDGEPIPE.ATTR.D20260915.txt (2026-09): 7 rows read, 6 accepted, 1 rejected" in out
+    # The sender's rejects CSV carries the raw record decoded as the mapping's latin-1.
+    rejects = (tmp_path / "home/rejects/edge_pipe/2026-09/EDGEPIPE.ATTR.D20260915.rejects.csv").read_text("utf-8-sig")
+    record = next(csv.DictReader(io.StringIO(rejects)))
+    assert (record["line_number"], record["rule"]) == ("8", "date_format")
+    assert record["raw_record"] == pipe_detail("P9", family="Müller").replace("19800412", "19801345")
     assert_refused(out, "EDGEPIPE.ATTR.D20261015.txt", "no_detail_records")
     assert_refused(out, "EDGEPIPE.ATTR.D20261115.txt", "encoding_mismatch")
     assert "line 2" in outcome_line(out, "EDGEPIPE.ATTR.D20261115.txt")
