@@ -158,9 +158,14 @@ def test_fixed_width_inbox_bad_files_next_to_good_ones(tmp_path: Path) -> None:
     assert "5 file(s): 1 processed, 4 refused" in out
 
 
-def test_a_clean_inbox_exits_0_with_a_tally(tmp_path: Path) -> None:
-    fill(tmp_path / "inbox", {"EDGEPIPE.ATTR.D20260915.txt": good_pipe().encode("latin-1")})
+def test_a_run_judges_dates_by_the_files_own_date_and_exits_0(tmp_path: Path) -> None:
+    # Born 2026-10-01: after the header's creation date (2026-09-15), though before the day this
+    # test runs (so judging by today's date would accept it); kept as a reject on any re-run.
+    born_later = pipe_detail("P9").replace("19800412", "20261001")
+    fill(tmp_path / "inbox", {"EDGEPIPE.ATTR.D20260915.txt": pipe_file([pipe_detail(f"P{i}") for i in range(6)] + [born_later]).encode("latin-1")})
     res = atr_run(EDGE_MAPPINGS / "edge_pipe.yaml", tmp_path / "inbox", tmp_path / "home")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "1 file(s): 1 processed, 0 refused" in res.stdout
+    assert res.returncode == 0, res.stdout + res.stderr  # 1 reject: under the mapping's minimum of 3
+    assert "EDGEPIPE.ATTR.D20260915.txt (2026-09): 7 rows read, 6 accepted, 1 rejected" in res.stdout
+    assert "rejects: date_in_future 1" in res.stdout
     assert "members: new 6, changed 0, nochange 0, dropped 0" in res.stdout
+    assert "1 file(s): 1 processed, 0 refused" in res.stdout
