@@ -10,16 +10,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from atr_pipeline.canonical import ISSUES_COLUMN
-from atr_pipeline.errors import FileRefused
-from atr_pipeline.layouts.read import read_file
-from atr_pipeline.layouts.spec import MappingError, parse_mapping
-from atr_pipeline.layouts.write import render
-from atr_pipeline.validate.rejects import check_reject_threshold, write_rejects_csv
-from atr_pipeline.validate.rules import ValidationResult, validate_rows
 from edge_files import (
     ACME,
     CSV_COLUMNS,
@@ -33,9 +23,18 @@ from edge_files import (
     good_pipe,
     pipe_detail,
     pipe_file,
-    q,
     swmcd_header_only,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from atr_pipeline.canonical import ISSUES_COLUMN
+from atr_pipeline.errors import FileRefused
+from atr_pipeline.layouts.read import read_file
+from atr_pipeline.layouts.spec import MappingError, parse_mapping
+from atr_pipeline.layouts.write import render
+from atr_pipeline.validate.rejects import check_reject_threshold, write_rejects_csv
+from atr_pipeline.validate.rules import ValidationResult, validate_rows
 
 SLICES = (1, 7, 64, 4096, 1 << 30)
 CSV_NAME = "EDGE_CSV_202609.csv"
@@ -264,10 +263,10 @@ def test_every_control_check_is_applied(tmp_path: Path) -> None:
     ok = read_file(write(tmp_path, PIPE_NAME, pipe_file(details), "latin-1"), EDGE_PIPE)
     assert ok.control.expected_records == 2
     wrong = {
-        "header_count": (dict(header_count=3), "trailer_count", "header says 3 detail records, the file has 2"),
-        "trailer_count": (dict(trailer_count=1), "trailer_count", "trailer says 1 detail records, the file has 2"),
-        "hash": (dict(risk_hash="24691"), "hash_total", "trailer hash total of risk_score is 2.4691, the detail records sum to 2.4690"),
-        "sum": (dict(risk_sum="2.4680"), "control_sum", "trailer sum of risk_score is 2.4680, the detail records sum to 2.4690"),
+        "header_count": ({"header_count": 3}, "trailer_count", "header says 3 detail records, the file has 2"),
+        "trailer_count": ({"trailer_count": 1}, "trailer_count", "trailer says 1 detail records, the file has 2"),
+        "hash": ({"risk_hash": "24691"}, "hash_total", "trailer hash total of risk_score is 2.4691, the detail records sum to 2.4690"),
+        "sum": ({"risk_sum": "2.4680"}, "control_sum", "trailer sum of risk_score is 2.4680, the detail records sum to 2.4690"),
     }
     for kwargs, rule, reason in wrong.values():
         err = refusal(write(tmp_path, PIPE_NAME, pipe_file(details, **kwargs), "latin-1"), EDGE_PIPE)

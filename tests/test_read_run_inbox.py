@@ -22,7 +22,6 @@ from edge_files import (
     csv_file,
     csv_row,
     good_csv,
-    good_pipe,
     pipe_detail,
     pipe_file,
     swmcd_header_only,
@@ -38,7 +37,7 @@ def atr_run(mapping: Path, inbox: Path, home: Path) -> subprocess.CompletedProce
     env.pop("ATR_INBOX", None)
     return subprocess.run(
         [sys.executable, "-m", "atr_pipeline.cli", "run", "--mapping", str(mapping), "--inbox", str(inbox)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
 

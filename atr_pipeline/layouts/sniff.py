@@ -24,10 +24,10 @@ WIDE_ENCODINGS = ("utf_16", "utf_32", "utf-16", "utf-32")  # NUL bytes are norma
 
 # C0 controls other than TAB, LF, VT, FF and CR, and DEL: text files do not hold them, binary
 # data is full of them (about one byte in nine of random or compressed data).
-_BINARY_CONTROLS = bytes(range(0x00, 0x09)) + bytes(range(0x0E, 0x20)) + b"\x7f"
+_BINARY_CONTROLS = bytes(range(0x09)) + bytes(range(0x0E, 0x20)) + b"\x7f"
 _NOT_BINARY_CONTROL = bytes(b for b in range(256) if b not in _BINARY_CONTROLS)
 # Controls a text field may not carry (TAB, LF and CR may: delimiter, multi-line field).
-_TEXT_CONTROLS = bytes(range(0x00, 0x09)) + b"\x0b\x0c" + bytes(range(0x0E, 0x20)) + b"\x7f"
+_TEXT_CONTROLS = bytes(range(0x09)) + b"\x0b\x0c" + bytes(range(0x0E, 0x20)) + b"\x7f"
 _NOT_TEXT_CONTROL = bytes(b for b in range(256) if b not in _TEXT_CONTROLS)
 _NOT_C1_OR_TEXT_CONTROL = bytes(b for b in range(256) if b not in _TEXT_CONTROLS and not 0x80 <= b <= 0x9F)
 _UTF8_C1 = re.compile(rb"\xc2[\x80-\x9f]")
