@@ -375,7 +375,7 @@ class _Reader:
         """The file's records, a slice at a time: physical lines, with the lines of a quoted
         field that holds line breaks joined into one record (``multiline``)."""
         fmt = self.spec.format
-        joiner = RecordJoiner(fmt.delimiter, fmt.quote, fmt.max_record_lines, self.name) if self.delim and fmt.quote else None
+        joiner = RecordJoiner(self.delim.delimiter, fmt.quote, fmt.max_record_lines, self.name) if self.delim and fmt.quote else None
         f = self.spec.file
         for first, parts in _line_slices(self.path, f.encoding, self.name, self.chunk_bytes, state, detect=f.detect_encoding):
             lines = _lines(first, parts)
@@ -453,7 +453,7 @@ class _Reader:
             if raw.height:
                 rows.append(self._canonical(raw, control=control))
 
-        for lines, control in self._slices(state):
+        for lines, has_ctl in self._slices(state):
             if want_names and names_line is None:
                 body = lines.filter(~pl.col(BLANK))
                 if nonblank + body.height > names_idx:
@@ -468,15 +468,15 @@ class _Reader:
                     for early in held:
                         process(*early)
                     held.clear()
-                    process(lines, control)
+                    process(lines, has_ctl)
                 else:
                     nonblank += body.height
-                    held.append((lines, control))
+                    held.append((lines, has_ctl))
                 continue
             if not want_names and not nonblank:
                 ready()
             nonblank += lines.filter(~pl.col(BLANK)).height
-            process(lines, control)
+            process(lines, has_ctl)
         del held
 
         # Whole-file refusals, in the order a reader of the whole text would meet them.
@@ -525,7 +525,7 @@ class _Reader:
         d = self.delim
         assert d is not None
         tally: dict[int, int] = {}
-        for lines, control in self._slices(state):
+        for lines, _ in self._slices(state):
             details = self._classify(lines, None).filter(pl.col(KIND) == DETAIL)
             checked = self._field_counts(details)
             for width, n in checked.filter(pl.col("_quote_ok")).group_by("_fields").len().iter_rows():
@@ -791,7 +791,9 @@ class _Reader:
                 # Values as converted (signs, points, implied decimals) over the rows read;
                 # compared at the precision the control field is written in.
                 total = rows.get_column(check.of).sum() if rows.height else 0
-                actual = Decimal(repr(float(total or 0))).quantize(Decimal(1).scaleb(expected.as_tuple().exponent))
+                places = expected.as_tuple().exponent
+                assert isinstance(places, int)  # a finite number: Decimal(raw) refused NaN and infinities above
+                actual = Decimal(repr(float(total or 0))).quantize(Decimal(1).scaleb(places))
             if actual != expected:
                 raise self.refuse(rule, f"{kind} {what} of {check.of} is {expected}, the detail records sum to {actual}")
             if check.kind == "hash" and expected_hash is None:
