@@ -373,3 +373,23 @@ def test_synthetic_files_in_the_edge_layouts_read_back_clean(tmp_path: Path, spe
     if spec is EDGE_PIPE:
         assert res.rows["risk_score"].null_count() == 0
         assert res.reference_date == date(2026, 9, 1) and res.control.expected_records == res.records_read
+
+
+def test_an_open_record_never_holds_more_than_max_record_lines() -> None:
+    """Bounded memory: a stray opening quote early in a long file is carried across slices for at
+    most ``max_record_lines`` lines, then the rest of the file is dropped unread until the refusal."""
+    from atr_pipeline.layouts.multiline import BLANK, LINE, LINE_NO, RecordJoiner
+
+    joiner = RecordJoiner(",", '"', 5, "f.csv")
+    held = []
+    for first in range(1, 2001, 4):  # 500 slices of 4 lines; line 2 opens a quote that never closes
+        texts = [f'a,"open{n}' if n == 2 else f"a,b{n}" for n in range(first, first + 4)]
+        frame = pl.DataFrame({LINE_NO: list(range(first, first + 4)), LINE: texts, BLANK: [False] * 4})
+        out = joiner.join(frame)
+        held.append(len(joiner.open.parts) if joiner.open else 0)
+        if first > 8:
+            assert out.height == 0
+    assert max(held) <= 5
+    with pytest.raises(FileRefused) as info:
+        joiner.finish()
+    assert (info.value.rule, info.value.line_number) == ("unbalanced_quote", 2)
