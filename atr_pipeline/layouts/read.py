@@ -51,7 +51,7 @@ import polars as pl
 from atr_pipeline.canonical import FIELD_BY_NAME, FIELDS, ISSUE_DTYPE, ISSUES_COLUMN, LINEAGE_FIELDS, REJECT_SCHEMA, conform_columns
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.layouts import sniff
-from atr_pipeline.layouts.fields import field_plan, issues_expr, raw_name
+from atr_pipeline.layouts.fields import CONTROL_IN_TEXT, field_plan, issues_expr, raw_name
 from atr_pipeline.layouts.multiline import RecordJoiner
 from atr_pipeline.layouts.sniff import HEAD_BYTES
 from atr_pipeline.layouts.spec import MappingSpec, Position, to_strftime
@@ -441,6 +441,9 @@ class _Reader:
                 rejects.append(self._unknown_rejects(unknown))
             if names_error is not None or (expected is not None and needed > expected):
                 return  # refused at the end; nothing can be cut
+            # The byte scan said this slice may hold a control character: find its records, so
+            # only they pay for the per-field control_characters checks.
+            flagged = details.filter(pl.col(LINE).str.contains(CONTROL_IN_TEXT)).get_column(LINE_NO) if control else None
             if self.delim:
                 raw, bad, hashed = self._cut_delimited(details, expected or 0)
             else:
@@ -450,8 +453,12 @@ class _Reader:
                 hash_totals[f] = hash_totals.get(f, 0) + v
             if bad.height:
                 rejects.append(bad)
-            if raw.height:
-                rows.append(self._canonical(raw, control=control))
+            if raw.height and flagged is not None and flagged.len():
+                hit = pl.col(LINE_NO).is_in(flagged.implode())
+                parts = [self._canonical(raw.filter(~hit), control=False), self._canonical(raw.filter(hit), control=True)]
+                rows.append(pl.concat(parts).sort(LINE_NO))
+            elif raw.height:
+                rows.append(self._canonical(raw, control=False))
 
         for lines, has_ctl in self._slices(state):
             if want_names and names_line is None:
