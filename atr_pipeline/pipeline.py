@@ -449,7 +449,8 @@ def land_path(path: Path, spec: MappingSpec, settings: Settings) -> LandedFile:
     return landed_from_entry(entry)
 
 
-def land_for_partition(spec: MappingSpec, month: date, settings: Settings, *, remote_name: str | None = None) -> LandedFile:
+def land_for_partition(spec: MappingSpec, month: date, settings: Settings, *, remote_name: str | None = None,
+                       remote_expected=None) -> LandedFile:
     """The delivery for one source x month: from SFTP when the run names a remote file, else the inbox.
 
     Several inbox files for the same month (a correction) -> the most recently modified wins,
@@ -458,7 +459,8 @@ def land_for_partition(spec: MappingSpec, month: date, settings: Settings, *, re
     if remote_name:
         from atr_pipeline.sources.sftp import fetch_for_run
 
-        return fetch_for_run(remote_name, spec=spec, settings=settings)
+        # remote_expected: the size and mtime the sensor judged complete (sources.polling.RemoteFile)
+        return fetch_for_run(remote_name, spec=spec, settings=settings, expected=remote_expected)
     inbox = settings.inbox_dir
     candidates = []
     if inbox.is_dir():

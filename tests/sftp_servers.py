@@ -187,7 +187,7 @@ class AsyncSftpServer:
         return {
             "ATR_SFTP_HOST": "127.0.0.1", "ATR_SFTP_PORT": str(self.port), "ATR_SFTP_USER": self.username,
             "ATR_SFTP_PASSWORD": self.password, "ATR_SFTP_KNOWN_HOSTS": str(self.known_hosts(tmp_path / "kh")),
-            "ATR_SFTP_INBOX": "/inbox", "ATR_SFTP_STABLE_POLLS": "2",
+            "ATR_SFTP_INBOX": "/inbox", "ATR_SFTP_STABLE_POLLS": "2", "ATR_SFTP_QUIET_SECONDS": "0",
         }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def test_growing_file_requested_only_when_stable(sftp_server, tmp_path, acme_spe
                 with open(path, "ab") as fh:
                     fh.write(grow)
                 os.utime(path, (MTIME + tick, MTIME + tick))
-            runs, cur = plan_runs(src.list_inbox(), cur, mappings, now=datetime(2026, 1, 1, 0, tick, tzinfo=UTC))
+            runs, cur = plan_runs(src.list_inbox(), cur, mappings, now=datetime(2026, 1, 1, 0, tick, tzinfo=UTC),
+                                      stable_polls=2, quiet_seconds=0)
             requested.append([r.run_key for r in runs])
     assert requested == [[], [], [run_key_for(RemoteFile(NAME, 2500, MTIME + 1))], []]
 
@@ -151,7 +153,8 @@ def test_wrong_password_fails_fast_and_never_shows_the_password(sftp_server, tmp
                       caplog.text])
     assert secret not in text
     assert str(err.value) == (f"authentication failed for payer@127.0.0.1:{sftp_server.port} (password); "
-                              "check ATR_SFTP_USER and its credentials")
+                              "check ATR_SFTP_USER and its credentials. Not retried: the payer may lock the account "
+                              "after repeated failures")
     assert src.connects == 0
     assert "will retry" not in caplog.text
 
@@ -250,7 +253,10 @@ def test_archive_moves_only_after_landing(sftp_server, tmp_path, acme_spec):
     with SftpSource(cfg) as src:
         out = src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=Ledger.for_landing(landing))
     assert list((sftp_server.root / "inbox").iterdir()) == []
-    assert [p.name for p in (sftp_server.root / "archive").iterdir()] == [f"{out.file.sha256[:12]}_{NAME}"]
+    [archived] = (sftp_server.root / "archive").iterdir()
+    # <sha12>_<UTC time>_<6 random hex>_<name>: no other pull can produce the same name
+    assert re.fullmatch(rf"{out.file.sha256[:12]}_\d{{8}}T\d{{6}}Z_[0-9a-f]{{6}}_{NAME}", archived.name)
+    assert archived.read_bytes() == b"abc\n"
     assert out.file.path.read_bytes() == b"abc\n"
 
 
@@ -288,7 +294,7 @@ def test_config_from_env(tmp_path, client_keys):
     assert (cfg.connect_timeout, cfg.banner_timeout, cfg.auth_timeout, cfg.retries) == (7.0, 7.0, 7.0, 2)
     assert cfg.private_key.get_secret_value() == client_keys["rsa"].private_openssh
     assert client_keys["rsa"].private_openssh[50:90] not in repr(cfg)
-    path_cfg = config_from_env({**env, "ATR_SFTP_KEY": "/keys/id_ed25519"})
+    path_cfg = config_from_env({**{k: v for k, v in env.items() if k != "ATR_SFTP_KEY"}, "ATR_SFTP_KEY_FILE": "/keys/id_ed25519"})
     assert (path_cfg.private_key, path_cfg.private_key_path) == (None, Path("/keys/id_ed25519"))
 
 

@@ -40,6 +40,7 @@ def _env(server, tmp_path, monkeypatch):
                  "ATR_SFTP_PASSWORD": server.password, "ATR_SFTP_KNOWN_HOSTS": str(server.known_hosts(tmp_path / "kh")),
                  "ATR_SFTP_INBOX": "/inbox", "ATR_SFTP_AFTER_LANDING": "archive", "ATR_SFTP_ARCHIVE": "/archive",
                  "ATR_MAPPINGS_DIR": str(tmp_path / "mappings"), "ATR_HOME": str(tmp_path / "home"),
+                 "ATR_SFTP_STABLE_POLLS": "2", "ATR_SFTP_QUIET_SECONDS": "0",
                  "ATR_ID_KEY": "test-key"}.items():
         monkeypatch.setenv(k, v)
 
@@ -50,13 +51,14 @@ def test_sftp_pull_lands_matched_files_and_archives(sftp_server, tmp_path, monke
         (sftp_server.root / "inbox" / name).write_bytes(body)
     result = CliRunner().invoke(_app(sftp_pull), ["sftp-pull", "--settle-seconds", "0"])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-1] == "1 landed, 1 duplicate(s), 0 still changing, 1 unmatched"
+    assert result.output.splitlines()[-1] == ("1 landed, 1 duplicate(s), 0 already landed, 0 still settling, 1 unmatched, "
+                                              "0 problem(s)")
     assert [e.original_name for e in Ledger.for_landing(tmp_path / "home" / "landing").entries()] == ["acme_attribution_202601.csv"]
     assert sorted(os.listdir(sftp_server.root / "inbox")) == ["readme.txt"]
     sha12 = hashlib.sha256(b"a\n").hexdigest()[:12]
     # the duplicate is archived too: its bytes are safe in landing
-    assert sorted(os.listdir(sftp_server.root / "archive")) == [f"{sha12}_acme_attribution_202601.csv",
-                                                                 f"{sha12}_acme_attribution_202602.csv"]
+    archived = sorted(os.listdir(sftp_server.root / "archive"))
+    assert [(n[:12], n[37:]) for n in archived] == [(sha12, "acme_attribution_202601.csv"), (sha12, "acme_attribution_202602.csv")]
 
 
 def test_sftp_check_reports_and_fails_cleanly(sftp_server, tmp_path, monkeypatch):
@@ -65,7 +67,7 @@ def test_sftp_check_reports_and_fails_cleanly(sftp_server, tmp_path, monkeypatch
     ok = CliRunner().invoke(_app(sftp_check), ["sftp-check"])
     assert ok.exit_code == 0
     assert ok.output.strip() == (f"ok: payer@127.0.0.1:{sftp_server.port}, host key matches {tmp_path / 'kh'}, "
-                                 "1 file(s) in '/inbox'")
+                                 "cipher aes128-ctr, mac hmac-sha2-256, inbox, archive exist, 1 file(s) in '/inbox'")
     monkeypatch.setenv("ATR_SFTP_PASSWORD", "not-the-password-123")
     bad = CliRunner().invoke(_app(sftp_check), ["sftp-check"])
     assert bad.exit_code == 1

@@ -59,7 +59,7 @@ def setup(sftp_server, tmp_path, acme_spec):
                             password=sftp_server.password, known_hosts=str(sftp_server.known_hosts(tmp_path / "kh")),
                             inbox="/inbox", backoff_initial=0.05)
     ticks = count()
-    sensor = build_sftp_sensor(ingest_job, {"acme": acme_spec}, minimum_interval_seconds=30,
+    sensor = build_sftp_sensor(ingest_job, {"acme": acme_spec}, minimum_interval_seconds=30, stable_polls=2, quiet_seconds=0,
                                clock=lambda: T0 + timedelta(minutes=next(ticks)))
     defs = dg.Definitions(assets=[landed_files], jobs=[ingest_job], sensors=[sensor], resources={"sftp": resource})
     _MAPPINGS.clear()
@@ -99,11 +99,11 @@ def test_ticks_request_each_stable_file_once(setup):
     assert [r.tags["atr/remote_file"] for r in runs3] == [JAN, FEB]
     assert c2 == (
         '{"observations":{"acme_attribution_202601.csv":[2000,1767225600,1,"2026-03-01T12:01:00+00:00"],'
-        '"acme_attribution_202602.csv":[1000,1767225600,1,"2026-03-01T12:01:00+00:00"]},"requested":{},"v":1}'
+        '"acme_attribution_202602.csv":[1000,1767225600,1,"2026-03-01T12:01:00+00:00"]},"reported":{},"requested":{},"v":1}'
     )
     assert c4 == (
         '{"observations":{"acme_attribution_202601.csv":[2000,1767225600,3,"2026-03-01T12:01:00+00:00"],'
-        '"acme_attribution_202602.csv":[1000,1767225600,3,"2026-03-01T12:01:00+00:00"]},'
+        '"acme_attribution_202602.csv":[1000,1767225600,3,"2026-03-01T12:01:00+00:00"]},"reported":{},'
         f'"requested":{{"{KEY_FEB}":"2026-03-01T12:03:00+00:00","{KEY_JAN}":"2026-03-01T12:03:00+00:00"}},"v":1}}'
     )
 

@@ -7,7 +7,10 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from atr_pipeline.layouts.spec import parse_mapping
-from atr_pipeline.sources.polling import Observation, RemoteFile, SensorCursor, plan_runs, run_key_for
+from functools import partial
+
+from atr_pipeline.sources import polling
+from atr_pipeline.sources.polling import Observation, RemoteFile, SensorCursor, run_key_for
 
 pytest_plugins = ["sftp_servers"]
 
@@ -18,6 +21,10 @@ MT0, MT1 = 1767225600, 1767225900
 KEY_200 = "sftp-7aff92cbe87c6a29520e7801"
 KEY_300 = "sftp-fa4cec698fd71547545f7807"
 KEY_FEB = "sftp-a14e70ab108c5d4595626c1f"
+
+
+# Most tests here are about request logic, not the quiet period: two polls, no minimum time.
+plan_runs = partial(polling.plan_runs, stable_polls=2, quiet_seconds=0)
 
 
 @pytest.fixture
@@ -47,7 +54,7 @@ def test_growing_file_is_requested_once_stable(mappings):
     assert requested_per_tick == [[], [], [KEY_200], []]
     assert cur.to_json() == (
         '{"observations":{"acme_attribution_202601.csv":[200,1767225600,3,"2026-01-01T00:01:00+00:00"]},'
-        '"requested":{"%s":"2026-01-01T00:03:00+00:00"},"v":1}' % KEY_200
+        '"reported":{},"requested":{"%s":"2026-01-01T00:03:00+00:00"},"v":1}' % KEY_200
     )
 
 

@@ -18,9 +18,11 @@ from atr_pipeline import pipeline
 from atr_pipeline.defs import metadata as md
 from atr_pipeline.defs.partitions import PARTITIONS, parse_partition
 from atr_pipeline.defs.resources import AtrHome
+from atr_pipeline.defs.sftp_sensor import expected_of_tags, failure_for
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.layouts.read import ReadResult
 from atr_pipeline.sources.landing import LandedFile
+from atr_pipeline.sources.sftp import SftpError
 
 OWNERS = ["team:data-engineering"]
 # I/O can fail transiently (SFTP, disk, server): retry with backoff and jitter. Pure stages don't retry.
@@ -79,9 +81,12 @@ def landed_file(context: dg.AssetExecutionContext, atr: AtrHome) -> LandedFile:
     spec = atr.mapping(source)
     remote = context.run.tags.get("atr/remote_file")
     try:
-        landed = pipeline.land_for_partition(spec, month, settings, remote_name=remote)
+        landed = pipeline.land_for_partition(spec, month, settings, remote_name=remote,
+                                             remote_expected=expected_of_tags(context.run.tags))
     except FileRefused as refused:
         raise _failure("landing refused", refused) from None
+    except SftpError as exc:  # a refused login or changed host key must not be retried (lockouts)
+        raise failure_for(exc) from None
     context.add_output_metadata(md.provenance(landed))
     return landed
 

@@ -1,4 +1,4 @@
-"""Dagster wiring for the SFTP inbox: the ``SftpResource`` and the ``sftp_inbox_sensor``.
+"""Dagster wiring for the SFTP inbox: the ``sftp_inbox_sensor`` over ``SftpResource`` (defs/resources.py).
 
 The sensor only lists (evaluations time out at 60 s); ``sources.polling.plan_runs`` decides
 which files are stable and new; each request carries the remote file name in its tags
@@ -17,91 +17,29 @@ from pathlib import Path
 
 import dagster as dg
 
+from atr_pipeline.defs.resources import SftpResource, sftp_resource_from_env
 from atr_pipeline.layouts.spec import MappingSpec
-from atr_pipeline.sources.landing import LandingOutcome
 from atr_pipeline.sources.polling import (
+    DEFAULT_QUIET_SECONDS,
+    DEFAULT_STABLE_POLLS,
     MONTH_DIMENSION,
     SOURCE_DIMENSION,
     TAG_REMOTE_FILE,
+    TAG_REMOTE_MTIME,
+    TAG_REMOTE_SIZE,
     PlannedRun,
+    RemoteFile,
     SensorCursor,
+    new_reports,
     plan_runs,
 )
-from atr_pipeline.sources.sftp import (
-    ENV_DONE_SUFFIX,
-    ENV_POLL_SECONDS,
-    ENV_STABLE_POLLS,
-    ENV_VARS,
-    SftpConfig,
-    SftpSource,
-    config_from_values,
-    fetch_one,
-)
+from atr_pipeline.sources.sftp import ENV_POLL_SECONDS, ENV_QUIET_SECONDS, ENV_STABLE_POLLS, SftpError
 
 SENSOR_NAME = "sftp_inbox_sensor"
 RESOURCE_KEY = "sftp"
-# A sensor evaluation must finish within 60 s: list with few, short retries.
+# A sensor evaluation must finish within 60 s: list with few, short retries inside a budget.
 _SENSOR_RETRIES = 2
-
-
-class SftpResource(dg.ConfigurableResource):
-    """A payer SFTP inbox. Field meanings: ``sources.sftp.SftpConfig``; env vars: docs/SFTP.md."""
-
-    host: str
-    port: int = 22
-    username: str
-    password: str | None = None
-    private_key: str | None = None  # key text or a path
-    private_key_passphrase: str | None = None
-    known_hosts: str
-    inbox: str = "."
-    archive: str | None = None
-    after_landing: str = "leave"
-    connect_timeout: float = 15.0
-    channel_timeout: float = 60.0
-    retries: int = 4
-    backoff_initial: float = 1.0
-
-    def sftp_config(self, **overrides: object) -> SftpConfig:
-        values = {
-            "host": self.host, "port": str(self.port), "username": self.username,
-            "password": self.password, "private_key": self.private_key,
-            "private_key_passphrase": self.private_key_passphrase, "known_hosts": self.known_hosts,
-            "inbox": self.inbox, "archive": self.archive, "after_landing": self.after_landing,
-            "connect_timeout": str(self.connect_timeout), "channel_timeout": str(self.channel_timeout),
-            "retries": str(self.retries), "backoff_initial": str(self.backoff_initial),
-        }
-        values.update({k: None if v is None else str(v) for k, v in overrides.items()})
-        return config_from_values(values)
-
-    def open(self, **overrides: object) -> SftpSource:
-        """``with resource.open() as src:`` one connection for a step."""
-        return SftpSource(self.sftp_config(**overrides))
-
-    def fetch_one(self, name: str, mappings: dict[str, MappingSpec], *, landing_dir: Path) -> LandingOutcome:
-        return fetch_one(self.sftp_config(), name, mappings, landing_dir=landing_dir)
-
-
-_INT_FIELDS = {"port", "retries"}
-_FLOAT_FIELDS = {"connect_timeout", "channel_timeout"}
-
-
-def sftp_resource_from_env(environ: Mapping[str, str] | None = None) -> SftpResource:
-    """An SftpResource whose every set ATR_SFTP_* variable is a ``dg.EnvVar`` (read at run time)."""
-    env = os.environ if environ is None else environ
-    kwargs: dict[str, object] = {}
-    for var, field in ENV_VARS.items():
-        if not env.get(var):
-            continue
-        if field == "private_key_passphrase" or field in ("password", "private_key"):
-            kwargs[field] = dg.EnvVar(var)
-        elif field in _INT_FIELDS:
-            kwargs[field] = dg.EnvVar.int(var)
-        elif field in _FLOAT_FIELDS:
-            kwargs[field] = float(env[var])  # not secret; EnvVar has no float form
-        else:
-            kwargs[field] = dg.EnvVar(var)
-    return SftpResource(**kwargs)  # type: ignore[arg-type]
+_SENSOR_BUDGET = 40.0
 
 
 def run_request_for(planned: PlannedRun, *, landing_asset: str | None = None) -> dg.RunRequest:
@@ -121,6 +59,44 @@ def remote_file_of_run(context: dg.AssetExecutionContext | dg.OpExecutionContext
     return context.run.tags.get(TAG_REMOTE_FILE)
 
 
+def expected_of_tags(tags: Mapping[str, str]) -> RemoteFile | None:
+    """The (name, size, mtime) the sensor judged complete, from a run's tags; None without them.
+
+    The download must find the file exactly so: anything else is still being written.
+    """
+    try:
+        return RemoteFile(tags[TAG_REMOTE_FILE], int(tags[TAG_REMOTE_SIZE]), int(tags[TAG_REMOTE_MTIME]))
+    except (KeyError, ValueError):
+        return None
+
+
+def failure_for(exc: SftpError) -> dg.Failure:
+    """A step failure for an SFTP error; permanent ones (a refused login, a changed host key, a
+    file that changed since it was judged) are never retried by the step's RetryPolicy: a payer
+    with a lockout would lock the account after a few retried logins."""
+    return dg.Failure(description=str(exc), metadata={"error": type(exc).__name__}, allow_retries=not exc.permanent)
+
+
+def _partition_checker(context: dg.SensorEvaluationContext, job_name: str,
+                       job: object) -> Callable[[PlannedRun], bool] | None:
+    partitions_def = getattr(job, "partitions_def", None)
+    if partitions_def is None and context.repository_def is not None:
+        try:
+            partitions_def = context.repository_def.get_job(job_name).partitions_def
+        except dg.DagsterInvariantViolationError:
+            partitions_def = None
+    if partitions_def is None:
+        return None
+
+    def exists(run: PlannedRun) -> bool:
+        try:
+            return partitions_def.has_partition_key(dg.MultiPartitionKey(run.partition_keys))
+        except (dg.DagsterInvalidInvocationError, dg.DagsterInvariantViolationError, ValueError, KeyError):
+            return False
+
+    return exists
+
+
 def build_sftp_sensor(
     job: str | dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
     mappings: dict[str, MappingSpec],
@@ -128,6 +104,7 @@ def build_sftp_sensor(
     name: str = SENSOR_NAME,
     minimum_interval_seconds: int | None = None,
     stable_polls: int | None = None,
+    quiet_seconds: float | None = None,
     done_marker_suffix: str | None = None,
     landing_asset: str | None = None,
     resource_key: str = RESOURCE_KEY,
@@ -138,26 +115,41 @@ def build_sftp_sensor(
 
     ``job``: the job (or its name) that lands and processes one file; it must be partitioned by a
     MultiPartitionsDefinition with dimensions ``month`` and ``source``. Defaults for interval,
-    stability and done marker come from ATR_SFTP_POLL_SECONDS (60), ATR_SFTP_STABLE_POLLS (2)
-    and ATR_SFTP_DONE_SUFFIX (unset). ``clock`` gives the poll time (tests pin it).
+    stability and done marker come from ATR_SFTP_POLL_SECONDS (60), ATR_SFTP_STABLE_POLLS (3),
+    ATR_SFTP_QUIET_SECONDS (900) and the resource's done_suffix (ATR_SFTP_DONE_SUFFIX).
+    ``clock`` gives the poll time (tests pin it).
+
+    Every tick writes a new cursor: a file that cannot be requested (a month without a
+    partition, an unsafe name, a symlink) is reported once as a warning and never holds up the
+    files beside it.
     """
     interval = minimum_interval_seconds or int(os.environ.get(ENV_POLL_SECONDS) or 60)
-    polls = stable_polls or int(os.environ.get(ENV_STABLE_POLLS) or 2)
-    suffix = done_marker_suffix or os.environ.get(ENV_DONE_SUFFIX) or None
+    polls = stable_polls or int(os.environ.get(ENV_STABLE_POLLS) or DEFAULT_STABLE_POLLS)
+    quiet = quiet_seconds if quiet_seconds is not None else float(os.environ.get(ENV_QUIET_SECONDS) or DEFAULT_QUIET_SECONDS)
     target = {"job_name": job} if isinstance(job, str) else {"job": job}
+    job_name = job if isinstance(job, str) else job.name
 
     @dg.sensor(name=name, minimum_interval_seconds=interval, required_resource_keys={resource_key},
                default_status=default_status,
                description="Lists the payer SFTP inbox; requests one run per new file once its size and mtime are "
-                           "stable (or its done marker exists).", **target)
+                           "stable over the quiet period (or its done marker exists).", **target)
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         sftp: SftpResource = getattr(context.resources, resource_key)
         cursor = SensorCursor.from_json(context.cursor)
-        with sftp.open(retries=_SENSOR_RETRIES, backoff_initial=min(sftp.backoff_initial, 2.0)) as src:
-            listing = src.list_inbox()
-        runs, next_cursor = plan_runs(listing, cursor, mappings, now=clock(),
-                                      stable_polls=polls, done_marker_suffix=suffix)
-        context.log.info(f"{len(listing)} file(s) listed, {len(runs)} run(s) requested")
+        budget = min(sftp.total_timeout, _SENSOR_BUDGET)
+        with sftp.open(retries=_SENSOR_RETRIES, backoff_initial=min(sftp.backoff_initial, 2.0),
+                       total_timeout=budget) as src:
+            listing = src.scan_inbox()
+        suffix = done_marker_suffix or src.config.done_suffix
+        seen = listing.files + [RemoteFile(m, 0, 0) for m in sorted(listing.markers)]
+        runs, next_cursor = plan_runs(seen, cursor, mappings, now=clock(), stable_polls=polls, quiet_seconds=quiet,
+                                      done_marker_suffix=suffix,
+                                      partition_exists=_partition_checker(context, job_name, job))
+        for entry in listing.skipped:
+            next_cursor.reported[f"skipped:{entry.name}"] = f"{entry.name}: {entry.reason}; not requested"
+        for reason in new_reports(cursor, next_cursor):
+            context.log.warning(reason)
+        context.log.info(f"{len(listing.files)} file(s) listed, {len(runs)} run(s) requested")
         return dg.SensorResult(
             run_requests=[run_request_for(r, landing_asset=landing_asset) for r in runs],
             cursor=next_cursor.to_json(),
@@ -168,5 +160,5 @@ def build_sftp_sensor(
 
 __all__ = [
     "MONTH_DIMENSION", "SOURCE_DIMENSION", "SENSOR_NAME", "RESOURCE_KEY", "SftpResource", "build_sftp_sensor",
-    "remote_file_of_run", "run_request_for", "sftp_resource_from_env",
+    "remote_file_of_run", "expected_of_tags", "failure_for", "run_request_for", "sftp_resource_from_env",
 ]

@@ -18,6 +18,7 @@ stream leaves nothing behind. A changed file under a name landed before is a new
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import logging
 import os
@@ -40,9 +41,12 @@ log = logging.getLogger(__name__)
 LEDGER_NAME = "ledger.sqlite"
 INCOMING_DIR = ".incoming"
 CHUNK_SIZE = 1 << 20
-# In-flight names left by a killed process are swept after this long (another process may
-# still be writing a younger one).
-_STALE_PARTIAL_SECONDS = 24 * 3600
+# A writer holds an flock on its in-flight file for its whole life, so an unlocked one is a dead
+# writer's leftover (member data): removed at the next start. The age guards the instant
+# between a writer creating its file and locking it.
+_STALE_PARTIAL_SECONDS = 5
+# Longest file name most file systems take (bytes, not characters).
+NAME_MAX = 255
 # Names that writers use while a file is still being written; never picked up from an inbox.
 IN_FLIGHT_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload")
 
@@ -98,6 +102,14 @@ CREATE TABLE IF NOT EXISTS landed (
     seq           INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS landed_by_name ON landed (source_id, original_name, seq);
+CREATE TABLE IF NOT EXISTS remote_files (
+    source_id     TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    mtime         INTEGER NOT NULL,
+    sha256        TEXT NOT NULL,
+    PRIMARY KEY (source_id, name, size, mtime)
+);
 CREATE TABLE IF NOT EXISTS duplicates (
     sha256        TEXT NOT NULL,
     original_name TEXT NOT NULL,
@@ -199,6 +211,21 @@ class Ledger:
         with closing(self._connect()) as con:
             return con.execute("SELECT sha256, original_name, source_id FROM duplicates ORDER BY rowid").fetchall()
 
+    def remember_remote(self, source_id: str, name: str, size: int, mtime: int, sha256: str) -> None:
+        """Record that the remote file (name, size, mtime) was fetched and had these bytes."""
+        with closing(self._connect()) as con:
+            con.execute("INSERT OR REPLACE INTO remote_files VALUES (?, ?, ?, ?, ?)", (source_id, name, size, mtime, sha256))
+
+    def remote_sha(self, source_id: str, name: str, size: int, mtime: int) -> str | None:
+        """sha256 of a remote file fetched before with exactly this name, size and mtime; else None.
+
+        ``leave`` mode uses it to skip what it already holds instead of downloading it again.
+        """
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT sha256 FROM remote_files WHERE source_id = ? AND name = ? AND size = ? AND mtime = ?",
+                              (source_id, name, size, mtime)).fetchone()
+        return row[0] if row else None
+
     def mark(self, sha256: str, status: LedgerStatus, reason: str | None = None) -> None:
         """Move a delivery to ``processed`` or ``refused`` (reason: a rule name, never PHI)."""
         with closing(self._connect()) as con:
@@ -258,14 +285,55 @@ def _month_from_header(first_line: bytes, spec: MappingSpec, name: str) -> date:
     return date(parsed.year, parsed.month, 1)
 
 
-def _sweep_stale_partials(incoming: Path) -> None:
+def short_name(prefix: str, name: str) -> str:
+    """``<prefix>_<name>``, cut in the middle of ``name`` so it fits NAME_MAX bytes (UTF-8).
+
+    Keeps the name's end (its extension) and never splits a character; the full name stays in
+    the ledger.
+    """
+    full = f"{prefix}_{name}"
+    if len(full.encode()) <= NAME_MAX:
+        return full
+    budget = NAME_MAX - len(prefix.encode()) - 2  # "_" and the "~" marking the cut
+    tail = name[-32:]
+    while len(tail.encode()) > budget // 2:
+        tail = tail[1:]
+    head = name
+    while len(head.encode()) + len(tail.encode()) > budget:
+        head = head[:-1]
+    return f"{prefix}_{head}~{tail}"
+
+
+def sweep_partials(landing_dir: Path) -> int:
+    """Remove in-flight files left by killed writers (no flock held); returns how many."""
+    incoming = Path(landing_dir) / INCOMING_DIR
+    if not incoming.is_dir():
+        return 0
+    return _sweep_stale_partials(incoming)
+
+
+def _sweep_stale_partials(incoming: Path) -> int:
     cutoff = time.time() - _STALE_PARTIAL_SECONDS
+    removed = 0
     for p in incoming.glob("*.part"):
         try:
-            if p.stat().st_mtime < cutoff:
-                p.unlink()
+            if p.stat().st_mtime >= cutoff:
+                continue
+            fd = os.open(p, os.O_RDONLY)
         except FileNotFoundError:
-            pass
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live writer holds it
+        try:
+            p.unlink(missing_ok=True)
+            removed += 1
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d partial download(s) left by a stopped process in %s", removed, incoming)
+    return removed
 
 
 def land_stream(
@@ -300,8 +368,13 @@ def land_stream(
     digest = hashlib.sha256()
     size = 0
     first_line = b""
+    lock_fd: int | None = None
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Held on its own descriptor until the file is committed or removed: tells the sweep of
+        # another process that this writer is alive.
+        lock_fd = os.open(tmp, os.O_RDONLY)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
         with os.fdopen(fd, "wb") as out:
             for chunk in chunks:
                 if not chunk:
@@ -321,12 +394,14 @@ def land_stream(
     finally:
         # On success _commit has moved or removed it; on any failure nothing partial remains.
         tmp.unlink(missing_ok=True)
+        if lock_fd is not None:
+            os.close(lock_fd)
 
 
 def _commit(tmp: Path, *, sha: str, size: int, month: date, original_name: str, spec: MappingSpec,
             landing_dir: Path, ledger: Ledger, received_at: datetime) -> LandingOutcome:
     final_dir = landing_dir / spec.source_id / f"{month:%Y-%m}"
-    final = final_dir / f"{sha[:12]}_{original_name}"
+    final = final_dir / short_name(sha[:12], original_name)
     con = ledger._connect()
     try:
         # IMMEDIATE takes the write lock before the duplicate check: two processes landing the

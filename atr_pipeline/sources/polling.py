@@ -10,7 +10,11 @@ Never requested: files no mapping matches (or several do), mappings whose month 
 
 A file being uploaded looks complete to SFTP (a download silently returns what is there so
 far), so a file is ready only when its size and mtime are unchanged over ``stable_polls``
-consecutive polls, or, when the payer writes done markers, once ``<name><suffix>`` exists.
+consecutive polls spanning at least ``quiet_seconds`` (default 15 min: an upload that pauses
+for minutes is not taken for finished), or, when the payer writes done markers, once
+``<name><suffix>`` exists. Files judged but not requested (no valid month, no partition for
+their month, an unsafe name) are reported once through ``SensorCursor.reported`` and never
+stop the files beside them.
 
 The run key hashes (name, size, mtime): a lost or reset cursor plans the same keys again, and
 Dagster never launches a run key twice. The ledger's sha256 check is the second guard.
@@ -19,12 +23,15 @@ Dagster never launches a run key twice. The ledger's sha256 check is the second 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 import orjson
 
 from atr_pipeline.layouts.spec import MappingSpec
+from atr_pipeline.sources.landing import check_name
+from atr_pipeline.errors import FileRefused
 
 # Partition dimensions of the ingest job (a Dagster MultiPartitionsDefinition).
 MONTH_DIMENSION = "month"
@@ -38,6 +45,14 @@ TAG_REMOTE_MTIME = "atr/remote_mtime"
 # so a file put back unchanged within that window is not requested again.
 REQUESTED_RETENTION = timedelta(days=45)
 CURSOR_VERSION = 1
+# The stability defaults (one place: the sensor, the pull and the docs use these).
+DEFAULT_STABLE_POLLS = 3
+DEFAULT_QUIET_SECONDS = 900
+
+
+def printable(name: str) -> str:
+    """A file name safe to print or log: control and other unprintable characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 @dataclass(frozen=True, order=True)
@@ -61,6 +76,7 @@ class SensorCursor:
 
     observations: dict[str, Observation] = field(default_factory=dict)  # by file name
     requested: dict[str, str] = field(default_factory=dict)  # run key -> ISO time last listed
+    reported: dict[str, str] = field(default_factory=dict)  # run key -> why it is not requested (said once)
 
     def to_json(self) -> str:
         # Sorted keys: the same state always serialises to the same cursor string.
@@ -69,6 +85,7 @@ class SensorCursor:
                 "v": CURSOR_VERSION,
                 "observations": {n: [o.size, o.mtime, o.polls, o.first_seen] for n, o in self.observations.items()},
                 "requested": self.requested,
+                "reported": self.reported,
             },
             option=orjson.OPT_SORT_KEYS,
         ).decode()
@@ -83,7 +100,8 @@ class SensorCursor:
             if data.get("v") != CURSOR_VERSION:
                 return cls()
             obs = {n: Observation(int(s), int(m), int(p), str(f)) for n, (s, m, p, f) in data["observations"].items()}
-            return cls(obs, {str(k): str(v) for k, v in data["requested"].items()})
+            return cls(obs, {str(k): str(v) for k, v in data["requested"].items()},
+                       {str(k): str(v) for k, v in data.get("reported", {}).items()})
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return cls()
 
@@ -115,12 +133,48 @@ def run_key_for(file: RemoteFile) -> str:
     return f"sftp-{digest[:24]}"
 
 
-def _ready_mapping(name: str, mappings: dict[str, MappingSpec]) -> tuple[MappingSpec, date] | None:
+def observe(listing: list[RemoteFile], previous: dict[str, Observation], *, now: datetime) -> dict[str, Observation]:
+    """This poll's observation of each listed file (files no longer listed are dropped)."""
+    stamp = now.isoformat()
+    out: dict[str, Observation] = {}
+    for f in sorted(listing):
+        prev = previous.get(f.name)
+        if prev and (prev.size, prev.mtime) == (f.size, f.mtime):
+            out[f.name] = Observation(f.size, f.mtime, prev.polls + 1, prev.first_seen)
+        else:
+            out[f.name] = Observation(f.size, f.mtime, 1, stamp)
+    return out
+
+
+def is_quiet(obs: Observation, *, now: datetime, stable_polls: int, quiet_seconds: float) -> bool:
+    """Unchanged over ``stable_polls`` polls (this one included) spanning ``quiet_seconds``."""
+    quiet_for = (now - datetime.fromisoformat(obs.first_seen)).total_seconds()
+    return obs.polls >= stable_polls and quiet_for >= quiet_seconds
+
+
+def waiting_reason(obs: Observation, *, now: datetime, stable_polls: int, quiet_seconds: float) -> str:
+    quiet_for = (now - datetime.fromisoformat(obs.first_seen)).total_seconds()
+    return (f"unchanged for {quiet_for:.0f} s over {obs.polls} poll(s); needs {quiet_seconds:g} s over "
+            f"{stable_polls} poll(s)")
+
+
+def _target(name: str, mappings: dict[str, MappingSpec]) -> tuple[MappingSpec, date] | str | None:
+    """(mapping, month) for a file the sensor can request; a reason when it never can; None
+    when no mapping (or several) matches: such files are not the sensor's business."""
     hits = [s for _, s in sorted(mappings.items()) if s.file.match(name)]
-    if len(hits) != 1 or hits[0].file.month_from != "filename":
+    if len(hits) != 1:
         return None
-    month = hits[0].month_from_name(name)
-    return (hits[0], month) if month else None
+    spec = hits[0]
+    try:
+        check_name(name)
+    except FileRefused as exc:
+        return exc.reason
+    if spec.file.month_from != "filename":
+        return None  # the month is in the header: land it with atr sftp-pull or the local inbox
+    month = spec.month_from_name(name)
+    if month is None:
+        return f"the month in the name is not a valid month (mapping {spec.source_id})"
+    return spec, month
 
 
 def plan_runs(
@@ -129,41 +183,55 @@ def plan_runs(
     mappings: dict[str, MappingSpec],
     *,
     now: datetime,
-    stable_polls: int = 2,
+    stable_polls: int = DEFAULT_STABLE_POLLS,
+    quiet_seconds: float = DEFAULT_QUIET_SECONDS,
     done_marker_suffix: str | None = None,
+    partition_exists: Callable[[PlannedRun], bool] | None = None,
 ) -> tuple[list[PlannedRun], SensorCursor]:
     """One poll: which files to request now, and the cursor for the next poll.
 
-    The input cursor is not modified. Runs come out sorted by file name.
+    The input cursor is not modified. Runs come out sorted by file name. A file that is ready
+    but cannot be requested (bad month, unsafe name, ``partition_exists`` says no) goes into
+    the cursor's ``reported`` with the reason, and is judged again on later polls (a month's
+    partition may appear later); the files beside it are requested as usual.
     """
     if stable_polls < 1:
         raise ValueError("stable_polls must be at least 1")
     stamp = now.isoformat()
     names = {f.name for f in listing}
-    observations: dict[str, Observation] = {}
     requested = {k: v for k, v in cursor.requested.items() if now - datetime.fromisoformat(v) <= REQUESTED_RETENTION}
+    reported: dict[str, str] = {}
     runs: list[PlannedRun] = []
+    files = [f for f in listing if not (done_marker_suffix and f.name.endswith(done_marker_suffix))]
+    observations = observe(files, cursor.observations, now=now)
 
-    for f in sorted(listing):
-        if done_marker_suffix and f.name.endswith(done_marker_suffix):
-            continue
-        prev = cursor.observations.get(f.name)
-        if prev and (prev.size, prev.mtime) == (f.size, f.mtime):
-            obs = Observation(f.size, f.mtime, prev.polls + 1, prev.first_seen)
-        else:
-            obs = Observation(f.size, f.mtime, 1, stamp)
-        observations[f.name] = obs
-        target = _ready_mapping(f.name, mappings)
+    for f in sorted(files):
+        obs = observations[f.name]
+        target = _target(f.name, mappings)
         if target is None:
             continue
-        ready = (f.name + done_marker_suffix in names) if done_marker_suffix else obs.polls >= stable_polls
         key = run_key_for(f)
         if key in requested:
             requested[key] = stamp
             continue
-        if ready:
-            spec, month = target
-            runs.append(PlannedRun(key, f, spec.source_id, month))
-            requested[key] = stamp
-    # Observations of files no longer listed are dropped: a file that comes back starts over.
-    return runs, SensorCursor(observations, dict(sorted(requested.items())))
+        ready = (f.name + done_marker_suffix in names) if done_marker_suffix else is_quiet(
+            obs, now=now, stable_polls=stable_polls, quiet_seconds=quiet_seconds)
+        if not ready:
+            continue
+        if isinstance(target, str):
+            reported[key] = f"{printable(f.name)}: {target}; not requested"
+            continue
+        spec, month = target
+        run = PlannedRun(key, f, spec.source_id, month)
+        if partition_exists is not None and not partition_exists(run):
+            reported[key] = (f"{printable(f.name)}: month {month:%Y-%m} has no partition (before the first or after "
+                             f"the last month of the job); not requested until it has one")
+            continue
+        runs.append(run)
+        requested[key] = stamp
+    return runs, SensorCursor(observations, dict(sorted(requested.items())), dict(sorted(reported.items())))
+
+
+def new_reports(before: SensorCursor, after: SensorCursor) -> list[str]:
+    """Reasons first reported by this poll (each problem file is reported once, not every tick)."""
+    return [reason for key, reason in after.reported.items() if key not in before.reported]
