@@ -81,6 +81,16 @@ class _SshServer(asyncssh.SSHServer):
         data = key.export_public_key("openssh").decode().split()[1]
         return username == self.owner.username and data in self.owner.authorized_keys
 
+    def session_requested(self):
+        # A server that authenticates but never starts SFTP: the subsystem request is accepted,
+        # and then nothing is ever said on the channel.
+        return _SilentSession() if self.owner.sftp_silent else True
+
+
+class _SilentSession(asyncssh.SSHServerSession):
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return True
+
 
 class _FaultySftp(asyncssh.SFTPServer):
     """SFTP over a chroot folder that can drop the connection after N bytes served."""
@@ -97,6 +107,11 @@ class _FaultySftp(asyncssh.SFTPServer):
             trip = owner.drop_after_bytes is not None and owner.bytes_served >= owner.drop_after_bytes
             if trip:
                 owner.drop_after_bytes = None  # once
+            hook = None
+            if owner.hook_after_bytes is not None and owner.bytes_served >= owner.hook_after_bytes[0]:
+                hook, owner.hook_after_bytes = owner.hook_after_bytes[1], None
+        if hook is not None:
+            hook()  # e.g. the payer appending to the file while we read it
         if trip:
             action = owner.on_drop
             owner.drops += 1
@@ -120,7 +135,9 @@ class AsyncSftpServer:
         self.drops = 0
         self.drop_after_bytes: int | None = None
         self.on_drop = "abort"  # or "kill": stop listening too, optionally restart later
+        self.sftp_silent = False  # True (never_start_sftp): log in, accept the sftp subsystem, never answer
         self.restart_after: float | None = None
+        self.hook_after_bytes: tuple[int, object] | None = None  # (bytes served, callable run once)
         self._lock = threading.Lock()
         self._conns: set = set()
         self._listener = None
@@ -135,7 +152,8 @@ class AsyncSftpServer:
         self._listener = await asyncssh.listen(
             "127.0.0.1", self.port, server_host_keys=[self.host_key],
             server_factory=lambda: _SshServer(self),
-            sftp_factory=lambda chan: _FaultySftp(chan, self),
+            # Without an sftp_factory asyncssh asks session_requested, which can then stay silent.
+            sftp_factory=None if self.sftp_silent else (lambda chan: _FaultySftp(chan, self)),
             allow_scp=False, reuse_address=True,
         )
         self.port = self._listener.get_port()
@@ -167,6 +185,12 @@ class AsyncSftpServer:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+
+    def never_start_sftp(self) -> None:
+        """From now on: accept logins and the sftp subsystem request, then never answer."""
+        self.sftp_silent = True
+        self._call(self._kill_async())
+        self._call(self._listen())
 
     def set_host_key(self, key: asyncssh.SSHKey) -> None:
         """Serve a different host key from now on (restarts the listener on the same port)."""
@@ -239,6 +263,7 @@ class OpenSshServer:
     def __init__(self, workdir: Path, password: str):
         self.workdir = workdir
         self.password = password
+        self.extra_config: list[str] = []  # lines placed first: for sshd the first value of a keyword wins
         self.username = SSHD_USER
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -260,6 +285,7 @@ class OpenSshServer:
     def _config(self, port: int) -> Path:
         cfg = self.workdir / "sshd_config"
         cfg.write_text(
+            "".join(line + "\n" for line in self.extra_config) +
             f"ListenAddress 127.0.0.1:{port}\n"
             f"HostKey {self.host_key_path}\n"
             f"PidFile {self.workdir / 'sshd.pid'}\n"
@@ -293,6 +319,16 @@ class OpenSshServer:
             proc.kill()
             proc.wait()
         raise RuntimeError(f"sshd did not start; see {self.log}: {self.log.read_text()[-2000:]}")
+
+    def restart_with(self, *extra_config: str) -> OpenSshServer:
+        """Restart (on a new port) with these sshd_config lines taking precedence."""
+        self.kill(crash=False)
+        self.extra_config = list(extra_config)
+        return self.start()
+
+    def log_count(self, text: str) -> int:
+        """How often sshd logged ``text`` (e.g. "Failed password"): what the payer's server saw."""
+        return self.log.read_text(errors="replace").count(text)
 
     def kill(self, *, crash: bool = True) -> None:
         """Kill the listener and every session child (they call setsid(): killing the listener
@@ -332,8 +368,31 @@ def _ensure_user(home: Path, password: str) -> None:
     subprocess.run(["chpasswd"], input=f"{SSHD_USER}:{password}\n".encode(), check=True, capture_output=True)
 
 
+def remove_test_user() -> None:
+    """Delete the test user (and its group): nothing with a password stays on the machine."""
+    try:
+        pwd.getpwnam(SSHD_USER)
+    except KeyError:
+        return
+    subprocess.run(["userdel", SSHD_USER], check=True, capture_output=True)
+    subprocess.run(["groupdel", SSHD_USER], check=False, capture_output=True)  # gone with the user on Debian
+
+
+@pytest.fixture(scope="session")
+def _sshd_test_user() -> Iterator[None]:
+    """The system test user exists for the session only; removed when the suite ends."""
+    yield
+    for proc in psutil.process_iter(["username"]):  # sessions of the user must end before userdel
+        if proc.info["username"] == SSHD_USER:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+    remove_test_user()
+
+
 @pytest.fixture
-def openssh_server() -> Iterator[OpenSshServer]:
+def openssh_server(_sshd_test_user) -> Iterator[OpenSshServer]:
     if os.geteuid() != 0:
         pytest.skip("the OpenSSH sshd fixture needs root (useradd, password auth); CI runs as root")
     if not Path(SSHD).exists():

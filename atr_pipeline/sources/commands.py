@@ -38,6 +38,7 @@ from atr_pipeline.sources.sftp import (
     ENV_OUTBOX,
     ENV_QUIET_SECONDS,
     ENV_STABLE_POLLS,
+    RemoteFileMissing,
     SftpError,
     SftpSource,
     config_from_env,
@@ -172,6 +173,10 @@ def _pull_one(src: SftpSource, f, spec: MappingSpec, settings: Settings, ledger:
             return 1
         except CONNECTION_ERRORS:
             raise
+        except RemoteFileMissing:
+            # Listed, then gone: another pull took it (or the payer withdrew it); nothing to do.
+            typer.echo(f"gone {shown}: no longer in the inbox (taken by another pull or withdrawn); nothing landed")
+            return 0
         except SftpError as exc:
             typer.echo(f"skipped {shown}: {exc}")
             return 1

@@ -70,6 +70,9 @@ from atr_pipeline.sources.landing import (
 from atr_pipeline.sources.polling import RemoteFile, printable
 
 log = logging.getLogger(__name__)
+# paramiko logs every transport failure itself at ERROR (with its own wording, sometimes key
+# types and algorithm lists); our exceptions say the same in words an operator can act on.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 AfterLanding = Literal["leave", "archive", "delete"]
 
@@ -125,6 +128,12 @@ class SftpSettingsError(SftpError):
     permanent = True
 
 
+class SftpNotStarted(SftpError):
+    """The login worked, but what answered on the channel is not SFTP (e.g. a shell message)."""
+
+    permanent = True
+
+
 class SftpConnectionError(SftpError):
     """The connection failed, dropped or timed out, and stayed so through every retry."""
 
@@ -158,7 +167,7 @@ class _Transient(Exception):
 
 
 # Errors about the connection or the settings, not about one file: a pull stops at them.
-CONNECTION_ERRORS = (SftpConnectionError, HostKeyUnknown, HostKeyChanged, KnownHostsInvalid, AuthenticationFailed,
+CONNECTION_ERRORS = (SftpConnectionError, SftpNotStarted, HostKeyUnknown, HostKeyChanged, KnownHostsInvalid, AuthenticationFailed,
                      AuthenticationTimeout, KeyLoadError, WeakAlgorithms, SftpSettingsError)
 
 
@@ -502,6 +511,10 @@ class SftpSource:
                         chan.invoke_subsystem("sftp")
                         sftp = paramiko.SFTPClient(chan)  # the version exchange: bounded by the channel timeout
                     chan.settimeout(c.channel_timeout)
+                except paramiko.sftp.SFTPError:
+                    raise SftpNotStarted(f"the server {c.where} accepted the login but did not start SFTP (it answered "
+                                         "with something else, e.g. a shell's message); ask the payer to enable the "
+                                         "sftp subsystem for this user") from None
                 except (OSError, EOFError, paramiko.SSHException) as exc:
                     if total.fired:
                         raise _SftpTimeout(f"{phase} on {c.where} ran past the total budget of {budget:g} s "
