@@ -72,6 +72,7 @@ class _SshServer(asyncssh.SSHServer):
         return True
 
     def validate_password(self, username: str, password: str) -> bool:
+        self.owner.password_attempts += 1  # what a payer's lockout counts
         return username == self.owner.username and password == self.owner.password
 
     def public_key_auth_supported(self) -> bool:
@@ -132,6 +133,7 @@ class AsyncSftpServer:
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
         self.port = 0
         self.bytes_served = 0
+        self.password_attempts = 0
         self.drops = 0
         self.drop_after_bytes: int | None = None
         self.on_drop = "abort"  # or "kill": stop listening too, optionally restart later

@@ -19,6 +19,7 @@ from atr_pipeline.sources.sftp import (
     HostKeyChanged,
     HostKeyUnknown,
     KeyLoadError,
+    RemoteFileChanged,
     RemoteFileMissing,
     SftpConfig,
     SftpConnectionError,
@@ -314,3 +315,92 @@ def test_fetch_for_run_is_idempotent_and_refuses_renamed_duplicates(sftp_server,
     with pytest.raises(FileRefused) as err:
         fetch_for_run("acme_attribution_202602.csv", spec=acme_spec, settings=settings, config=cfg)
     assert (err.value.rule, err.value.reason) == ("duplicate_delivery", f"same bytes as {NAME}, which was already delivered")
+
+
+# -- faults of issue 15 that need a server misbehaving in ways sshd cannot be told to ------------
+
+
+def test_server_that_never_starts_sftp_times_out(sftp_server, tmp_path, monkeypatch):
+    """It logs in, accepts the sftp subsystem request, then says nothing: bounded, clear, not a hang."""
+    from typer.testing import CliRunner
+
+    from atr_pipeline.cli import app
+
+    sftp_server.never_start_sftp()
+    for k, v in {"ATR_SFTP_HOST": "127.0.0.1", "ATR_SFTP_PORT": str(sftp_server.port), "ATR_SFTP_USER": "payer",
+                 "ATR_SFTP_PASSWORD": sftp_server.password, "ATR_SFTP_KNOWN_HOSTS": str(sftp_server.known_hosts(tmp_path / "kh")),
+                 "ATR_SFTP_TIMEOUT": "1", "ATR_SFTP_RETRIES": "2"}.items():
+        monkeypatch.setenv(k, v)
+    result = CliRunner().invoke(app, ["sftp-check"])
+    where = f"payer@127.0.0.1:{sftp_server.port}"
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"error: connect on {where} failed after 2 attempt(s): the SFTP subsystem on {where} "
+                                     "did not start within 1 s (the server accepted the login but never answered as SFTP)")
+    # The whole-connection budget also holds when a phase's own timeout is larger.
+    cfg = _cfg(sftp_server, tmp_path, sftp_timeout=30, total_timeout=1, retries=1)
+    with pytest.raises(SftpConnectionError) as err:
+        SftpSource(cfg).__enter__()
+    assert str(err.value).endswith("SFTP subsystem start on " + where + " ran past the total budget of 1 s (ATR_SFTP_TOTAL_TIMEOUT)")
+
+
+def test_file_written_during_download_is_not_landed_nor_archived(sftp_server, tmp_path, acme_spec):
+    body = os.urandom(4 << 20)
+    path = _put(sftp_server, NAME, body)
+
+    def payer_resumes_upload() -> None:
+        with open(path, "ab") as fh:
+            fh.write(b"more rows\n")
+        os.utime(path, (MTIME + 5, MTIME + 5))
+
+    sftp_server.hook_after_bytes = (1 << 20, payer_resumes_upload)
+    landing = tmp_path / "landing"
+    ledger = Ledger.for_landing(landing)
+    with SftpSource(_cfg(sftp_server, tmp_path, after_landing="archive", archive="/archive")) as src:
+        [judged] = src.list_inbox()
+        with pytest.raises(RemoteFileChanged) as err:
+            src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=ledger, expected=judged)
+    assert "it is still being written; nothing landed" in str(err.value)
+    assert _landed(landing) == [] and ledger.entries() == []
+    assert list((sftp_server.root / "archive").iterdir()) == []
+    assert path.stat().st_size == len(body) + 10
+
+
+def test_leave_mode_skips_what_the_ledger_holds_without_downloading(sftp_server, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from atr_pipeline.cli import app
+
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "acme.yaml").write_text(
+        "source_id: acme\nfile: {pattern: 'acme_attribution_(?P<yyyymm>\\d{6})\\.csv'}\n"
+        "format: {kind: delimited, delimiter: ','}\nfields: {member_id: {column: 1}, payer_id: {constant: P1}, "
+        "contract_id: {constant: C1}}\nidentifier_systems: {member_id: 'urn:m', payer_id: 'urn:p', contract_id: 'urn:c'}\n")
+    for k, v in {"ATR_SFTP_HOST": "127.0.0.1", "ATR_SFTP_PORT": str(sftp_server.port), "ATR_SFTP_USER": "payer",
+                 "ATR_SFTP_PASSWORD": sftp_server.password, "ATR_SFTP_KNOWN_HOSTS": str(sftp_server.known_hosts(tmp_path / "kh")),
+                 "ATR_SFTP_INBOX": "/inbox", "ATR_SFTP_QUIET_SECONDS": "0", "ATR_SFTP_STABLE_POLLS": "2",
+                 "ATR_MAPPINGS_DIR": str(tmp_path / "mappings"), "ATR_HOME": str(tmp_path / "home"), "ATR_ID_KEY": "k"}.items():
+        monkeypatch.setenv(k, v)
+    for m in (1, 2, 3):
+        _put(sftp_server, f"acme_attribution_20260{m}.csv", os.urandom(300_000))
+    first = CliRunner().invoke(app, ["sftp-pull", "--settle-seconds", "0"])
+    assert first.exit_code == 0, first.output
+    served = sftp_server.bytes_served
+    assert served == 900_000
+    second = CliRunner().invoke(app, ["sftp-pull", "--settle-seconds", "0"])
+    assert second.output.splitlines() == ["0 landed, 0 duplicate(s), 3 already landed, 0 still settling, 0 unmatched, "
+                                          "0 problem(s)"]
+    assert sftp_server.bytes_served == served  # not one byte downloaded again
+
+
+def test_listing_reports_unlistable_names_and_keeps_the_rest(sftp_server, tmp_path):
+    inbox = sftp_server.root / "inbox"
+    (inbox / "acme_attribution_202601.csv").write_bytes(b"a")
+    (inbox / b"latin1_\xe9_202601.csv".decode("utf-8", "surrogateescape")).write_bytes(b"b")
+    os.symlink("/etc/passwd", inbox / "acme_attribution_202602.csv")
+    with SftpSource(_cfg(sftp_server, tmp_path)) as src:
+        listing = src.scan_inbox()
+    assert [f.name for f in listing.files] == ["acme_attribution_202601.csv"]
+    assert [(s.name, s.reason) for s in listing.skipped] == [
+        ("acme_attribution_202602.csv", "a symbolic link; only regular files are fetched"),
+        ("latin1_\\xe9_202601.csv", "the name is not UTF-8; ask the payer to rename it"),
+    ]

@@ -17,7 +17,7 @@ from atr_pipeline.defs.sftp_sensor import (
     sftp_resource_from_env,
 )
 from atr_pipeline.sources.landing import Ledger
-from atr_pipeline.sources.polling import SensorCursor
+from atr_pipeline.sources.polling import SensorCursor, new_reports
 
 pytest_plugins = ["sftp_servers"]
 
@@ -147,3 +147,45 @@ def test_resource_from_env_uses_env_vars(tmp_path, monkeypatch, sftp_server):
     with dg.build_resources({"sftp": resource}) as built:
         with built.sftp.open() as src:
             assert [f.name for f in src.list_inbox()] == [JAN]
+
+
+def test_files_that_cannot_be_requested_are_reported_once_and_never_stall_the_rest(setup):
+    """Months outside the job's partitions, month 13, a symlink: reported; the good file is requested."""
+    server, sensor, defs, resource = setup
+    for name in ("acme_attribution_202412.csv", "acme_attribution_203001.csv", "acme_attribution_202613.csv"):
+        _put(server, name, 10)
+    os.symlink("/etc/passwd", server.root / "inbox" / "acme_attribution_202603.csv")
+    _put(server, FEB, 1000)
+    runs1, c1 = _tick(sensor, defs, resource, None)
+    runs2, c2 = _tick(sensor, defs, resource, c1)
+    runs3, c3 = _tick(sensor, defs, resource, c2)
+    assert [r.run_key for r in runs1] == [] and [r.run_key for r in runs3] == []
+    assert [r.tags["atr/remote_file"] for r in runs2] == [FEB]
+    first, second, third = (SensorCursor.from_json(c) for c in (c1, c2, c3))
+    assert sorted(second.reported.values()) == [
+        "acme_attribution_202412.csv: month 2024-12 has no partition (before the first or after the last month of the "
+        "job); not requested until it has one",
+        "acme_attribution_202603.csv: a symbolic link; only regular files are fetched; not requested",
+        "acme_attribution_202613.csv: the month in the name is not a valid month (mapping acme); not requested",
+        "acme_attribution_203001.csv: month 2030-01 has no partition (before the first or after the last month of the "
+        "job); not requested until it has one",
+    ]
+    # Reported when first judged (the symlink on the first tick, the others once stable), then never again.
+    assert len(new_reports(SensorCursor(), first)) == 1 and len(new_reports(first, second)) == 3
+    assert new_reports(second, third) == [] and third.reported == second.reported
+    # The cursor keeps advancing: every file's observation counts this tick too.
+    assert {n: o.polls for n, o in third.observations.items()} == {
+        "acme_attribution_202412.csv": 3, "acme_attribution_202613.csv": 3, "acme_attribution_203001.csv": 3, FEB: 3}
+
+
+def test_sensor_tick_against_a_server_that_never_starts_sftp_is_bounded(setup, tmp_path):
+    from atr_pipeline.sources.sftp import SftpConnectionError
+
+    server, sensor, defs, _ = setup
+    server.never_start_sftp()
+    resource = SftpResource(host="127.0.0.1", port=server.port, username=server.username, password=server.password,
+                            known_hosts=str(server.known_hosts(tmp_path / "kh2")), inbox="/inbox", backoff_initial=0.05,
+                            connect_timeout=1)
+    with pytest.raises(SftpConnectionError) as err:
+        _tick(sensor, defs, resource, None)
+    assert "did not start within 1 s" in str(err.value)

@@ -517,7 +517,7 @@ class SftpSource:
                                          "sftp subsystem for this user") from None
                 except (OSError, EOFError, paramiko.SSHException) as exc:
                     if total.fired:
-                        raise _SftpTimeout(f"{phase} on {c.where} ran past the total budget of {budget:g} s "
+                        raise _SftpTimeout(f"{phase} on {c.where} ran past the total budget of {c.total_timeout:g} s "
                                            "(ATR_SFTP_TOTAL_TIMEOUT)") from None
                     if (sub is not None and sub.fired) or (phase != "connect" and isinstance(exc, (socket.timeout, TimeoutError))):
                         raise _SftpTimeout(f"the SFTP subsystem on {c.where} did not start within {c.sftp_timeout:g} s "
