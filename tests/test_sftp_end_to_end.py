@@ -51,3 +51,49 @@ def test_sensor_request_lands_once_and_exports(sftp_server, tmp_path: Path, monk
     manifest = json.loads((home / "exports" / "acme_commercial" / "2026-08" / "manifest.json").read_text())
     counts = {o["type"]: o["count"] for o in manifest["output"]}
     assert counts["Patient"] == 40 and counts["Group"] == 2
+
+
+def test_pull_with_run_gives_the_sensor_paths_export(sftp_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`atr sftp-pull --run` and the sensor's run land and process the same file to the same resources."""
+    from typer.testing import CliRunner
+
+    from atr_pipeline.cli import app
+
+    shutil.copy2(ROOT / "fixtures" / "acme_commercial" / NAME, sftp_server.root / "inbox" / NAME)
+    env = {"ATR_INBOX": str(tmp_path / "empty_inbox"), "ATR_ID_KEY": "e2e", "ATR_MAPPINGS_DIR": str(ROOT / "mappings"),
+           **sftp_server.sensor_env(tmp_path)}
+    for var, value in {**env, "ATR_HOME": str(tmp_path / "sensor")}.items():
+        monkeypatch.setenv(var, value)
+    defs = build_definitions()
+    sensor = defs.resolve_sensor_def("sftp_inbox_sensor")
+    with dg.instance_for_test() as instance:
+        cursor = None
+        for _ in range(2):
+            data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                                                resources=dict(defs.resources or {})))
+            cursor = data.cursor
+        (request,) = data.run_requests
+        result = defs.resolve_job_def("attribution_job").execute_in_process(
+            partition_key=request.partition_key, tags=request.tags, instance=instance, run_config=QUIET)
+        assert result.success
+    monkeypatch.setenv("ATR_HOME", str(tmp_path / "pull"))
+    pulled = CliRunner().invoke(app, ["sftp-pull", "--settle-seconds", "0", "--run"])
+    assert pulled.exit_code == 0, pulled.output
+    assert pulled.output.splitlines()[-1].startswith(f"processed {NAME} (2026-08): 42 rows read, 42 accepted, 0 rejected")
+
+    def resources(home: Path) -> dict[str, list[str]]:
+        folder = home / "exports" / "acme_commercial" / "2026-08"
+        out = {}
+        for p in sorted(folder.glob("*.ndjson")):
+            # Group.meta.lastUpdated carries the run's time (every other file is byte-identical); ids, codes,
+            # references and members do not.
+            out[p.name] = sorted(json.dumps({k: v for k, v in json.loads(line).items() if k != "meta"}, sort_keys=True)
+                                 for line in p.read_text().splitlines())
+        return out
+
+    sensor_side, pull_side = resources(tmp_path / "sensor"), resources(tmp_path / "pull")
+    assert sorted(sensor_side) == sorted(pull_side) and len(sensor_side["Patient.ndjson"]) == 40
+    assert sensor_side == pull_side
+    for home in ("sensor", "pull"):
+        [entry] = Ledger.for_landing(tmp_path / home / "landing").entries()
+        assert (entry.original_name, entry.status) == (NAME, "processed")

@@ -120,18 +120,23 @@ def test_bad_files_get_their_own_outcome_and_the_good_one_lands(openssh_server, 
     _put(openssh_server, "esc\x1b[31m_202601.csv", b"M3\n")
     _put(openssh_server, long_name, b"M4\n")
     _put(openssh_server, unicode_name[:80] + "_202603.csv", b"M5\n")
+    unreadable = openssh_server.home / "inbox" / "locked_202604.csv"  # root's, 0600: the user cannot open it
+    unreadable.write_bytes(b"M6\n")
+    unreadable.chmod(0o600)
     env = _env(openssh_server, tmp_path)
     result = _cli(env, monkeypatch, "sftp-pull", "--settle-seconds", "0")
     lines = result.output.splitlines()
     assert result.exit_code == 1, result.output
     assert "refused bad_202613.csv: the month in the file name is not a valid month (month)" in lines
     assert ("skipped esc\\x1b[31m_202601.csv: not a plain file name (path separators or control characters)" in lines)
+    assert (f"skipped locked_202604.csv: locked_202604.csv on {openssh_server.username}@127.0.0.1:{openssh_server.port} "
+            "cannot be read (permission denied)") in lines
     assert "\x1b" not in result.output
     landed = {p.read_bytes(): p.name for p in _landed(tmp_path / "home")}
     assert sorted(landed) == [b"M1\n", b"M4\n", b"M5\n"]
     assert all(len(name.encode()) <= 255 for name in landed.values())
     assert landed[b"M4\n"].endswith("_202601.csv")
-    assert lines[-1] == "3 landed, 0 duplicate(s), 0 already landed, 0 still settling, 0 unmatched, 2 problem(s)"
+    assert lines[-1] == "3 landed, 0 duplicate(s), 0 already landed, 0 still settling, 0 unmatched, 3 problem(s)"
     names = sorted(e.original_name for e in Ledger.for_landing(tmp_path / "home" / "landing").entries())
     assert names == sorted(["good_202601.csv", long_name, unicode_name[:80] + "_202603.csv"])
 
@@ -283,12 +288,13 @@ def test_unreachable_host_reason_is_words_and_last_attempt_says_no_retry(tmp_pat
     cfg = SftpConfig(host="127.0.0.1", port=port, username="u", password="p", known_hosts=kh, retries=3,
                      backoff_initial=0.01, backoff_max=0.02)
     caplog.set_level(logging.WARNING)
-    from atr_pipeline.sources.sftp import SftpConnectionError
+    from atr_pipeline.sources.sftp import SftpConnectionError, describe
 
     with pytest.raises(SftpConnectionError) as err:
         SftpSource(cfg).__enter__()
     assert str(err.value) == (f"connect on u@127.0.0.1:{port} failed after 3 attempt(s): connection refused "
                               "(nothing listening on that port)")
+    assert describe(socket.gaierror(-2, "Name or service not known")) == "host name not found (DNS)"
     retries = [r.getMessage() for r in caplog.records if "will retry" in r.getMessage()]
     assert [m.rsplit("(", 1)[1] for m in retries] == ["attempt 2 of 3)", "attempt 3 of 3)"]
 
