@@ -428,7 +428,7 @@ def write_as_user(server: OpenSshServer, rel: str, data: bytes) -> Path:
     return path
 
 
-__all__ = ["AsyncSftpServer", "OpenSshServer", "ClientKey", "make_client_key", "known_hosts_line", "write_as_user"]
+__all__ = ["AsyncSftpServer", "ClientKey", "OpenSshServer", "known_hosts_line", "make_client_key", "write_as_user"]
 
 
 # -- mappings for source tests ------------------------------------------------------------------

@@ -13,7 +13,12 @@ import asyncssh
 import pytest
 
 from atr_pipeline.sources.landing import Ledger
-from atr_pipeline.sources.polling import RemoteFile, SensorCursor, plan_runs, run_key_for
+from atr_pipeline.sources.polling import (
+    RemoteFile,
+    SensorCursor,
+    plan_runs,
+    run_key_for,
+)
 from atr_pipeline.sources.sftp import (
     AuthenticationFailed,
     HostKeyChanged,

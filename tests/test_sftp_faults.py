@@ -21,9 +21,11 @@ from typer.testing import CliRunner
 
 from atr_pipeline.cli import app
 from atr_pipeline.config import Settings
-from atr_pipeline.errors import FileRefused
 from atr_pipeline.sources.landing import Ledger
-from atr_pipeline.sources.polling import DEFAULT_QUIET_SECONDS, DEFAULT_STABLE_POLLS, RemoteFile
+from atr_pipeline.sources.polling import (
+    DEFAULT_QUIET_SECONDS,
+    DEFAULT_STABLE_POLLS,
+)
 from atr_pipeline.sources.sftp import (
     KnownHostsInvalid,
     RemoteFileChanged,

@@ -68,7 +68,9 @@ def test_password_list_fetch_archive_and_upload(openssh_server, tmp_path, acme_s
     assert out.file.sha256 == hashlib.sha256(body).hexdigest()
     assert out.file.path.read_bytes() == body
     assert sorted(p.name for p in (openssh_server.home / "inbox").iterdir()) == [".in-progress.csv"]
-    assert [p.name for p in (openssh_server.home / "archive").iterdir()] == [f"{out.file.sha256[:12]}_{NAME}"]
+    [archived] = (openssh_server.home / "archive").iterdir()
+    assert archived.name.startswith(f"{out.file.sha256[:12]}_") and archived.name.endswith(f"_{NAME}")
+    assert archived.read_bytes() == body
     assert remote == str(openssh_server.home / "outbox" / rejects.name)
     assert [p.name for p in (openssh_server.home / "outbox").iterdir()] == [rejects.name]
     assert (openssh_server.home / "outbox" / rejects.name).read_bytes() == b"line_number,rule\n2,npi\n"
@@ -81,7 +83,8 @@ def test_wrong_password_is_refused_without_echo(openssh_server, tmp_path, caplog
     with pytest.raises(AuthenticationFailed) as err:
         SftpSource(cfg).__enter__()
     assert str(err.value) == (f"authentication failed for {openssh_server.username}@127.0.0.1:{openssh_server.port} "
-                              "(password); check ATR_SFTP_USER and its credentials")
+                              "(password); check ATR_SFTP_USER and its credentials. Not retried: the payer may lock "
+                              "the account after repeated failures")
     assert secret not in str(err.value) + repr(cfg) + caplog.text
 
 

@@ -189,3 +189,23 @@ def test_sensor_tick_against_a_server_that_never_starts_sftp_is_bounded(setup, t
     with pytest.raises(SftpConnectionError) as err:
         _tick(sensor, defs, resource, None)
     assert "did not start within 1 s" in str(err.value)
+
+
+def test_refused_login_pauses_the_sensor_instead_of_retrying_every_tick(setup, tmp_path):
+    server, sensor, defs, _ = setup
+    resource = SftpResource(host="127.0.0.1", port=server.port, username=server.username, password="not-it-123",
+                            known_hosts=str(server.known_hosts(tmp_path / "kh2")), inbox="/inbox", backoff_initial=0.05)
+    cursors = [None]
+    for _ in range(3):  # three ticks, one minute apart
+        with dg.instance_for_test() as instance:
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursors[-1], resources={"sftp": resource},
+                                          definitions=defs)
+            data = sensor.evaluate_tick(ctx)
+        assert data.run_requests == []
+        cursors.append(data.cursor)
+    assert server.password_attempts == 1  # one refused login, not one per tick
+    paused = SensorCursor.from_json(cursors[-1]).paused
+    assert paused[0] == "2026-03-01T13:00:00+00:00"  # an hour after the first tick (12:00)
+    assert paused[1].startswith("authentication failed for payer@127.0.0.1")
+    assert data.skip_message.startswith("paused until 2026-03-01T13:00:00+00:00 after: authentication failed")
+    assert "not-it-123" not in cursors[-1] + data.skip_message

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 
 import pytest
 
 from atr_pipeline.layouts.spec import parse_mapping
-from functools import partial
-
 from atr_pipeline.sources import polling
-from atr_pipeline.sources.polling import Observation, RemoteFile, SensorCursor, run_key_for
+from atr_pipeline.sources.polling import (
+    Observation,
+    RemoteFile,
+    SensorCursor,
+    run_key_for,
+)
 
 pytest_plugins = ["sftp_servers"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -33,13 +33,22 @@ from atr_pipeline.sources.polling import (
     new_reports,
     plan_runs,
 )
-from atr_pipeline.sources.sftp import ENV_POLL_SECONDS, ENV_QUIET_SECONDS, ENV_STABLE_POLLS, SftpError
+from atr_pipeline.sources.sftp import (
+    ENV_POLL_SECONDS,
+    ENV_QUIET_SECONDS,
+    ENV_STABLE_POLLS,
+    SftpError,
+)
 
 SENSOR_NAME = "sftp_inbox_sensor"
 RESOURCE_KEY = "sftp"
 # A sensor evaluation must finish within 60 s: list with few, short retries inside a budget.
 _SENSOR_RETRIES = 2
 _SENSOR_BUDGET = 40.0
+# After a refused login, host key error or the like, the sensor makes no new login for this long
+# (a tick every minute would otherwise lock a payer account with a 3-strike rule within minutes).
+# Resetting the sensor's cursor after fixing the settings resumes at once.
+PAUSE_AFTER_PERMANENT_ERROR = timedelta(hours=1)
 
 
 def run_request_for(planned: PlannedRun, *, landing_asset: str | None = None) -> dg.RunRequest:
@@ -136,13 +145,26 @@ def build_sftp_sensor(
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         sftp: SftpResource = getattr(context.resources, resource_key)
         cursor = SensorCursor.from_json(context.cursor)
+        now = clock()
+        if cursor.paused and now < datetime.fromisoformat(cursor.paused[0]):
+            return dg.SensorResult(skip_reason=f"paused until {cursor.paused[0]} after: {cursor.paused[1]} (fix the "
+                                               "settings, then reset the sensor's cursor to resume now)",
+                                   cursor=cursor.to_json())
         budget = min(sftp.total_timeout, _SENSOR_BUDGET)
-        with sftp.open(retries=_SENSOR_RETRIES, backoff_initial=min(sftp.backoff_initial, 2.0),
-                       total_timeout=budget) as src:
-            listing = src.scan_inbox()
+        try:
+            with sftp.open(retries=_SENSOR_RETRIES, backoff_initial=min(sftp.backoff_initial, 2.0),
+                           total_timeout=budget) as src:
+                listing = src.scan_inbox()
+        except SftpError as exc:
+            if not exc.permanent:
+                raise  # a dropped link: the tick fails and the next one tries again
+            until = (now + PAUSE_AFTER_PERMANENT_ERROR).isoformat()
+            context.log.error(f"{exc}; no new login until {until}")
+            return dg.SensorResult(skip_reason=f"{exc}; paused until {until}",
+                                   cursor=replace(cursor, paused=[until, str(exc)]).to_json())
         suffix = done_marker_suffix or src.config.done_suffix
         seen = listing.files + [RemoteFile(m, 0, 0) for m in sorted(listing.markers)]
-        runs, next_cursor = plan_runs(seen, cursor, mappings, now=clock(), stable_polls=polls, quiet_seconds=quiet,
+        runs, next_cursor = plan_runs(seen, cursor, mappings, now=now, stable_polls=polls, quiet_seconds=quiet,
                                       done_marker_suffix=suffix,
                                       partition_exists=_partition_checker(context, job_name, job))
         for entry in listing.skipped:
@@ -159,6 +181,15 @@ def build_sftp_sensor(
 
 
 __all__ = [
-    "MONTH_DIMENSION", "SOURCE_DIMENSION", "SENSOR_NAME", "RESOURCE_KEY", "SftpResource", "build_sftp_sensor",
-    "remote_file_of_run", "expected_of_tags", "failure_for", "run_request_for", "sftp_resource_from_env",
+    "MONTH_DIMENSION",
+    "RESOURCE_KEY",
+    "SENSOR_NAME",
+    "SOURCE_DIMENSION",
+    "SftpResource",
+    "build_sftp_sensor",
+    "expected_of_tags",
+    "failure_for",
+    "remote_file_of_run",
+    "run_request_for",
+    "sftp_resource_from_env",
 ]

@@ -29,9 +29,9 @@ from datetime import date, datetime, timedelta
 
 import orjson
 
+from atr_pipeline.errors import FileRefused
 from atr_pipeline.layouts.spec import MappingSpec
 from atr_pipeline.sources.landing import check_name
-from atr_pipeline.errors import FileRefused
 
 # Partition dimensions of the ingest job (a Dagster MultiPartitionsDefinition).
 MONTH_DIMENSION = "month"
@@ -77,6 +77,9 @@ class SensorCursor:
     observations: dict[str, Observation] = field(default_factory=dict)  # by file name
     requested: dict[str, str] = field(default_factory=dict)  # run key -> ISO time last listed
     reported: dict[str, str] = field(default_factory=dict)  # run key -> why it is not requested (said once)
+    # After a refused login (or another error retrying cannot fix): no new login before this ISO
+    # time, so sensor ticks do not walk a payer's account into its lockout. [until, reason]
+    paused: list[str] | None = None
 
     def to_json(self) -> str:
         # Sorted keys: the same state always serialises to the same cursor string.
@@ -86,6 +89,7 @@ class SensorCursor:
                 "observations": {n: [o.size, o.mtime, o.polls, o.first_seen] for n, o in self.observations.items()},
                 "requested": self.requested,
                 "reported": self.reported,
+                **({"paused": self.paused} if self.paused else {}),
             },
             option=orjson.OPT_SORT_KEYS,
         ).decode()
@@ -100,8 +104,10 @@ class SensorCursor:
             if data.get("v") != CURSOR_VERSION:
                 return cls()
             obs = {n: Observation(int(s), int(m), int(p), str(f)) for n, (s, m, p, f) in data["observations"].items()}
+            paused = data.get("paused")
             return cls(obs, {str(k): str(v) for k, v in data["requested"].items()},
-                       {str(k): str(v) for k, v in data.get("reported", {}).items()})
+                       {str(k): str(v) for k, v in data.get("reported", {}).items()},
+                       [str(paused[0]), str(paused[1])] if paused else None)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return cls()
 

@@ -46,16 +46,23 @@ from pathlib import Path
 from typing import Literal
 
 import paramiko
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from paramiko.sftp import CMD_CLOSE, CMD_OPENDIR, CMD_READDIR
 from paramiko.sftp_attr import SFTPAttributes
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
+from atr_pipeline.config import Settings
 from atr_pipeline.errors import AtrError, FileRefused
 from atr_pipeline.layouts.spec import MappingSpec
-from atr_pipeline.config import Settings
 from atr_pipeline.sources.landing import (
     CHUNK_SIZE,
     LandedFile,
@@ -193,7 +200,7 @@ class SftpConfig(BaseModel):
     auth_timeout: float = Field(default=15.0, gt=0)
     sftp_timeout: float = Field(default=15.0, gt=0)  # opening the channel and starting the SFTP subsystem
     channel_timeout: float = Field(default=60.0, gt=0)  # each SFTP request, and every read of a download
-    total_timeout: float = Field(default=120.0, gt=0)  # one operation's connects and retries together
+    total_timeout: float = Field(default=120.0, gt=0)  # an operation without progress: connects, retries, backoff
     retries: int = Field(default=4, ge=1)  # attempts per operation, the first included
     backoff_initial: float = Field(default=1.0, ge=0)
     backoff_max: float = Field(default=30.0, ge=0)
@@ -269,10 +276,8 @@ def load_private_key(text: str | None = None, path: Path | None = None, passphra
             loaded = serialization.load_pem_private_key(data, password=pw)
     except TypeError:
         raise KeyLoadError("the private key is encrypted: give its passphrase (ATR_SFTP_KEY_PASSPHRASE)") from None
-    except (ValueError, paramiko.SSHException):
+    except (ValueError, UnsupportedAlgorithm, paramiko.SSHException):
         raise KeyLoadError("the private key could not be read (wrong passphrase, or not an OpenSSH/PEM key)") from None
-    except Exception:  # cryptography raises assorted types on garbage; none may carry the key into a log
-        raise KeyLoadError("the private key could not be read (not an OpenSSH/PEM key)") from None
     # Build paramiko's key from the parsed object: paramiko's own OpenSSH parser rejects some
     # valid ECDSA files (e.g. those written by asyncssh), cryptography reads them all.
     try:
@@ -447,7 +452,9 @@ class SftpSource:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._pkey: paramiko.PKey | None = None
-        self._deadline: float | None = None  # of the operation under way (total_timeout)
+        # When the operation under way last made progress (started, or received bytes): the total
+        # budget counts from there, so a long download that keeps moving is never cut short.
+        self._progress_at: float | None = None
         self.connects = 0  # connections opened, for tests and metadata
 
     def __repr__(self) -> str:
@@ -486,7 +493,8 @@ class SftpSource:
             for name in entry.hostnames:
                 client.get_host_keys().add(name, entry.key.get_name(), entry.key)
         client.set_missing_host_key_policy(_PinnedHostKeys(c))
-        budget = c.total_timeout if self._deadline is None else max(self._deadline - time.monotonic(), 0.001)
+        budget = c.total_timeout if self._progress_at is None else max(
+            self._progress_at + c.total_timeout - time.monotonic(), 0.001)
         phase = "connect"
         sub: _Watchdog | None = None
         try:
@@ -577,9 +585,9 @@ class SftpSource:
         """Run ``op`` with reconnects, exponential backoff and jitter on transient failures,
         within ``retries`` attempts and ``total_timeout`` seconds of connecting and waiting."""
         c = self.config
-        outer = self._deadline is None
+        outer = self._progress_at is None
         if outer:
-            self._deadline = time.monotonic() + c.total_timeout
+            self._progress_at = time.monotonic()
 
         def attempt():
             try:
@@ -595,8 +603,11 @@ class SftpSource:
             log.warning("%s on %s failed (%s); will retry (attempt %d of %d)", what, c.where,
                         state.outcome.exception(), state.attempt_number + 1, c.retries)
 
+        def out_of_budget(state) -> bool:
+            return self._progress_at is not None and time.monotonic() - self._progress_at >= c.total_timeout
+
         retrying = Retrying(
-            stop=stop_after_attempt(c.retries) | stop_after_delay(c.total_timeout),
+            stop=stop_after_attempt(c.retries) | out_of_budget,
             wait=wait_exponential_jitter(multiplier=c.backoff_initial, max=c.backoff_max, jitter=c.backoff_initial),
             retry=retry_if_exception_type(_Transient),
             before_sleep=before_sleep,
@@ -611,7 +622,7 @@ class SftpSource:
             ) from None
         finally:
             if outer:
-                self._deadline = None
+                self._progress_at = None
 
     def _path(self, folder: str, name: str) -> str:
         return posixpath.join(folder, name)
@@ -761,6 +772,7 @@ class SftpSource:
             while chunk := fh.read(self.config.chunk_size):
                 got += len(chunk)
                 digest.update(chunk)
+                self._progress_at = time.monotonic()
                 yield chunk
         if got != size:
             raise RemoteFileChanged(f"{printable(name)} on {self.config.where} changed size during download "
