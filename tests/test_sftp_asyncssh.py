@@ -409,3 +409,21 @@ def test_listing_reports_unlistable_names_and_keeps_the_rest(sftp_server, tmp_pa
         ("acme_attribution_202602.csv", "a symbolic link; only regular files are fetched"),
         ("latin1_\\xe9_202601.csv", "the name is not UTF-8; ask the payer to rename it"),
     ]
+
+
+def test_listener_that_never_sends_a_banner_times_out_with_a_reason(tmp_path):
+    """TCP connects (the kernel completes the handshake) but no SSH banner ever comes."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        kh = tmp_path / "kh"
+        kh.write_text(f"[127.0.0.1]:{port} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBlGUuFM6t8VyphXmvsG5R4F7Ya8trIwAMbZ6H6pNu0k\n")
+        cfg = SftpConfig(host="127.0.0.1", port=port, username="u", password="p", known_hosts=kh, banner_timeout=0.5,
+                         retries=2, backoff_initial=0.01, backoff_max=0.02)
+        with pytest.raises(SftpConnectionError) as err:
+            SftpSource(cfg).__enter__()
+    assert str(err.value) == (f"connect on u@127.0.0.1:{port} failed after 2 attempt(s): no SSH banner from the server "
+                              "(not an SSH server, or overloaded)")
