@@ -151,12 +151,16 @@ class RemoteFolderMissing(SftpError):
     permanent = True
 
 
+# A file's verdicts hold for the run that named it (the sensor requests a new run, with a new
+# run key, once the file is stable again): a step retry could only repeat them.
+
+
 class RemoteFileMissing(SftpError):
-    pass
+    permanent = True
 
 
 class RemoteFileChanged(SftpError):
-    pass
+    permanent = True
 
 
 class RemoteFileRefused(SftpError):
@@ -167,6 +171,8 @@ class RemoteFileRefused(SftpError):
 
 class RemoteFileNotReady(SftpError):
     """Done markers are in use and this file has none yet."""
+
+    permanent = True
 
 
 class _Transient(Exception):
