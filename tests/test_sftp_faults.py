@@ -159,6 +159,62 @@ def test_file_deleted_between_listing_and_download_does_not_stop_the_rest(openss
     assert out.file.path.read_bytes() == b"B\n"
 
 
+def test_sensor_reports_unrequestable_files_and_keeps_requesting_the_rest(openssh_server, tmp_path, acme_spec):
+    """Months before the job's first / after its last partition, month 13: reported once; the good file beside
+    them is requested and the cursor moves on (it used to fail every tick with DagsterUnknownPartitionError)."""
+    import dagster as dg
+
+    from atr_pipeline.defs.resources import SftpResource
+    from atr_pipeline.defs.sftp_sensor import build_sftp_sensor
+    from atr_pipeline.sources.polling import SensorCursor
+
+    partitions = dg.MultiPartitionsDefinition({"month": dg.MonthlyPartitionsDefinition(start_date="2025-01-01"),
+                                               "source": dg.StaticPartitionsDefinition(["acme"])})
+
+    @dg.asset(partitions_def=partitions)
+    def landed() -> None: ...
+
+    job = dg.define_asset_job("ingest_job", selection=[landed], partitions_def=partitions)
+    sensor = build_sftp_sensor(job, {"acme": acme_spec}, stable_polls=2, quiet_seconds=0)
+    resource = SftpResource(host="127.0.0.1", port=openssh_server.port, username=openssh_server.username,
+                            password=openssh_server.password, known_hosts=str(openssh_server.known_hosts(tmp_path / "kh")),
+                            inbox=str(openssh_server.home / "inbox"), backoff_initial=0.05)
+    defs = dg.Definitions(assets=[landed], jobs=[job], sensors=[sensor], resources={"sftp": resource})
+    for name in ("acme_attribution_202412.csv", "acme_attribution_209912.csv", "acme_attribution_202613.csv",
+                 "acme_attribution_202602.csv"):
+        _put(openssh_server, name, b"M1\n")
+    cursor, requested = None, []
+    with dg.instance_for_test() as instance:
+        for _ in range(3):
+            data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                                                resources={"sftp": resource}))
+            requested.append([r.tags["atr/remote_file"] for r in data.run_requests])
+            cursor = data.cursor
+    assert requested == [[], ["acme_attribution_202602.csv"], []]
+    reported = SensorCursor.from_json(cursor).reported
+    assert sorted(r.split(":")[0] for r in reported.values()) == [
+        "acme_attribution_202412.csv", "acme_attribution_202613.csv", "acme_attribution_209912.csv"]
+
+
+def test_refused_login_is_one_attempt_under_dagsters_retry_policy(openssh_server, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from atr_pipeline.defs import assets
+    from atr_pipeline.defs.build import build_definitions
+
+    env = _env(openssh_server, tmp_path, ATR_SFTP_PASSWORD="not-it-4411", ATR_SFTP_RETRIES="4",
+               ATR_MAPPINGS_DIR=str(ROOT / "mappings"))
+    for k, v in env.items():
+        if k.startswith("ATR_"):
+            monkeypatch.setenv(k, v)
+    defs = build_definitions()
+    result = dg.materialize([assets.landed_file], resources=defs.resources, raise_on_error=False,
+                            partition_key=dg.MultiPartitionKey({"month": "2026-08-01", "source": "acme_commercial"}),
+                            tags={"atr/remote_file": "ACME_ATTRIB_202608.csv"})
+    assert not result.success
+    assert openssh_server.log_count("Failed password for atrsftptest") == 1  # it was 4: 1 + 3 Dagster retries
+
+
 # -- 3. half a file landed ------------------------------------------------------------------------
 
 

@@ -34,7 +34,11 @@ def _key_body(private_openssh: str) -> str:
 def _forms(server, tmp_path: Path) -> dict[str, tuple[dict[str, str], list[str], bool]]:
     """name -> (ATR_SFTP_* credential settings, secret strings that must never appear, should connect)."""
     key = asyncssh.generate_private_key("ssh-ed25519")
-    server.authorized_keys.add(key.export_public_key("openssh").decode().split()[1])
+    public = key.export_public_key("openssh").decode()
+    if isinstance(server.authorized_keys, Path):  # OpenSSH: an authorized_keys file
+        server.authorized_keys.write_text(server.authorized_keys.read_text() + public)
+    else:
+        server.authorized_keys.add(public.split()[1])
     passphrase = "Pass-Phrase-4471-zebra"
     encrypted = key.export_private_key("openssh", passphrase=passphrase, rounds=4).decode()
     plain = key.export_private_key("openssh").decode()
@@ -60,10 +64,15 @@ def _forms(server, tmp_path: Path) -> dict[str, tuple[dict[str, str], list[str],
     }
 
 
+def _inbox(server) -> Path:
+    return server.root / "inbox" if hasattr(server, "root") else server.home / "inbox"
+
+
 def _base_env(server, tmp_path: Path) -> dict[str, str]:
     return {
         "ATR_SFTP_HOST": "127.0.0.1", "ATR_SFTP_PORT": str(server.port), "ATR_SFTP_USER": server.username,
-        "ATR_SFTP_KNOWN_HOSTS": str(server.known_hosts(tmp_path / "kh")), "ATR_SFTP_INBOX": "/inbox",
+        "ATR_SFTP_KNOWN_HOSTS": str(server.known_hosts(tmp_path / "kh")),
+        "ATR_SFTP_INBOX": "/inbox" if hasattr(server, "root") else str(server.home / "inbox"),
         "ATR_SFTP_QUIET_SECONDS": "0", "ATR_SFTP_STABLE_POLLS": "2", "ATR_SFTP_RETRIES": "2",
         "ATR_MAPPINGS_DIR": str(ROOT / "mappings"), "ATR_ID_KEY": "secrets-test",
     }
@@ -73,8 +82,15 @@ def _all_bytes(folder: Path) -> bytes:
     return b"\n".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
 
 
-def test_cli_never_echoes_a_secret_in_any_form(sftp_server, tmp_path):
-    (sftp_server.root / "inbox" / NAME).write_bytes((ROOT / "fixtures" / "acme_commercial" / NAME).read_bytes())
+@pytest.mark.parametrize("server_kind", ["asyncssh", "openssh"])
+def test_cli_never_echoes_a_secret_in_any_form(server_kind, request, tmp_path):
+    sftp_server = request.getfixturevalue("sftp_server" if server_kind == "asyncssh" else "openssh_server")
+    if server_kind == "openssh":
+        from sftp_servers import write_as_user
+
+        write_as_user(sftp_server, f"inbox/{NAME}", (ROOT / "fixtures" / "acme_commercial" / NAME).read_bytes())
+    else:
+        (_inbox(sftp_server) / NAME).write_bytes((ROOT / "fixtures" / "acme_commercial" / NAME).read_bytes())
     base = _base_env(sftp_server, tmp_path)
     env0 = {k: v for k, v in os.environ.items() if not k.startswith("ATR_")}
     env0["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")

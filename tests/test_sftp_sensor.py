@@ -209,3 +209,18 @@ def test_refused_login_pauses_the_sensor_instead_of_retrying_every_tick(setup, t
     assert paused[1].startswith("authentication failed for payer@127.0.0.1")
     assert data.skip_message.startswith("paused until 2026-03-01T13:00:00+00:00 after: authentication failed")
     assert "not-it-123" not in cursors[-1] + data.skip_message
+
+
+def test_done_marker_from_the_resource_gates_the_sensor(sftp_server, tmp_path, acme_spec):
+    resource = SftpResource(host="127.0.0.1", port=sftp_server.port, username=sftp_server.username,
+                            password=sftp_server.password, known_hosts=str(sftp_server.known_hosts(tmp_path / "kh")),
+                            inbox="/inbox", done_suffix=".done")
+    sensor = build_sftp_sensor(ingest_job, {"acme": acme_spec}, stable_polls=2, quiet_seconds=0,
+                               clock=lambda: T0)
+    defs = dg.Definitions(assets=[landed_files], jobs=[ingest_job], sensors=[sensor], resources={"sftp": resource})
+    _put(sftp_server, FEB, 1000)
+    runs1, c1 = _tick(sensor, defs, resource, None)
+    runs2, c2 = _tick(sensor, defs, resource, c1)  # stable, but no marker: not requested
+    _put(sftp_server, FEB + ".done", 0)
+    runs3, _ = _tick(sensor, defs, resource, c2)
+    assert [[r.tags["atr/remote_file"] for r in runs] for runs in (runs1, runs2, runs3)] == [[], [], [FEB]]
