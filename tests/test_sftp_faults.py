@@ -303,6 +303,12 @@ def test_missing_archive_folder_is_one_clear_error_in_check_and_pull(openssh_ser
     pull = _atr(env, "sftp-pull", "--settle-seconds", "0")
     assert (pull.returncode, pull.stdout, pull.stderr.strip()) == (1, "", expected)
     assert (openssh_server.home / "inbox" / "acme_attribution_202601.csv").exists()
+    locked = openssh_server.home / "locked_inbox"  # root's, 0700: the user may see it but not list it
+    locked.mkdir(mode=0o700)
+    unlisted = _atr({**env, "ATR_SFTP_AFTER_LANDING": "leave", "ATR_SFTP_INBOX": str(locked)}, "sftp-check")
+    assert (unlisted.returncode, unlisted.stderr.strip()) == (1, f"error: the remote inbox folder {str(locked)!r} on "
+                                                                 f"{openssh_server.username}@127.0.0.1:{openssh_server.port} "
+                                                                 "cannot be listed (permission denied)")
     outbox = _atr({**env, "ATR_SFTP_AFTER_LANDING": "leave", "ATR_SFTP_OUTBOX": "/nope/outbox"}, "sftp-check")
     assert outbox.returncode == 1
     assert outbox.stderr.strip() == (f"error: the remote outbox folder '/nope/outbox' does not exist on "

@@ -676,6 +676,9 @@ class SftpSource:
             _, msg = sftp._request(CMD_OPENDIR, folder)
         except FileNotFoundError:
             raise RemoteFolderMissing(f"the remote inbox folder {folder!r} does not exist on {self.config.where}") from None
+        except PermissionError:
+            raise RemoteFolderMissing(f"the remote inbox folder {folder!r} on {self.config.where} cannot be listed "
+                                      "(permission denied)") from None
         handle = msg.get_binary()
         out: list[tuple[bytes, SFTPAttributes]] = []
         try:
