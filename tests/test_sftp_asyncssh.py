@@ -427,3 +427,18 @@ def test_listener_that_never_sends_a_banner_times_out_with_a_reason(tmp_path):
             SftpSource(cfg).__enter__()
     assert str(err.value) == (f"connect on u@127.0.0.1:{port} failed after 2 attempt(s): no SSH banner from the server "
                               "(not an SSH server, or overloaded)")
+
+
+def test_file_written_again_after_landing_is_not_archived(sftp_server, tmp_path, acme_spec):
+    path = _put(sftp_server, NAME, b"v1\n")
+    landing = tmp_path / "landing"
+    with SftpSource(_cfg(sftp_server, tmp_path, after_landing="archive", archive="/archive")) as src:
+        [judged] = src.list_inbox()
+        _, sha = src.fetch_with_sha(NAME, spec=acme_spec, landing_dir=landing, ledger=Ledger.for_landing(landing),
+                                    expected=judged, after=False)
+        _put(sftp_server, NAME, b"v2, a new upload\n", mtime=MTIME + 60)
+        with pytest.raises(RemoteFileChanged) as err:
+            src.after_landing(NAME, sha, landed_as=judged)
+    assert "was written again after it landed; left in the inbox" in str(err.value)
+    assert path.read_bytes() == b"v2, a new upload\n"
+    assert list((sftp_server.root / "archive").iterdir()) == []

@@ -190,7 +190,7 @@ def _pull_one(src: SftpSource, f, spec: MappingSpec, settings: Settings, ledger:
             counts["duplicate"] += 1
             typer.echo(f"duplicate {shown} (same bytes as {printable(outcome.duplicate_of or '')})")
     try:
-        after = src.after_landing(f.name, sha)
+        after = src.after_landing(f.name, sha, landed_as=f)
     except CONNECTION_ERRORS:
         raise
     except SftpError as exc:

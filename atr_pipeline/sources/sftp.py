@@ -461,6 +461,7 @@ class SftpSource:
         # When the operation under way last made progress (started, or received bytes): the total
         # budget counts from there, so a long download that keeps moving is never cut short.
         self._progress_at: float | None = None
+        self._landed_as: RemoteFile | None = None  # name, size, mtime of the last fetched file
         self.connects = 0  # connections opened, for tests and metadata
 
     def __repr__(self) -> str:
@@ -831,19 +832,35 @@ class SftpSource:
             except PermissionError:
                 raise RemoteFileRefused(f"{printable(name)} on {c.where} cannot be read (permission denied)") from None
             ledger.remember_remote(spec.source_id, name, now[0], now[1], digest.hexdigest())
+            self._landed_as = RemoteFile(name, now[0], now[1])
             return outcome, digest.hexdigest()
 
         outcome, sha = self._retrying(op, f"download of {printable(name)}")
         if after:
-            self.after_landing(name, sha)
+            self.after_landing(name, sha, landed_as=self._landed_as)
         return outcome, sha
 
-    def after_landing(self, name: str, sha: str) -> AfterLandingOutcome:
-        """Archive or delete a file whose bytes are safely in landing (and its done marker)."""
+    def after_landing(self, name: str, sha: str, landed_as: RemoteFile | None = None) -> AfterLandingOutcome:
+        """Archive or delete a file whose bytes are safely in landing (and its done marker).
+
+        ``landed_as``: the size and mtime the landed bytes had; a file that differs now was
+        written again after landing and stays in the inbox (``RemoteFileChanged``).
+        """
         c = self.config
         if c.after_landing == "leave":
             return AfterLandingOutcome("left")
         remote = self._path(c.inbox, name)
+        if landed_as is not None:
+            def unchanged() -> bool:
+                try:
+                    attrs = self._ensure_connected().lstat(remote)
+                except FileNotFoundError:
+                    return True  # gone: the rename/delete below reports it
+                return (int(attrs.st_size or 0), int(attrs.st_mtime or 0)) == (landed_as.size, landed_as.mtime)
+
+            if not self._retrying(unchanged, f"check of {printable(name)}"):
+                raise RemoteFileChanged(f"{printable(name)} on {c.where} was written again after it landed; left in "
+                                        "the inbox (the next poll lands the new version)")
         marker = self._path(c.inbox, name + c.done_suffix) if c.done_suffix else None
         if c.after_landing == "delete":
             def delete() -> AfterLandingOutcome:
