@@ -3,7 +3,8 @@
 In:  a stream of bytes (an SFTP download or a local inbox file), its original base name and the
      mapping (``MappingSpec``) whose ``file.pattern`` it matched.
 Out: ``LandingOutcome``: ``landed`` with a ``LandedFile`` at
-     ``<landing>/<source_id>/<YYYY-MM>/<sha256[:12]>_<original_name>`` (0600, folders 0700), or
+     ``<landing>/<source_id>/<YYYY-MM>/<sha256[:12]>_<original_name>`` (0600, folders 0700; a
+     name past 255 bytes is shortened in the middle, the ledger keeps it whole), or
      ``duplicate`` when the same bytes were landed before, under any name.
 Refused (``FileRefused``): names that are not plain base names, names the mapping does not
      match, and files whose reporting month cannot be read.
@@ -11,7 +12,8 @@ Refused (``FileRefused``): names that are not plain base names, names the mappin
 Every landed delivery is recorded in the ``Ledger`` (sqlite at ``<landing>/ledger.sqlite``).
 The bytes go to a temporary file under ``<landing>/.incoming/`` and reach their final name by
 ``os.replace`` only when complete, so a reader never sees a partial file, and an interrupted
-stream leaves nothing behind. A changed file under a name landed before is a new delivery that
+stream leaves nothing behind; a writer killed outright leaves an unlocked ``.part`` that the
+next start removes (``sweep_partials``). A changed file under a name landed before is a new delivery that
 ``supersedes`` the earlier one (its sha256 is recorded).
 """
 
