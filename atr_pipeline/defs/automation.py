@@ -7,12 +7,15 @@ from datetime import date, datetime
 
 import dagster as dg
 
+from atr_pipeline.defs.lateness import delivery_checks
 from atr_pipeline.defs.partitions import partition_key, source_ids
 
 attribution_job = dg.define_asset_job(
     "attribution_job",
     selection=dg.AssetSelection.groups("sources", "layouts", "validate", "history", "fhir", "publish")
-    - dg.AssetSelection.assets("server_load"),
+    - dg.AssetSelection.assets("server_load")
+    # the lateness checks look at every month of a source, not at this partition: their own daily job
+    - delivery_checks(),
     description="One month of one source: land, read, validate, diff, build FHIR, export.",
 )
 
