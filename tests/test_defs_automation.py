@@ -162,7 +162,7 @@ def test_definitions_load_without_sftp_settings() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "['attribution_failure_sensor', 'sftp_inbox_sensor'] STOPPED attribution_job ['sftp']"
+    assert out.stdout.strip() == "['attribution_failure_sensor', 'mapping_errors_sensor', 'sftp_inbox_sensor'] STOPPED attribution_job ['sftp']"
 
 
 def test_unconfigured_sftp_sensor_names_the_missing_variable(no_sftp_env: None) -> None:
