@@ -240,7 +240,6 @@ def fhir_metadata(built: Any, spec: MappingSpec) -> dict[str, Any]:
         **change_type_counts(built.change_types),
         "group_versions": counts_table({c: int(v) for c, v in sorted(built.group_versions.items())}, "contract_id"),
         "transaction_time": built.transaction_time.isoformat(),
-        "staged_export": dg.MetadataValue.path(str(built.resources.folder)),
         "dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
             element: [dg.TableColumnDep(asset_key=dg.AssetKey("canonical_rows"), column_name=f) for f in fields]
             for element, fields in lineage.items()
