@@ -221,6 +221,7 @@ def test_failure_sensor_names_the_failed_check_and_its_rule(
         attribution_failure_sensor(ctx)
     lines = [line.split(" - ERROR - ", 1)[1] for line in capfd.readouterr().err.splitlines() if "failed at" in line]
     assert lines == [
-        f"run {result.run_id} failed at canonical_rows (check control_totals_match failed: trailer_count): "
+        # canonical_rows itself fails with the refusal (rule in the dg.Failure), and its check says the same
+        f"run {result.run_id} failed at canonical_rows (refused: trailer_count; check control_totals_match failed: trailer_count): "
         f"{WHAT_TO_DO['canonical_rows']}"
     ]

@@ -56,6 +56,12 @@ def schedules() -> list[dg.ScheduleDefinition]:
     return [monthly_schedule(s, day) for s in source_ids()]
 
 
+@dg.definitions
+def automation_definitions() -> dg.Definitions:
+    """This module's part of the code location (dg.load_from_defs_folder merges every module of defs/)."""
+    return dg.Definitions(jobs=[attribution_job, load_job], schedules=schedules(), sensors=[attribution_failure_sensor])
+
+
 # What to do, by the step that failed. Read by the failure sensor and shown in the run's logs.
 WHAT_TO_DO = {
     "landed_file": "Check the inbox / SFTP settings (ATR_INBOX, ATR_SFTP_*) and that a file for this month exists; a duplicate delivery needs no action.",

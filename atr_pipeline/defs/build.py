@@ -9,8 +9,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from atr_pipeline.defs import assets, lateness
-from atr_pipeline.defs.automation import attribution_failure_sensor, attribution_job, load_job, schedules
+from atr_pipeline.defs.automation import attribution_job
 from atr_pipeline.defs.resources import AtrHome, FhirServer
 from atr_pipeline.errors import AtrError
 from atr_pipeline.layouts.spec import MappingSpec, load_mapping
@@ -95,30 +94,42 @@ def fhir_server_resource() -> FhirServer:
 log = logging.getLogger("atr_pipeline")
 
 
-def build_definitions() -> dg.Definitions:
+@dg.definitions
+def wiring_definitions() -> dg.Definitions:
+    """Sensors, resources and executor: this module's part of the code location.
+
+    The assets (assets.py), jobs and schedules (automation.py) and the lateness checks
+    (lateness.py) are the other modules' parts; ``build_definitions`` loads them all.
+    """
     # The code server and every run worker load this: both create files under DAGSTER_HOME.
     protect_dagster_home()
     return dg.Definitions(
-        assets=[
-            assets.landed_file,
-            assets.canonical_rows,
-            assets.validated_rows,
-            assets.attribution_snapshot,
-            assets.fhir_resources,
-            assets.bulk_export,
-            assets.server_load,
-        ],
-        jobs=[attribution_job, load_job, lateness.delivery_check_job],
-        schedules=[*schedules(), *lateness.schedules()],
         sensors=[
-            attribution_failure_sensor,
             # landed_file reads the remote name from the run's atr/remote_file tag (no run config).
             build_sftp_sensor(attribution_job, _valid_mappings(), resource_key=RESOURCE_KEY),
             mapping_errors_sensor,
         ],
-        asset_checks=lateness.checks(),
         resources={"atr": atr_home_resource(), "fhir_server": fhir_server_resource(), RESOURCE_KEY: sftp_resource()},
         # One process: the multiprocess executor costs ~10x on small partitions (FACTS.md) and
         # DuckDB takes one writer process anyway.
         executor=dg.in_process_executor,
     )
+
+
+def build_definitions() -> dg.Definitions:
+    """Every module of atr_pipeline/defs/, loaded the Dagster 1.13 way (dg.load_from_defs_folder).
+
+    Without the project's pyproject.toml beside the package (a non-editable install), the same
+    folder is loaded from the installed module.
+    """
+    here = Path(__file__).resolve().parent
+    try:
+        return dg.load_from_defs_folder(path_within_project=here)
+    except dg.DagsterError as exc:
+        if "Could not find config file" not in str(exc):
+            raise
+    from dagster.components.core.component_tree import ComponentTree
+
+    import atr_pipeline.defs as defs_module
+
+    return ComponentTree.from_module(defs_module=defs_module, project_root=here.parents[1]).build_defs()

@@ -130,3 +130,9 @@ def schedules() -> list[dg.ScheduleDefinition]:
     return [dg.ScheduleDefinition(name="delivery_check_daily", cron_schedule="0 7 * * *", job=delivery_check_job,
                                   default_status=dg.DefaultScheduleStatus.RUNNING,
                                   description="Runs every source's *_delivered_on_time check each morning.")]
+
+
+@dg.definitions
+def lateness_definitions() -> dg.Definitions:
+    """This module's part of the code location (dg.load_from_defs_folder merges every module of defs/)."""
+    return dg.Definitions(asset_checks=checks(), jobs=[delivery_check_job], schedules=schedules())
