@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import warnings
 from pathlib import Path
 
 log = logging.getLogger("atr_pipeline")
@@ -29,10 +28,6 @@ PHI_ENTRIES = ("landing", "rejects", "exports", "staging", "secrets", "inbox")
 PHI_GLOBS = ("history.duckdb*", "*.duckdb", "*.duckdb.wal", "*.lock")
 
 _secured: set[tuple[str, str]] = set()
-
-
-class OpenHomeWarning(UserWarning):
-    """ATR_HOME can be listed or entered by other users."""
 
 
 def restrict_umask() -> int:
@@ -126,7 +121,7 @@ def is_open(path: Path) -> bool:
 
 
 def warn_if_open(home: Path) -> bool:
-    """Warn (Python warning + log line, no PHI: a path and a mode) when ATR_HOME is group/world accessible."""
+    """Log a warning (a path and a mode, no PHI) when ATR_HOME is group/world accessible."""
     try:
         mode = stat.S_IMODE(Path(home).stat().st_mode)
     except FileNotFoundError:
@@ -138,7 +133,6 @@ def warn_if_open(home: Path) -> bool:
         f"owner-only (0700/0600), but make ATR_HOME itself 0700: chmod 700 {home}"
     )
     log.warning(message)
-    warnings.warn(message, OpenHomeWarning, stacklevel=3)
     return True
 
 

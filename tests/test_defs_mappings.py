@@ -8,7 +8,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from atr_pipeline.defs.build import MappingErrors, build_definitions, load_mappings_with_errors, mapping_errors_sensor
+from atr_pipeline.defs.build import (
+    MappingErrors,
+    build_definitions,
+    load_mappings_with_errors,
+    mapping_errors_sensor,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

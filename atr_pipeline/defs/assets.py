@@ -39,7 +39,7 @@ HISTORY_POOL = "atr_history_writer"
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec")
 
 
-def _failure(what: str, refused: FileRefused, **numbers: int | float) -> dg.Failure:
+def _failure(what: str, refused: FileRefused, **numbers: float) -> dg.Failure:
     # A refusal is a verdict on the file, not a transient fault: retrying (IO_RETRY) only delays
     # the failure by ~14 s and repeats the same refusal three times in the run's log.
     return dg.Failure(

@@ -11,10 +11,15 @@ import yaml
 
 from atr_pipeline.defs.automation import attribution_job
 from atr_pipeline.defs.resources import AtrHome, FhirServer
+from atr_pipeline.defs.sftp_sensor import (
+    RESOURCE_KEY,
+    SftpResource,
+    build_sftp_sensor,
+    sftp_resource_from_env,
+)
 from atr_pipeline.errors import AtrError
 from atr_pipeline.layouts.spec import MappingSpec, load_mapping
 from atr_pipeline.private import protect_dagster_home
-from atr_pipeline.defs.sftp_sensor import RESOURCE_KEY, SftpResource, build_sftp_sensor, sftp_resource_from_env
 from atr_pipeline.sources.sftp import ENV_VARS
 
 # The SftpResource fields without a default: always read from the environment at run time.
