@@ -120,6 +120,11 @@ def test_the_run_wrote_what_needs_protecting(layout: Layout) -> None:
     assert list(layout.dagster_home.rglob("*.db"))  # run and event storage
 
 
+def test_no_staged_rows_are_left_behind(layout: Layout) -> None:
+    """Exported and refused deliveries both leave no staged copy of their rows."""
+    assert [p for p in (layout.home / "staging").rglob("*") if p.is_file()] == []
+
+
 def test_every_phi_path_is_owner_only_under_umask_000(layout: Layout) -> None:
     paths = _tree(layout.home, include_root=False) + _tree(layout.dagster_home, include_root=True)
     assert len(paths) > 40

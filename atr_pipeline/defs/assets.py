@@ -131,6 +131,7 @@ def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, canonical_ro
         pipeline.refuse_if_over_threshold(validated, spec)
     except FileRefused as refused:
         pipeline.mark_refused(landed, settings, refused.rule)
+        handles.discard(canonical_rows.folder)  # nothing from a refused file goes further: no staged copy either
         yield md.threshold_check(validated, refused, spec)
         raise _failure("validated_rows refused the file", refused, rows_read=validated.records_read,
                        rows_rejected=validated.rows_rejected, rejected_share=round(validated.rows_rejected / max(validated.records_read, 1), 6),

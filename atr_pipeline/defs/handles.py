@@ -87,6 +87,10 @@ def _read(folder: Path, name: str) -> pl.DataFrame:
 
 def stage_read(read: ReadResult, landed: LandedFile, settings: Settings) -> ReadHandle:
     folder = private_dir(staging_folder(settings, landed))
+    # One delivery per source x month is current: an earlier delivery's staged rows go.
+    for sibling in folder.parent.iterdir():
+        if sibling != folder:
+            discard(sibling)
     _write(read.rows, folder / "canonical_rows.parquet")
     _write(read.structural_rejects, folder / "structural_rejects.parquet")
     return ReadHandle(landed, folder, read.records_read, read.rows.height, read.control, tuple(read.source_columns))
