@@ -73,7 +73,9 @@ PARTITION_STATUSES = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey:
   assetPartitionStatuses { ... on MultiPartitionStatuses { ranges { primaryDimStartKey primaryDimEndKey
   secondaryDim { ... on DefaultPartitionStatuses { materializedPartitions failedPartitions } } } } } } } }"""
 
-RUNS_FOR_PARTITION = """query($filter: RunsFilter!) { runsOrError(filter: $filter) { ... on Runs { results { runId status } } } }"""
+SENSOR_DRY_RUN = """mutation($selector: SensorSelector!) { sensorDryRun(selectorData: $selector, cursor: null) { __typename
+  ... on DryRunInstigationTick { evaluationResult { skipReason error { message errorChain { error { message } } } } }
+  ... on PythonError { message } } }"""
 
 
 # ---------------------------------------------------------------- the running UI
@@ -84,8 +86,9 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
     import dagster as dg
 
     base = tmp_path_factory.mktemp("ui")
-    home, inbox, dagster_home = base / "home", base / "inbox", base / "dagster"
+    home, inbox, dagster_home, mappings = base / "home", base / "inbox", base / "dagster", base / "mappings"
     inbox.mkdir()
+    shutil.copytree(ROOT / "mappings", mappings)
     for f in (ACME_08, ACME_09, BAD_TRAILER):
         shutil.copy2(f, inbox / f.name)
     shutil.copy2(BAD_VALUES, inbox / "ACME_ATTRIB_202610.csv")
@@ -94,7 +97,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
         "ATR_HOME": str(home),
         "ATR_INBOX": str(inbox),
         "ATR_ID_KEY": "ui-test-key",
-        "ATR_MAPPINGS_DIR": str(ROOT / "mappings"),
+        "ATR_MAPPINGS_DIR": str(mappings),
         "DAGSTER_HOME": str(dagster_home),
     }
     with pytest.MonkeyPatch.context() as mp:
@@ -119,6 +122,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
         finally:
             instance.dispose()
     server = start_webserver(dagster_home, env)
+    server.mappings = mappings  # type: ignore[attr-defined]
     try:
         server.threshold_run_id = threshold_run  # type: ignore[attr-defined]
         server.bad_run_id = launch_partition(server, BAD)  # type: ignore[attr-defined]
@@ -313,7 +317,7 @@ def test_good_month_counts(ui: Webserver) -> None:
     assert landed["sha256"] == rows["file_sha256"][0]
     assert landed["reporting_month"] == "2026-08"
     # links: the mapping file, the analyst guide, the IG
-    assert landed["mapping_file"] == str(ROOT / "mappings" / "acme_commercial.yaml")
+    assert landed["mapping_file"] == str(ui.mappings / "acme_commercial.yaml")  # type: ignore[attr-defined]
     assert landed["docs"] == str(ROOT / "docs" / "ANALYST.md")
     assert landed["ig"].startswith("https://hl7.org/fhir/us/davinci-atr")
 
@@ -543,3 +547,26 @@ def test_column_lineage_table_names_column_field_and_element(ui: Webserver) -> N
         assert elements == carried.get(name, {"(not in FHIR)"}), name
     assert by_field["payer_id"][0] == "constant `ACME01`"
     assert by_field["birth_date"] == ("DOB", "`Patient.birthDate`")
+
+
+# ---------------------------------------------------------------- a broken mapping
+
+
+def test_broken_mapping_fails_the_mapping_errors_sensor_tick(ui: Webserver) -> None:
+    """The UI's "Test sensor" (sensorDryRun) on mapping_errors_sensor: green, then red naming the file and key."""
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "sensorName": "mapping_errors_sensor"}
+    ok = ui.graphql(SENSOR_DRY_RUN, {"selector": selector})["sensorDryRun"]["evaluationResult"]
+    assert ok["error"] is None and ok["skipReason"].startswith("all 2 mapping(s)")
+    broken = ui.mappings / "broken_payer.yaml"  # type: ignore[attr-defined]
+    broken.write_text((ui.mappings / "acme_commercial.yaml").read_text().replace("reject_threshold: 0.05", "reject_threshold: lots"))  # type: ignore[attr-defined]
+    try:
+        for _ in range(2):  # every tick, not once
+            tick = ui.graphql(SENSOR_DRY_RUN, {"selector": selector})["sensorDryRun"]["evaluationResult"]
+            assert tick["error"] is not None
+            # what the UI shows under the failed tick: Dagster's wrapper, then our error
+            message = "\n".join([tick["error"]["message"], *(c["error"]["message"] for c in tick["error"]["errorChain"])])
+            assert "MappingErrors" in message
+            assert "broken_payer.yaml" in message and "reject_threshold" in message
+            assert "2 valid mapping(s) keep running" in message
+    finally:
+        broken.unlink()
