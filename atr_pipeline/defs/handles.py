@@ -39,6 +39,7 @@ class ReadHandle:
     rows: int
     control: ControlTotals
     source_columns: tuple[str, ...]
+    reference_date: date | None  # what the row rules judge dates against (the file's own date)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def stage_read(read: ReadResult, landed: LandedFile, settings: Settings) -> Read
             discard(sibling)
     _write(read.rows, folder / "canonical_rows.parquet")
     _write(read.structural_rejects, folder / "structural_rejects.parquet")
-    return ReadHandle(landed, folder, read.records_read, read.rows.height, read.control, tuple(read.source_columns))
+    return ReadHandle(landed, folder, read.records_read, read.rows.height, read.control, tuple(read.source_columns), read.reference_date)
 
 
 def load_read(handle: ReadHandle) -> ReadResult:
@@ -104,6 +105,7 @@ def load_read(handle: ReadHandle) -> ReadResult:
         reporting_month=handle.landed.month,
         control=handle.control,
         source_columns=list(handle.source_columns),
+        reference_date=handle.reference_date,
     )
 
 
