@@ -240,7 +240,7 @@ def demo(
         v = r.metadata.get("validated_rows", {})
         h = r.metadata.get("attribution_snapshot", {})
         f = r.metadata.get("fhir_resources", {})
-        ct = h.get("change_types") or {}
+        ct = {k: h[k] for k in ("new", "changed", "nochange", "dropped") if k in h}  # one int entry per change type
         passed = sum(1 for ok in r.checks.values() if ok)
         checks = f"{passed}/{len(r.checks)} passed"
         if not r.success:
@@ -254,7 +254,7 @@ def demo(
             r.source_id, r.month,
             str(v.get("rows_read", "-")), str(v.get("rows_accepted", "-")), str(v.get("rows_rejected", "-")),
             "/".join(str(ct.get(k, 0)) for k in ("new", "changed", "nochange", "dropped")) if ct else "-",
-            str(sum((f.get("resources_by_type") or {}).values()) or "-"),
+            str(f.get("dagster/row_count") or "-"),
             checks,
         )
     console.print(table)

@@ -11,6 +11,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from atr_pipeline.private import private_dir, protect_home
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
@@ -52,7 +54,7 @@ def _load_or_create_key(home: Path) -> bytes:
     key_file = home / "secrets" / "id_key"
     if key_file.exists():
         return key_file.read_bytes().strip()
-    key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(key_file.parent)  # 0700 whatever the umask
     key = secrets.token_hex(32).encode("ascii")
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -69,6 +71,7 @@ def load_settings(
     """Explicit arguments win over ATR_* variables, which win over the embedded defaults."""
     home_path = Path(home or _env("ATR_HOME", ".atr_home")).resolve()
     home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    protect_home(home_path)  # umask 077, warn on an open ATR_HOME, PHI paths owner-only
     return Settings(
         home=home_path,
         mappings_dir=Path(mappings_dir or _env("ATR_MAPPINGS_DIR", "mappings")).resolve(),

@@ -1,10 +1,11 @@
 """What an analyst sees in the Dagster UI, read through a real dagster-webserver's GraphQL API.
 
 One webserver over one temporary DAGSTER_HOME: two good acme_commercial months run in-process
-against that instance (the UI must show runs it did not launch itself), and a bad statewide
-Medicaid month (trailer count 7 vs 5) is launched through the webserver's own launchRun mutation,
-as the UI's "Materialize" button does. Every expected number is derived from the fixture files
-and fixtures/README.md, not from the pipeline's own code.
+against that instance (the UI must show runs it did not launch itself), an acme month with too
+many bad rows (3 of 7, threshold 5%) and the daily lateness checks run in-process too, and a bad
+statewide Medicaid month (trailer count 7 vs 5) is launched through the webserver's own launchRun
+mutation, as the UI's "Materialize" button does. Every expected number is derived from the
+fixture files and fixtures/README.md, not from the pipeline's own code.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ GOLDEN_GRAPH = Path(__file__).parent / "golden" / "asset_graph.json"
 GOOD = "2026-08-01|acme_commercial"
 NEXT = "2026-09-01|acme_commercial"
 BAD = "2026-08-01|statewide_medicaid"
+# fixtures/bad/bad_values delivered as acme's October file: 3 of its 7 rows break rules.
+OVER_THRESHOLD = "2026-10-01|acme_commercial"
+BAD_VALUES = FIXTURES / "bad" / "bad_values" / "ACME_ATTRIB_202608.csv"
 ACME_08 = FIXTURES / "acme_commercial" / "ACME_ATTRIB_202608.csv"
 ACME_09 = FIXTURES / "acme_commercial" / "ACME_ATTRIB_202609.csv"
 BAD_TRAILER = FIXTURES / "bad" / "trailer_count" / "SWMCD_ME_202608.txt"
@@ -41,7 +45,7 @@ METADATA = """metadataEntries { __typename label
   ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
   ... on TextMetadataEntry { text } ... on BoolMetadataEntry { boolValue }
   ... on JsonMetadataEntry { jsonString } ... on PathMetadataEntry { path }
-  ... on MarkdownMetadataEntry { mdStr } ... on TableMetadataEntry { table { records } }
+  ... on MarkdownMetadataEntry { mdStr } ... on TableMetadataEntry { table { records } } ... on UrlMetadataEntry { url }
   ... on TableSchemaMetadataEntry { schema { columns { name type } } }
   ... on TableColumnLineageMetadataEntry { lineage { columnName columnDeps { assetKey { path } columnName } } } }"""
 
@@ -62,6 +66,17 @@ LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $pa
 RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status
   stepStats { stepKey status } } } }"""
 
+STEP_FAILURES = """query($id: ID!) { logsForRun(runId: $id) { __typename ... on EventConnection { events { __typename
+  ... on ExecutionStepFailureEvent { stepKey error { message } failureMetadata { %s } } } } } }""" % METADATA
+
+PARTITION_STATUSES = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+  assetPartitionStatuses { ... on MultiPartitionStatuses { ranges { primaryDimStartKey primaryDimEndKey
+  secondaryDim { ... on DefaultPartitionStatuses { materializedPartitions failedPartitions } } } } } } } }"""
+
+SENSOR_DRY_RUN = """mutation($selector: SensorSelector!) { sensorDryRun(selectorData: $selector, cursor: null) { __typename
+  ... on DryRunInstigationTick { evaluationResult { skipReason error { message errorChain { error { message } } } } }
+  ... on PythonError { message } } }"""
+
 
 # ---------------------------------------------------------------- the running UI
 
@@ -71,16 +86,18 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
     import dagster as dg
 
     base = tmp_path_factory.mktemp("ui")
-    home, inbox, dagster_home = base / "home", base / "inbox", base / "dagster"
+    home, inbox, dagster_home, mappings = base / "home", base / "inbox", base / "dagster", base / "mappings"
     inbox.mkdir()
+    shutil.copytree(ROOT / "mappings", mappings)
     for f in (ACME_08, ACME_09, BAD_TRAILER):
         shutil.copy2(f, inbox / f.name)
+    shutil.copy2(BAD_VALUES, inbox / "ACME_ATTRIB_202610.csv")
     write_dagster_yaml(dagster_home)
     env = {
         "ATR_HOME": str(home),
         "ATR_INBOX": str(inbox),
         "ATR_ID_KEY": "ui-test-key",
-        "ATR_MAPPINGS_DIR": str(ROOT / "mappings"),
+        "ATR_MAPPINGS_DIR": str(mappings),
         "DAGSTER_HOME": str(dagster_home),
     }
     with pytest.MonkeyPatch.context() as mp:
@@ -91,16 +108,23 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
         job = defs.resolve_job_def("attribution_job")
         instance = dg.DagsterInstance.get()
         try:
-            for key in (GOOD, NEXT):
+            for key in (GOOD, NEXT, OVER_THRESHOLD):
                 month, source = key.split("|")
                 result = job.execute_in_process(
-                    partition_key=dg.MultiPartitionKey({"month": month, "source": source}), instance=instance
+                    partition_key=dg.MultiPartitionKey({"month": month, "source": source}), instance=instance,
+                    raise_on_error=False,
                 )
-                assert result.success
+                assert result.success is (key != OVER_THRESHOLD)
+                if key == OVER_THRESHOLD:
+                    threshold_run = result.run_id
+            # the daily lateness checks, as their schedule runs them
+            assert defs.resolve_job_def("delivery_check_job").execute_in_process(instance=instance).success
         finally:
             instance.dispose()
     server = start_webserver(dagster_home, env)
+    server.mappings = mappings  # type: ignore[attr-defined]
     try:
+        server.threshold_run_id = threshold_run  # type: ignore[attr-defined]
         server.bad_run_id = launch_partition(server, BAD)  # type: ignore[attr-defined]
         yield server
     finally:
@@ -149,6 +173,8 @@ def entry_value(e: dict[str, Any]) -> Any:
         return json.loads(e["jsonString"])
     if kind == "PathMetadataEntry":
         return e["path"]
+    if kind == "UrlMetadataEntry":
+        return e["url"]
     if kind == "MarkdownMetadataEntry":
         return e["mdStr"]
     if kind == "TableMetadataEntry":
@@ -181,6 +207,28 @@ def check_results(server: Webserver, asset: str, check: str) -> dict[str, dict[s
             continue
         out[ev["partition"]] = {"success": ev["success"], "status": ex["status"], "run": ex["runId"], "metadata": metadata(ev["metadataEntries"])}
     return out
+
+
+def step_failures(server: Webserver, run_id: str) -> dict[str, dict[str, Any]]:
+    """step -> {message, metadata} of every step failure event of a run."""
+    events = server.graphql(STEP_FAILURES, {"id": run_id})["logsForRun"]["events"]
+    return {e["stepKey"]: {"message": e["error"]["message"], "metadata": metadata(e["failureMetadata"]["metadataEntries"]) if e["failureMetadata"] else {}}
+            for e in events if e["__typename"] == "ExecutionStepFailureEvent"}
+
+
+def partition_statuses(server: Webserver, asset: str) -> dict[str, set[str]]:
+    """{"materialized": {...}, "failed": {...}} as month|source keys: what the asset's partition bar shows."""
+    ranges = server.graphql(PARTITION_STATUSES, {"key": {"path": [asset]}})["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]
+    out: dict[str, set[str]] = {"materialized": set(), "failed": set()}
+    for r in ranges:
+        months = {r["primaryDimStartKey"], r["primaryDimEndKey"]}  # the fixtures' ranges span at most two months
+        for kind in out:
+            out[kind] |= {f"{m}|{s}" for m in months for s in r["secondaryDim"][f"{kind}Partitions"]}
+    return out
+
+
+def table_counts(records: list[dict[str, Any]], key: str) -> dict[str, int]:
+    return {r[key]: r["count"] for r in records}
 
 
 # ---------------------------------------------------------------- what the fixtures say
@@ -250,7 +298,8 @@ def test_asset_graph_in_the_ui_matches_the_snapshot(ui: Webserver) -> None:
     assert shown["bulk_export"]["deps"] == ["fhir_resources", "validated_rows"]
     blocking = {c["name"]: c["blocking"] for n in nodes for c in n["assetChecksOrError"]["checks"]}
     assert blocking == {"control_totals_match": True, "rejects_under_threshold": True, "history_consistent": True,
-                        "conformance_passed": True, "load_complete": False}
+                        "conformance_passed": True, "load_complete": False,
+                        "acme_commercial_delivered_on_time": False, "statewide_medicaid_delivered_on_time": False}
 
 
 # ---------------------------------------------------------------- a good month
@@ -267,10 +316,14 @@ def test_good_month_counts(ui: Webserver) -> None:
     assert landed["size_bytes"] == ACME_08.stat().st_size
     assert landed["sha256"] == rows["file_sha256"][0]
     assert landed["reporting_month"] == "2026-08"
+    # links: the mapping file, the analyst guide, the IG
+    assert landed["mapping_file"] == str(ui.mappings / "acme_commercial.yaml")  # type: ignore[attr-defined]
+    assert landed["docs"] == str(ROOT / "docs" / "ANALYST.md")
+    assert landed["ig"].startswith("https://hl7.org/fhir/us/davinci-atr")
 
     canonical = materialization(ui, "canonical_rows", GOOD)
     assert canonical is not None
-    assert (canonical["refused"], canonical["records_read"], canonical["dagster/row_count"]) == (False, 42, 42)
+    assert (canonical["records_read"], canonical["dagster/row_count"], canonical["structural_rejects"]) == (42, 42, 0)
     assert canonical["mapping"] == "acme_commercial"
 
     validated = materialization(ui, "validated_rows", GOOD)
@@ -281,22 +334,26 @@ def test_good_month_counts(ui: Webserver) -> None:
 
     snapshot = materialization(ui, "attribution_snapshot", GOOD)
     assert snapshot is not None
-    assert snapshot["member_entries"] == 42
-    assert snapshot["change_types"] == {"new": 42}
+    assert snapshot["members"] == 42
+    assert {k: snapshot[k] for k in ("new", "changed", "nochange", "dropped")} == {"new": 42, "changed": 0, "nochange": 0, "dropped": 0}
+    assert table_counts(snapshot["change_types"], "change_type") == {"new": 42}
     assert snapshot["previous_month"] == "none (first month)"
-    assert [(d["file_name"], d["file_sha256"], d["rows"]) for d in snapshot["lineage"]] == [(ACME_08.name, landed["sha256"], 42)]
+    assert [(d["file_name"], d["file_sha256"], d["rows"]) for d in snapshot["deliveries"]] == [(ACME_08.name, landed["sha256"], 42)]
 
     want = expected_resource_counts(rows)
     assert want == {"Group": 2, "Patient": 40, "Coverage": 40, "RelatedPerson": 16, "Practitioner": 6,
                     "Organization": 3, "PractitionerRole": 6}
     fhir = materialization(ui, "fhir_resources", GOOD)
     assert fhir is not None
-    assert fhir["resources_by_type"] == want
+    assert table_counts(fhir["resources_by_type"], "resource_type") == want
+    assert {t: fhir[f"resources_{t}"] for t in want} == want  # one int entry per type: Dagster plots them
     assert fhir["dagster/row_count"] == sum(want.values()) == 113
+    assert fhir["ig_group_profile"] == "http://hl7.org/fhir/us/davinci-atr/StructureDefinition/atr-group"
 
     export = materialization(ui, "bulk_export", GOOD)
     assert export is not None
-    assert export["resources_by_type"] == want
+    assert table_counts(export["resources_by_type"], "resource_type") == want
+    assert {t: export[f"resources_{t}"] for t in want} == want
     assert (export["files"], export["operation_outcomes"]) == (7, 0)
     # The folder the UI points at holds exactly those NDJSON lines.
     folder = Path(export["export_dir"])
@@ -333,30 +390,39 @@ def test_next_month_change_types_match_the_fixture_readme(ui: Webserver) -> None
 
     snapshot = materialization(ui, "attribution_snapshot", NEXT)
     assert snapshot is not None
-    assert snapshot["change_types"] == want
+    assert {k: snapshot[k] for k in want} == want
+    assert table_counts(snapshot["change_types"], "change_type") == want
     assert snapshot["previous_month"] == "2026-08"
     # a dropped entry stays in the month's list (inactive) once, so the list is 40 + 5
-    assert snapshot["member_entries"] == after.height + want["dropped"] == 45
+    assert snapshot["members"] == after.height + want["dropped"] == 45
     fhir = materialization(ui, "fhir_resources", NEXT)
-    assert fhir is not None and fhir["change_types"] == want
+    assert fhir is not None and {k: fhir[k] for k in want} == want
     assert check_results(ui, "attribution_snapshot", "history_consistent")[NEXT]["success"] is True
 
 
 # ---------------------------------------------------------------- a refused month
 
 
-def test_refused_month_fails_its_check_and_stops(ui: Webserver) -> None:
+def test_refused_file_fails_the_asset_that_refused_it(ui: Webserver) -> None:
     run = ui.graphql(RUN_STATUS, {"id": ui.bad_run_id})["runOrError"]  # type: ignore[attr-defined]
     assert run["status"] == "FAILURE"
     steps = {s["stepKey"]: s["status"] for s in run["stepStats"]}
     assert steps["landed_file"] == "SUCCESS"
-    assert steps["canonical_rows"] == "FAILURE"  # the blocking check failed the step
-    assert "validated_rows" not in steps or steps["validated_rows"] == "SKIPPED"
+    assert steps["canonical_rows"] == "FAILURE"  # the asset that refused the file is the red one
+    for later in ("validated_rows", "attribution_snapshot", "fhir_resources", "bulk_export"):
+        assert steps.get(later, "SKIPPED") == "SKIPPED", later  # not run, not red
 
     # The header record declares 7 detail records; the file has 5 (fixtures/README.md).
     lines = BAD_TRAILER.read_text(encoding="latin-1").splitlines()
     assert (int(lines[0][30:39]), sum(1 for line in lines if line.startswith("ME"))) == (7, 5)
 
+    failure = step_failures(ui, ui.bad_run_id)["canonical_rows"]  # type: ignore[attr-defined]
+    assert "refused (trailer_count)" in failure["message"]
+    assert "header says 7 detail records, the file has 5" in failure["message"]
+    assert failure["metadata"]["rule"] == "trailer_count"
+    assert failure["metadata"]["file"] == BAD_TRAILER.name
+
+    # its own check, on its own partition, in that run, says the same
     control = check_results(ui, "canonical_rows", "control_totals_match")[BAD]
     assert control["success"] is False and control["status"] == "FAILED"
     assert control["run"] == ui.bad_run_id  # type: ignore[attr-defined]
@@ -364,11 +430,64 @@ def test_refused_month_fails_its_check_and_stops(ui: Webserver) -> None:
     assert control["metadata"]["reason"] == "header says 7 detail records, the file has 5"
     assert control["metadata"]["what_to_do"].startswith("Ask the sender for a corrected file")
 
-    canonical = materialization(ui, "canonical_rows", BAD)
-    assert canonical is not None
-    assert (canonical["refused"], canonical["refused_rule"], canonical["dagster/row_count"]) == (True, "trailer_count", 0)
-    for asset in ("validated_rows", "attribution_snapshot", "fhir_resources", "bulk_export"):
+    # nothing materialized from the refused file, the refusing asset included
+    for asset in ("canonical_rows", "validated_rows", "attribution_snapshot", "fhir_resources", "bulk_export"):
         assert materialization(ui, asset, BAD) is None, asset
+    assert materialization(ui, "landed_file", BAD) is not None
+
+
+def test_file_over_the_reject_threshold_fails_validated_rows_with_the_numbers(ui: Webserver) -> None:
+    run_id = ui.threshold_run_id  # type: ignore[attr-defined]
+    steps = {s["stepKey"]: s["status"] for s in ui.graphql(RUN_STATUS, {"id": run_id})["runOrError"]["stepStats"]}
+    assert (steps["landed_file"], steps["canonical_rows"], steps["validated_rows"]) == ("SUCCESS", "SUCCESS", "FAILURE")
+    assert steps.get("attribution_snapshot", "SKIPPED") == "SKIPPED"
+
+    rows = len(BAD_VALUES.read_text().splitlines()) - 1
+    failure = step_failures(ui, run_id)["validated_rows"]
+    assert failure["metadata"]["rule"] == "reject_threshold"
+    assert (failure["metadata"]["rows_read"], failure["metadata"]["rows_rejected"]) == (rows, 3) == (7, 3)
+    assert failure["metadata"]["threshold"] == 0.05
+    assert "3 of 7 rows rejected (42.9%)" in failure["message"]
+
+    threshold = check_results(ui, "validated_rows", "rejects_under_threshold")[OVER_THRESHOLD]
+    assert threshold["success"] is False and threshold["status"] == "FAILED" and threshold["run"] == run_id
+    assert (threshold["metadata"]["rows_read"], threshold["metadata"]["rows_rejected"]) == (7, 3)
+    assert sum(r["rows"] for r in threshold["metadata"]["failures"]) == 3
+    assert check_results(ui, "canonical_rows", "control_totals_match")[OVER_THRESHOLD]["success"] is True
+    assert materialization(ui, "canonical_rows", OVER_THRESHOLD) is not None
+    assert materialization(ui, "validated_rows", OVER_THRESHOLD) is None
+
+    # the partition bars: red on the asset that refused each file, never green
+    canonical, validated = partition_statuses(ui, "canonical_rows"), partition_statuses(ui, "validated_rows")
+    assert canonical["failed"] == {BAD}
+    assert OVER_THRESHOLD in canonical["materialized"]
+    assert OVER_THRESHOLD in validated["failed"] and OVER_THRESHOLD not in validated["materialized"]
+    # Dagster also paints a step that a failed run never reached red in the bar (BAD here); the
+    # run's own view shows it as not run (test_refused_file_fails_the_asset_that_refused_it).
+    assert validated["failed"] == {BAD, OVER_THRESHOLD} and validated["materialized"] == {GOOD, NEXT}
+
+
+# ---------------------------------------------------------------- a late month
+
+
+def test_late_month_turns_the_sources_delivery_check_red(ui: Webserver) -> None:
+    from datetime import date
+
+    today = date.today()
+    # acme delivered 2026-08 and 2026-09 (its 2026-10 file was refused); due on day 5 of the next month
+    first_of_this = today.replace(day=1)
+    prev = date(first_of_this.year - (first_of_this.month == 1), (first_of_this.month - 2) % 12 + 1, 1)
+    latest_due = prev if today.day >= 5 else date(prev.year - (prev.month == 1), (prev.month - 2) % 12 + 1, 1)
+    assert latest_due > date(2026, 9, 1), "this test's fixtures assume a date after 2026-10-05"
+    acme = check_results(ui, "landed_file", "acme_commercial_delivered_on_time")[None]
+    assert acme["success"] is False and acme["status"] == "FAILED"
+    assert acme["metadata"]["latest_due_month"] == f"{latest_due:%Y-%m}"
+    assert acme["metadata"]["due_date"] == f"{latest_due.year + (latest_due.month == 12)}-{latest_due.month % 12 + 1:02d}-05"
+    assert acme["metadata"]["first_delivered_month"] == "2026-08"
+    missing = acme["metadata"]["missing_months"].split(", ")
+    assert missing[0] == "2026-10" and missing[-1] == f"{latest_due:%Y-%m}"
+    assert acme["metadata"]["months_missing"] == len(missing)
+    assert acme["metadata"]["days_late"] == (today - date.fromisoformat(acme["metadata"]["due_date"])).days
 
 
 # ---------------------------------------------------------------- column lineage
@@ -393,31 +512,61 @@ def test_canonical_rows_column_lineage(ui: Webserver) -> None:
 
 
 def test_fhir_resources_column_lineage(ui: Webserver) -> None:
-    from atr_pipeline.canonical import FIELD_BY_NAME
-
     fhir = materialization(ui, "fhir_resources", GOOD)
     assert fhir is not None
     lineage = fhir["dagster/column_lineage"]
     assert lineage["Patient.birthDate"] == [("canonical_rows", "birth_date")]
-    assert lineage["Coverage.class:plan.value"] == [("canonical_rows", "plan_id")]
-    assert lineage["Group.identifier"] == [("canonical_rows", "contract_id")]
+    assert lineage["Coverage.class.value"] == [("canonical_rows", "plan_id")]
+    assert lineage["Group.identifier[contract-id].value"] == [("canonical_rows", "contract_id")]
+    # the Group's NPI identifier is the provider organization's NPI, not the practitioner's
+    assert lineage["Group.identifier[us-npi].value"] == [("canonical_rows", "provider_org_npi")]
+    assert lineage["Practitioner.identifier[us-npi].value"] == [("canonical_rows", "provider_npi")]
+    # shown where an analyst looks: a markdown table in the asset's metadata
+    table = fhir["column_lineage"]
+    assert "| `Group.identifier[us-npi].value` | `provider_org_npi` | PCP_GROUP_NPI |" in table.splitlines()
     fields = yaml.safe_load((ROOT / "mappings" / "acme_commercial.yaml").read_text())["fields"]
-    elements = {e.strip() for name in fields for e in FIELD_BY_NAME[name].fhir.split(";") if e.strip()}
-    assert set(lineage) == elements
+    assert {f for deps in lineage.values() for _, f in deps} <= set(fields)
 
 
 def test_column_lineage_table_names_column_field_and_element(ui: Webserver) -> None:
-    from atr_pipeline.canonical import FIELD_BY_NAME
-
     canonical = materialization(ui, "canonical_rows", GOOD)
-    assert canonical is not None
+    fhir = materialization(ui, "fhir_resources", GOOD)
+    assert canonical is not None and fhir is not None
     table = canonical["column_lineage_table"]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
     by_field = {r[1].strip("`"): (r[0], r[2]) for r in rows}
     fields = yaml.safe_load((ROOT / "mappings" / "acme_commercial.yaml").read_text())["fields"]
     assert set(by_field) == set(fields)
+    carried: dict[str, set[str]] = {}
+    for element, deps in fhir["dagster/column_lineage"].items():
+        for _, f in deps:
+            carried.setdefault(f, set()).add(element)
     for name, column in mapped_columns("acme_commercial").items():
-        element = FIELD_BY_NAME[name].fhir or "(lineage / not in FHIR)"
-        assert by_field[name] == (column, element), name
-    assert by_field["payer_id"] == ("constant `ACME01`", "Organization(payer).identifier")
-    assert by_field["birth_date"] == ("DOB", "Patient.birthDate")
+        elements = {e.strip("` ") for e in by_field[name][1].split(",")} if name in carried else {"(not in FHIR)"}
+        assert by_field[name][0] == column, name
+        assert elements == carried.get(name, {"(not in FHIR)"}), name
+    assert by_field["payer_id"][0] == "constant `ACME01`"
+    assert by_field["birth_date"] == ("DOB", "`Patient.birthDate`")
+
+
+# ---------------------------------------------------------------- a broken mapping
+
+
+def test_broken_mapping_fails_the_mapping_errors_sensor_tick(ui: Webserver) -> None:
+    """The UI's "Test sensor" (sensorDryRun) on mapping_errors_sensor: green, then red naming the file and key."""
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "sensorName": "mapping_errors_sensor"}
+    ok = ui.graphql(SENSOR_DRY_RUN, {"selector": selector})["sensorDryRun"]["evaluationResult"]
+    assert ok["error"] is None and ok["skipReason"].startswith("all 2 mapping(s)")
+    broken = ui.mappings / "broken_payer.yaml"  # type: ignore[attr-defined]
+    broken.write_text((ui.mappings / "acme_commercial.yaml").read_text().replace("reject_threshold: 0.05", "reject_threshold: lots"))  # type: ignore[attr-defined]
+    try:
+        for _ in range(2):  # every tick, not once
+            tick = ui.graphql(SENSOR_DRY_RUN, {"selector": selector})["sensorDryRun"]["evaluationResult"]
+            assert tick["error"] is not None
+            # what the UI shows under the failed tick: Dagster's wrapper, then our error
+            message = "\n".join([tick["error"]["message"], *(c["error"]["message"] for c in tick["error"]["errorChain"])])
+            assert "MappingErrors" in message
+            assert "broken_payer.yaml" in message and "reject_threshold" in message
+            assert "2 valid mapping(s) keep running" in message
+    finally:
+        broken.unlink()

@@ -162,7 +162,7 @@ def test_definitions_load_without_sftp_settings() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "['attribution_failure_sensor', 'sftp_inbox_sensor'] STOPPED attribution_job ['sftp']"
+    assert out.stdout.strip() == "['attribution_failure_sensor', 'mapping_errors_sensor', 'sftp_inbox_sensor'] STOPPED attribution_job ['sftp']"
 
 
 def test_unconfigured_sftp_sensor_names_the_missing_variable(no_sftp_env: None) -> None:
@@ -221,6 +221,7 @@ def test_failure_sensor_names_the_failed_check_and_its_rule(
         attribution_failure_sensor(ctx)
     lines = [line.split(" - ERROR - ", 1)[1] for line in capfd.readouterr().err.splitlines() if "failed at" in line]
     assert lines == [
-        f"run {result.run_id} failed at canonical_rows (check control_totals_match failed: trailer_count): "
+        # canonical_rows itself fails with the refusal (rule in the dg.Failure), and its check says the same
+        f"run {result.run_id} failed at canonical_rows (refused: trailer_count; check control_totals_match failed: trailer_count): "
         f"{WHAT_TO_DO['canonical_rows']}"
     ]

@@ -3,8 +3,11 @@
 The fixtures run through `atr demo` and `atr run` (subprocesses, as a user runs them), then a load
 into the real FHIR test server and a refused month run in-process (Python logging captured); every
 PHI value of every input file is then looked for in: CLI output, Python logging, every event
-record and file of the Dagster instance (metadata and check results included), the run-failure
-sensor's message, the OperationOutcome NDJSON, the load report, the manifests and resource ids.
+record and file of the Dagster instance (metadata, check results and the stored asset values
+included), the run-failure sensor's message, the OperationOutcome NDJSON, the load report, the
+manifests and resource ids. One demo month is a synthetic 3,000-member file (~0.9 MB): when the
+assets handed each other row frames, Dagster pickled megabytes of PHI per run into
+DAGSTER_HOME/storage; now every stored value is a small handle, and none holds a PHI value.
 
 Values are read with the project's own reader over the fields ``canonical.PHI_FIELDS`` names, and
 matched as whole tokens, case-insensitively (so a ZIP-like run of digits inside a sha256 is not a
@@ -43,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 ATR = str(Path(sys.executable).with_name("atr"))
 MIN_LENGTH = 3
+LARGE_MEMBERS = 3000
 SKIPPED_FIELDS = {"postal_code"}  # see the module docstring
 # The value planted in one row: an impossible birth date, rejected by validation, so the rejects
 # reach the OperationOutcome NDJSON. The bad value itself is PHI as much as a good one.
@@ -69,6 +73,39 @@ class PhiScanner:
     def leaks(self, text: str) -> list[tuple[str, str]]:
         """(field, value) of every PHI value in ``text``, in order of appearance."""
         return [(self._lower[m.group(0).lower()], m.group(0)) for m in self._pattern.finditer(text)]
+
+
+@dataclass
+class TokenScanner:
+    """The same whole-token match for many thousands of values: a set lookup per token of the text.
+
+    Only values that are one token (no spaces) are kept: ids, MBIs, names, dates, phones.
+    """
+
+    fields_by_value: dict[str, str]
+
+    def __post_init__(self) -> None:
+        self._lower = {v.lower(): f for v, f in self.fields_by_value.items() if " " not in v}
+
+    def leaks(self, text: str) -> list[tuple[str, str]]:
+        out = []
+        for m in TOKEN.finditer(text):
+            token = m.group(0).rstrip("-/.")
+            if (f := self._lower.get(token.lower())) is not None:
+                out.append((f, token))
+        return out
+
+
+TOKEN = re.compile(r"[0-9A-Za-z][0-9A-Za-z\-/.]*")
+
+
+@dataclass
+class Scanners:
+    small: PhiScanner  # the fixture files, every value
+    large: TokenScanner  # the synthetic 3,000-member month
+
+    def leaks(self, text: str) -> list[tuple[str, str]]:
+        return self.small.leaks(text) + self.large.leaks(text)
 
 
 def scanner_for(values: dict[str, str]) -> PhiScanner:
@@ -126,12 +163,14 @@ def fixed_width_phi(path: Path, spec: MappingSpec) -> dict[str, str]:
 
 @dataclass
 class World:
-    scanner: PhiScanner
+    scanner: Scanners
     surfaces: dict[str, str]  # what -> text that must hold no PHI
     fhir_text: str  # Patient NDJSON: must hold PHI (proves the values and scanner work)
     rejects_csv_text: str
     check_evaluations: int
     operation_outcomes: int
+    stored_values: dict[str, int]  # DAGSTER_HOME/storage/<asset>/... -> bytes
+    large_text: str  # the synthetic month's Patient NDJSON (proves its values and scanner work)
 
 
 def _corrupt_one_birth_date(src: Path, dest: Path) -> None:
@@ -192,6 +231,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirTestServer)
     _corrupt_one_birth_date(FIXTURES / "acme_commercial" / acme08.name, acme08)
     shutil.copy2(FIXTURES / "acme_commercial" / "ACME_ATTRIB_202609.csv", fixtures / "acme_commercial")
     shutil.copy2(FIXTURES / "statewide_medicaid" / "SWMCD_ME_202608.txt", fixtures / "statewide_medicaid")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATR_", "DAGSTER_"))}
+    env["ATR_ID_KEY"] = "privacy-test-key"
+    made = _cli(["fixtures", "--mapping", "mappings/acme_commercial.yaml", "--members", str(LARGE_MEMBERS),
+                 "--month", "2026-07", "--out", str(fixtures / "acme_commercial"), "--seed", "16"], env)
+    assert made.returncode == 0, made.stderr[-2000:]
+    large = fixtures / "acme_commercial" / "ACME_ATTRIB_202607.csv"
     run_inbox = base / "run_inbox"
     run_inbox.mkdir()
     for name in ("SWMCD_ME_202608.txt", "SWMCD_ME_202609.txt"):
@@ -207,12 +252,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirTestServer)
         values.update(phi_values(path, spec))
     values.update(fixed_width_phi(bad_trailer, swmcd))
     values[BAD_DOB] = "birth_date"
-    scanner = scanner_for(values)
-    assert len(scanner.fields_by_value) > 300  # names, ids, MBIs, dates, streets, phones of ~50 members
+    small = scanner_for(values)
+    assert len(small.fields_by_value) > 300  # names, ids, MBIs, dates, streets, phones of ~50 members
+    large_values = {v: f for v, f in phi_values(large, acme).items() if len(v) >= MIN_LENGTH and f not in SKIPPED_FIELDS}
+    scanner = Scanners(small, TokenScanner(large_values))
+    assert len(scanner.large._lower) > 3 * LARGE_MEMBERS  # member and subscriber ids, MBIs, phones, birth dates, names
 
     surfaces: dict[str, str] = {}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATR_", "DAGSTER_"))}
-    env["ATR_ID_KEY"] = "privacy-test-key"
 
     # 1. The CLI, as a user runs it.
     home = base / "demo"
@@ -260,7 +306,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirTestServer)
                 dagster_run=instance.get_run_by_id(failed.run_id)).for_run_failure()
             with captured_logging() as sensor_log:
                 attribution_failure_sensor(ctx)
-            assert "failed at canonical_rows (check control_totals_match failed: trailer_count)" in sensor_log.getvalue()
+            assert "failed at canonical_rows (refused: trailer_count; check control_totals_match failed: trailer_count)" in sensor_log.getvalue()
             surfaces["run failure sensor output"] = sensor_log.getvalue()
 
             # 3. The Dagster instance: every run and event record, serialized.
@@ -274,18 +320,21 @@ def world(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirTestServer)
                         checks += 1
                         surfaces.setdefault("asset check metadata", "")
                         surfaces["asset check metadata"] += dg.serialize_value(record.dagster_event.event_specific_data.metadata) + "\n"  # type: ignore[union-attr]
-            assert len(instance.get_runs()) == 5  # 3 demo partitions, the load, the refused month
+            assert len(instance.get_runs()) == 6  # 4 demo partitions, the load, the refused month
             surfaces["Dagster event log (all runs, all records)"] = "\n".join(events)
         finally:
             instance.dispose()
 
-    # Every file of the instance except the IO manager's stored asset values (data, like the exports).
+    # Every file of the instance, the IO manager's stored asset values included.
     asset_dirs = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     dagster_home = home / "dagster"
+    stored: dict[str, int] = {}
     for path in sorted(dagster_home.rglob("*")):
         rel = path.relative_to(dagster_home)
-        if path.is_file() and not (rel.parts[0] == "storage" and rel.parts[1] in asset_dirs):
+        if path.is_file():
             surfaces[f"DAGSTER_HOME/{rel}"] = sqlite_text(path) if path.suffix == ".db" else path.read_bytes().decode("latin-1")
+            if rel.parts[0] == "storage" and rel.parts[1] in asset_dirs:
+                stored[str(rel)] = path.stat().st_size
 
     # 4. The exports: manifests, OperationOutcomes, the load report, resource ids.
     ids: list[str] = []
@@ -309,7 +358,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirTestServer)
     assert all(UUID.match(i) for i in ids), "resource ids must be keyed-hash UUIDs"
     surfaces["resource ids"] = "\n".join(ids)
     rejects_csv = next((home / "rejects" / "acme_commercial" / "2026-08").glob("*.rejects.csv"))
-    return World(scanner, surfaces, fhir_text, rejects_csv.read_text(), checks, outcomes)
+    large_text = (home / "exports" / "acme_commercial" / "2026-07" / "Patient.ndjson").read_text()
+    return World(scanner, surfaces, fhir_text, rejects_csv.read_text(), checks, outcomes, stored, large_text)
 
 
 def test_the_phi_values_are_really_in_the_data(world: World) -> None:
@@ -317,8 +367,21 @@ def test_the_phi_values_are_really_in_the_data(world: World) -> None:
     found = {f for f, _ in world.scanner.leaks(world.fhir_text)}
     assert {"member_id", "family_name", "given_name", "birth_date", "address_line1", "phone", "city"} <= found
     assert ("birth_date", BAD_DOB) in world.scanner.leaks(world.rejects_csv_text)
-    assert world.check_evaluations >= 12  # 4 checks x 3 partitions + load_complete + the failed control check
+    assert world.check_evaluations >= 16  # 4 checks x 4 partitions + load_complete + the failed control check
     assert world.operation_outcomes == 1  # the planted birth date
+    large = {f for f, _ in world.scanner.large.leaks(world.large_text)}
+    assert {"member_id", "family_name", "birth_date", "mbi", "phone"} <= large
+    assert len(world.scanner.large.leaks(world.large_text)) > LARGE_MEMBERS
+
+
+def test_dagster_stores_handles_not_rows(world: World) -> None:
+    """Every asset value Dagster stored is a small handle, also for the 3,000-member month."""
+    stored = world.stored_values
+    assert any("canonical_rows/2026-07-01/acme_commercial" in k for k in stored)
+    assert any("validated_rows/2026-07-01/acme_commercial" in k for k in stored)
+    assert max(stored.values()) < 8_000, {k: v for k, v in stored.items() if v >= 8_000}
+    leaks = {k: world.scanner.leaks(world.surfaces[f"DAGSTER_HOME/{k}"]) for k in stored}
+    assert {k: v for k, v in leaks.items() if v} == {}
 
 
 @pytest.mark.parametrize(

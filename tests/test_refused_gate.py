@@ -51,20 +51,21 @@ def test_threshold_refused_file_is_stopped_now_and_in_later_runs(env):
     # The sender still gets the rejects CSV.
     assert (home / "rejects" / "acme_commercial" / "2026-08" / "ACME_ATTRIB_202608.rejects.csv").exists()
 
-    # A later run of only the history asset loads the stored (refused) upstream value: refused again.
+    # A later run of only the history asset: the refused validated_rows stored no value (it failed),
+    # so there is nothing to load and history is not written.
     defs = _defs()
     later = dg.materialize(
         list(defs.assets),  # type: ignore[arg-type]
         selection=["attribution_snapshot"],
         partition_key=KEY,
         instance=instance,
-        resources={"atr": defs.resources["atr"]},  # type: ignore[index]
+        resources=dict(defs.resources),  # type: ignore[arg-type]
         raise_on_error=False,
         run_config=QUIET,
     )
     assert not later.success
     failure = next(e for e in later.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "reject_threshold" in failure.event_specific_data.error.message  # type: ignore[union-attr]
+    assert "validated_rows" in failure.event_specific_data.error.message  # type: ignore[union-attr]
     assert not (home / "history.duckdb").exists()
 
 

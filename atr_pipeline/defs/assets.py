@@ -6,21 +6,27 @@
 Each asset calls one plain function from ``atr_pipeline.pipeline`` (the CLI calls the same
 ones) and adds metadata an analyst can read: counts, provenance, rejects per rule, change
 types, resources per type. No metadata value ever holds PHI.
+
+Assets hand each other handles (defs/handles.py: the landed file, staged-row paths, the
+snapshot key, the staged export), never row frames: Dagster pickles every value under
+DAGSTER_HOME. A refused file fails the asset that refused it (dg.Failure with the rule and the
+numbers) after that asset's check reported the same; later steps do not run.
 """
 
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import dagster as dg
 
 from atr_pipeline import pipeline
+from atr_pipeline.defs import handles
 from atr_pipeline.defs import metadata as md
+from atr_pipeline.defs.handles import ReadHandle, SnapshotKey, ValidatedHandle
 from atr_pipeline.defs.partitions import PARTITIONS, parse_partition
-from atr_pipeline.defs.resources import AtrHome
+from atr_pipeline.defs.resources import AtrHome, FhirServer
 from atr_pipeline.defs.sftp_sensor import expected_of_tags, failure_for
 from atr_pipeline.errors import FileRefused
-from atr_pipeline.layouts.read import ReadResult
 from atr_pipeline.sources.landing import LandedFile
 from atr_pipeline.sources.sftp import SftpError
 
@@ -35,29 +41,13 @@ HISTORY_POOL = "atr_history_writer"
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec")
 
 
-@dataclass
-class ReadOutcome:
-    """canonical_rows' value: the rows, or why the file was refused (never both)."""
-
-    landed: LandedFile
-    read: ReadResult | None
-    refused: FileRefused | None
-
-
-@dataclass
-class ValidateOutcome:
-    validated: pipeline.ValidatedFile | None
-    refused: FileRefused | None
-    rejects_csv: str | None
-    outcomes: list[bytes]
-
-
-def _failure(what: str, refused: FileRefused) -> dg.Failure:
+def _failure(what: str, refused: FileRefused, **numbers: float) -> dg.Failure:
     # A refusal is a verdict on the file, not a transient fault: retrying (IO_RETRY) only delays
     # the failure by ~14 s and repeats the same refusal three times in the run's log.
     return dg.Failure(
         description=f"{what}: {refused}",
-        metadata={"file": refused.file_name, "rule": refused.rule, "line": refused.line_number or 0},
+        metadata={"file": refused.file_name, "rule": refused.rule, "reason": refused.reason,
+                  "line": refused.line_number or 0, **numbers},
         allow_retries=False,
     )
 
@@ -87,7 +77,7 @@ def landed_file(context: dg.AssetExecutionContext, atr: AtrHome) -> LandedFile:
         raise _failure("landing refused", refused) from None
     except SftpError as exc:  # a refused login or changed host key must not be retried (lockouts)
         raise failure_for(exc) from None
-    context.add_output_metadata(md.provenance(landed))
+    context.add_output_metadata(md.provenance(landed, spec, settings))
     return landed
 
 
@@ -99,21 +89,24 @@ def landed_file(context: dg.AssetExecutionContext, atr: AtrHome) -> LandedFile:
     check_specs=[dg.AssetCheckSpec("control_totals_match", asset="canonical_rows", blocking=True, partitions_def=PARTITIONS,
                                    description="Trailer/header record count and hash total equal what was read; the file decoded and had the columns its mapping names.")],
 )
-def canonical_rows(context: dg.AssetExecutionContext, atr: AtrHome, landed_file: LandedFile):
+def canonical_rows(context: dg.AssetExecutionContext, atr: AtrHome, landed_file: LandedFile) -> Iterator:
     """The landed file cut into canonical attribution rows by its YAML mapping (one schema for every payer).
 
     A file that cannot be trusted as a whole (undecodable bytes, control totals that disagree,
-    missing columns, empty or binary) is refused here and nothing from it goes further.
+    missing columns, empty or binary) is refused here: the check says why, this asset fails, and
+    nothing from the file goes further. The rows are staged in ATR_HOME (owner-only parquet).
     """
+    settings = atr.settings()
     spec = atr.mapping(landed_file.source_id)
     try:
         read = pipeline.read_landed(landed_file, spec)
-        outcome = ReadOutcome(landed_file, read, None)
     except FileRefused as refused:
-        pipeline.mark_refused(landed_file, atr.settings())
-        outcome = ReadOutcome(landed_file, None, refused)
-    yield dg.Output(outcome, metadata=md.read_metadata(outcome.read, outcome.refused, spec))
-    yield md.control_check(outcome.read, outcome.refused)
+        pipeline.mark_refused(landed_file, settings, refused.rule)
+        yield md.control_check(None, refused)
+        raise _failure("canonical_rows refused the file", refused) from None
+    handle = handles.stage_read(read, landed_file, settings)
+    yield dg.Output(handle, metadata=md.read_metadata(read, spec, settings))
+    yield md.control_check(read, None)
 
 
 @dg.asset(
@@ -124,30 +117,33 @@ def canonical_rows(context: dg.AssetExecutionContext, atr: AtrHome, landed_file:
     check_specs=[dg.AssetCheckSpec("rejects_under_threshold", asset="validated_rows", blocking=True, partitions_def=PARTITIONS,
                                    description="The share of rejected rows is at or below the mapping's reject_threshold.")],
 )
-def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, canonical_rows: ReadOutcome):
+def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, canonical_rows: ReadHandle) -> Iterator:
     """Rows that passed every rule (NPI check digit, MBI format, dates, codes, uniqueness...).
 
     Every rejected row is written with file, line, field, rule and reason to a rejects CSV for
-    the sender and as OperationOutcome NDJSON for the export's error list.
+    the sender and as OperationOutcome NDJSON for the export's error list. Above the mapping's
+    reject_threshold the file is refused: the check and this asset fail with the numbers.
     """
-    if canonical_rows.refused or canonical_rows.read is None:
-        raise _failure("file was refused upstream", canonical_rows.refused)  # type: ignore[arg-type]
     settings = atr.settings()
-    spec = atr.mapping(canonical_rows.landed.source_id)
-    validated = pipeline.validate_read(canonical_rows.read, canonical_rows.landed, spec)
+    landed = canonical_rows.landed
+    spec = atr.mapping(landed.source_id)
+    validated = pipeline.validate_read(handles.load_read(canonical_rows), landed, spec)
     csv_path, outcomes = pipeline.write_rejects(validated, settings, spec)
     remote = pipeline.return_rejects(csv_path, validated.rows_rejected)
     if remote:
         context.log.info(f"rejects uploaded to the sender's outbox: {remote}")
-    refused = None
     try:
         pipeline.refuse_if_over_threshold(validated, spec)
-    except FileRefused as exc:
-        pipeline.mark_refused(canonical_rows.landed, settings)
-        refused = exc
-    value = ValidateOutcome(validated if refused is None else None, refused, str(csv_path), outcomes)
-    yield dg.Output(value, metadata=md.validate_metadata(validated, csv_path))
-    yield md.threshold_check(validated, refused, spec)
+    except FileRefused as refused:
+        pipeline.mark_refused(landed, settings, refused.rule)
+        handles.discard(canonical_rows.folder)  # nothing from a refused file goes further: no staged copy either
+        yield md.threshold_check(validated, refused, spec)
+        raise _failure("validated_rows refused the file", refused, rows_read=validated.records_read,
+                       rows_rejected=validated.rows_rejected, rejected_share=round(validated.rows_rejected / max(validated.records_read, 1), 6),
+                       threshold=spec.reject_threshold) from None
+    handle = handles.stage_validated(canonical_rows, validated, outcomes, csv_path)
+    yield dg.Output(handle, metadata=md.validate_metadata(validated, csv_path))
+    yield md.threshold_check(validated, None, spec)
 
 
 @dg.asset(
@@ -159,22 +155,23 @@ def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, canonical_ro
     check_specs=[dg.AssetCheckSpec("history_consistent", asset="attribution_snapshot", blocking=True, partitions_def=PARTITIONS,
                                    description="No member entry twice in the month's list; a dropped entry is emitted only once.")],
 )
-def attribution_snapshot(context: dg.AssetExecutionContext, atr: AtrHome, validated_rows: ValidateOutcome):
+def attribution_snapshot(context: dg.AssetExecutionContext, atr: AtrHome, validated_rows: ValidatedHandle) -> Iterator:
     """This month's accepted rows stored in the DuckDB history, diffed with the previous month.
 
     Change types per member entry: new, changed, nochange, dropped (inactive). A correction of
     a month replaces its snapshot and later months are recomputed.
     """
-    if validated_rows.refused or validated_rows.validated is None:
-        raise _failure("file was refused upstream", validated_rows.refused)  # type: ignore[arg-type]
     settings = atr.settings()
-    validated = validated_rows.validated
-    spec = atr.mapping(validated.landed.source_id)
+    landed = validated_rows.landed
+    spec = atr.mapping(landed.source_id)
     # A blocking check only stops downstream steps in the same run; across runs the ledger is the gate.
-    pipeline.ensure_current_delivery(validated.landed, settings)
-    pipeline.record_history(validated, settings, spec)
-    summary = pipeline.history_summary(spec, validated.landed.month, settings)
-    yield dg.Output(summary, metadata=md.history_metadata(summary))
+    try:
+        pipeline.ensure_current_delivery(landed, settings)
+    except FileRefused as refused:
+        raise _failure("attribution_snapshot refused the delivery", refused) from None
+    pipeline.record_history(handles.load_validated(validated_rows), settings, spec)
+    summary = pipeline.history_summary(spec, landed.month, settings)
+    yield dg.Output(SnapshotKey(spec.source_id, landed.month, landed.sha256), metadata=md.history_metadata(summary))
     yield md.history_check(summary)
 
 
@@ -186,15 +183,28 @@ def attribution_snapshot(context: dg.AssetExecutionContext, atr: AtrHome, valida
     check_specs=[dg.AssetCheckSpec("conformance_passed", asset="fhir_resources", blocking=True, partitions_def=PARTITIONS,
                                    description="Every resource passes the ATR 2.1.0 rules and reference integrity; R4 structure on all (small runs) or a sample.")],
 )
-def fhir_resources(context: dg.AssetExecutionContext, atr: AtrHome, attribution_snapshot: dict):
-    """ATR 2.1.0 Group, Patient, Coverage, RelatedPerson, Practitioner, PractitionerRole and Organization resources."""
+def fhir_resources(context: dg.AssetExecutionContext, atr: AtrHome, attribution_snapshot: SnapshotKey) -> Iterator:
+    """ATR 2.1.0 Group, Patient, Coverage, RelatedPerson, Practitioner, PractitionerRole and Organization resources.
+
+    Staged as NDJSON next to the export folder (the value is that staged path, not the JSON). A
+    build that fails conformance fails this asset and is discarded: nothing is exported.
+    """
     settings = atr.settings()
-    spec = atr.mapping(attribution_snapshot["source_id"])
-    month = pipeline.parse_month(attribution_snapshot["month"])
-    built = pipeline.build_month(spec, month, settings, progress=context.log.info)
+    spec = atr.mapping(attribution_snapshot.source_id)
+    built = pipeline.build_month(spec, attribution_snapshot.month, settings, progress=context.log.info)
     report = pipeline.check_month(built, progress=context.log.info)
+    check = md.conformance_check(report)
+    if not check.passed:
+        built.resources.discard()
+        yield check
+        errors = {r.rule: r.count for r in report.results if r.severity == "error"}
+        raise dg.Failure(
+            description=f"fhir_resources failed conformance, nothing exported: {errors}",
+            metadata={"rules": ", ".join(sorted(errors)), "errors": sum(errors.values()), "resources_checked": report.resources_checked},
+            allow_retries=False,
+        )
     yield dg.Output(built, metadata=md.fhir_metadata(built, spec))
-    yield md.conformance_check(report)
+    yield check
 
 
 @dg.asset(
@@ -204,12 +214,12 @@ def fhir_resources(context: dg.AssetExecutionContext, atr: AtrHome, attribution_
     owners=OWNERS,
     retry_policy=IO_RETRY,
 )
-def bulk_export(context: dg.AssetExecutionContext, atr: AtrHome, fhir_resources: pipeline.BuiltMonth, validated_rows: ValidateOutcome) -> str:
+def bulk_export(context: dg.AssetExecutionContext, atr: AtrHome, fhir_resources: pipeline.BuiltMonth, validated_rows: ValidatedHandle) -> str:
     """The Bulk Data style export folder: manifest.json, one NDJSON per resource type, rejects as OperationOutcome."""
     settings = atr.settings()
-    export_dir = pipeline.export_month(fhir_resources, settings, errors=validated_rows.outcomes, progress=context.log.info)
-    if validated_rows.validated is not None:  # the ledger says the delivery made it all the way
-        pipeline.mark_processed(validated_rows.validated.landed, settings)
+    export_dir = pipeline.export_month(fhir_resources, settings, errors=handles.load_outcomes(validated_rows), progress=context.log.info)
+    pipeline.mark_processed(validated_rows.landed, settings)  # the ledger says the delivery made it all the way
+    handles.discard(validated_rows.folder)  # the staged rows' job is done; history and the export hold them now
     context.add_output_metadata(md.export_metadata(export_dir))
     return str(export_dir)
 
@@ -223,8 +233,8 @@ def bulk_export(context: dg.AssetExecutionContext, atr: AtrHome, fhir_resources:
     check_specs=[dg.AssetCheckSpec("load_complete", asset="server_load", partitions_def=PARTITIONS,
                                    description="Every exported resource is on the server: no failed entries, and the server holds at least the exported count per type.")],
 )
-def server_load(context: dg.AssetExecutionContext, bulk_export: str):
+def server_load(context: dg.AssetExecutionContext, fhir_server: FhirServer, bulk_export: str) -> Iterator:
     """The month's export PUT into the FHIR server at ATR_FHIR_URL (by deterministic id: re-runs never duplicate; resumable)."""
-    report, server_counts = pipeline.load_to_server(bulk_export, progress=context.log.info)
+    report, server_counts = pipeline.load_to_server(bulk_export, server_url=fhir_server.url or None, progress=context.log.info)
     yield dg.Output(report.status, metadata=md.load_metadata(report, server_counts))
     yield md.load_check(report, server_counts)

@@ -7,12 +7,15 @@ from datetime import date, datetime
 
 import dagster as dg
 
+from atr_pipeline.defs.lateness import delivery_checks
 from atr_pipeline.defs.partitions import partition_key, source_ids
 
 attribution_job = dg.define_asset_job(
     "attribution_job",
     selection=dg.AssetSelection.groups("sources", "layouts", "validate", "history", "fhir", "publish")
-    - dg.AssetSelection.assets("server_load"),
+    - dg.AssetSelection.assets("server_load")
+    # the lateness checks look at every month of a source, not at this partition: their own daily job
+    - delivery_checks(),
     description="One month of one source: land, read, validate, diff, build FHIR, export.",
 )
 
@@ -51,6 +54,12 @@ def schedules() -> list[dg.ScheduleDefinition]:
     if not 1 <= day <= 28:
         raise ValueError(f"ATR_SCHEDULE_DAY must be 1..28 (every month has it), got {day}")
     return [monthly_schedule(s, day) for s in source_ids()]
+
+
+@dg.definitions
+def automation_definitions() -> dg.Definitions:
+    """This module's part of the code location (dg.load_from_defs_folder merges every module of defs/)."""
+    return dg.Definitions(jobs=[attribution_job, load_job], schedules=schedules(), sensors=[attribution_failure_sensor])
 
 
 # What to do, by the step that failed. Read by the failure sensor and shown in the run's logs.

@@ -11,14 +11,28 @@ from typing import Any
 
 import dagster as dg
 
-from atr_pipeline.canonical import FIELD_BY_NAME, FIELDS
+from atr_pipeline.canonical import FIELDS
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.layouts.spec import FieldSpec, MappingSpec
 
 MAX_EXAMPLE_LINES = 5
 
 
-def provenance(landed: Any) -> dict[str, Any]:
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+IG_URL = "https://hl7.org/fhir/us/davinci-atr/"
+
+
+def links(spec: MappingSpec | None = None, settings: Any = None) -> dict[str, Any]:
+    """Where an analyst reads more: the mapping file, the analyst guide, the ATR IG (paths and urls)."""
+    out: dict[str, Any] = {"ig": dg.MetadataValue.url(IG_URL)}
+    if (DOCS / "ANALYST.md").is_file():
+        out["docs"] = dg.MetadataValue.path(str(DOCS / "ANALYST.md"))
+    if spec is not None and settings is not None:
+        out["mapping_file"] = dg.MetadataValue.path(str(settings.mappings_dir / f"{spec.source_id}.yaml"))
+    return out
+
+
+def provenance(landed: Any, spec: MappingSpec | None = None, settings: Any = None) -> dict[str, Any]:
     return {
         "file_name": landed.original_name,
         "sha256": landed.sha256,
@@ -27,7 +41,16 @@ def provenance(landed: Any) -> dict[str, Any]:
         "source": landed.source_id,
         "reporting_month": f"{landed.month:%Y-%m}",
         "supersedes_sha256": landed.supersedes or "",
+        "landed_path": dg.MetadataValue.path(str(landed.path)),
+        **links(spec, settings),
     }
+
+
+def counts_table(counts: dict[str, int], key: str) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({key: k, "count": int(v)}) for k, v in counts.items()],
+        schema=dg.TableSchema(columns=[dg.TableColumn(key, "string"), dg.TableColumn("count", "int")]),
+    )
 
 
 def canonical_schema() -> dg.TableSchema:
@@ -48,11 +71,21 @@ def source_column(spec: FieldSpec) -> str | None:
 
 
 def mapping_lineage_markdown(spec: MappingSpec) -> str:
-    """Source column -> canonical field -> FHIR element, one line per mapped field."""
-    rows = ["| source column | canonical field | ATR element |", "|---|---|---|"]
+    """Source column -> canonical field -> FHIR elements, one line per mapped field.
+
+    The elements are measured on the FHIR builders (defs/lineage.py), not copied from a table.
+    """
+    from atr_pipeline.defs.lineage import fhir_lineage
+
+    elements: dict[str, list[str]] = {}
+    for element, fields in fhir_lineage(spec).items():
+        for f in fields:
+            elements.setdefault(f, []).append(element)
+    rows = ["| source column | canonical field | FHIR elements |", "|---|---|---|"]
     for name, f in spec.fields.items():
         src = source_column(f) or (f"constant `{f.constant}`" if f.constant is not None else f"default `{f.default}`")
-        rows.append(f"| {src} | `{name}` | {FIELD_BY_NAME[name].fhir or '(lineage / not in FHIR)'} |")
+        carried = ", ".join(f"`{e}`" for e in elements.get(name, [])) or "(not in FHIR)"
+        rows.append(f"| {src} | `{name}` | {carried} |")
     return "\n".join(rows)
 
 
@@ -65,35 +98,21 @@ def canonical_lineage(spec: MappingSpec) -> dg.TableColumnLineage:
     return dg.TableColumnLineage(deps_by_column=deps)
 
 
-def fhir_lineage(spec: MappingSpec) -> dg.TableColumnLineage:
-    deps: dict[str, list[dg.TableColumnDep]] = {}
-    for name in spec.fields:
-        for element in (e.strip() for e in FIELD_BY_NAME[name].fhir.split(";")):
-            if element:
-                deps.setdefault(element, []).append(dg.TableColumnDep(asset_key=dg.AssetKey("canonical_rows"), column_name=name))
-    return dg.TableColumnLineage(deps_by_column=dict(sorted(deps.items())))
-
-
-def read_metadata(read: Any, refused: FileRefused | None, spec: MappingSpec) -> dict[str, Any]:
+def read_metadata(read: Any, spec: MappingSpec, settings: Any) -> dict[str, Any]:
+    structural = read.structural_rejects.get_column("line_number").n_unique() if read.structural_rejects.height else 0
     meta: dict[str, Any] = {
+        "dagster/row_count": dg.MetadataValue.int(read.rows.height),
+        "records_read": dg.MetadataValue.int(read.records_read),
+        "structural_rejects": dg.MetadataValue.int(structural),
+        "control_actual_records": dg.MetadataValue.int(read.control.actual_records),
+        "mapping": spec.source_id,
         "dagster/column_schema": canonical_schema(),
         "dagster/column_lineage": canonical_lineage(spec),
-        "mapping": spec.source_id,
         "column_lineage_table": dg.MetadataValue.md(mapping_lineage_markdown(spec)),
+        **links(spec, settings),
     }
-    if refused is not None:
-        meta.update({"refused": True, "refused_rule": refused.rule, "refused_reason": refused.reason, "dagster/row_count": 0})
-        return meta
-    meta.update(
-        {
-            "refused": False,
-            "dagster/row_count": read.rows.height,
-            "records_read": read.records_read,
-            "structural_rejects": read.structural_rejects.get_column("line_number").n_unique() if read.structural_rejects.height else 0,
-            "control_expected_records": read.control.expected_records if read.control.expected_records is not None else "not declared",
-            "control_actual_records": read.control.actual_records,
-        }
-    )
+    if read.control.expected_records is not None:
+        meta["control_expected_records"] = dg.MetadataValue.int(read.control.expected_records)
     return meta
 
 
@@ -138,12 +157,12 @@ def _failure_rows(rejects: Any) -> list[dict[str, Any]]:
 
 def validate_metadata(validated: Any, csv_path: Path) -> dict[str, Any]:
     return {
-        "dagster/row_count": validated.rows_accepted,
-        "rows_read": validated.records_read,
-        "rows_accepted": validated.rows_accepted,
-        "rows_rejected": validated.rows_rejected,
+        "dagster/row_count": dg.MetadataValue.int(validated.rows_accepted),
+        "rows_read": dg.MetadataValue.int(validated.records_read),
+        "rows_accepted": dg.MetadataValue.int(validated.rows_accepted),
+        "rows_rejected": dg.MetadataValue.int(validated.rows_rejected),
         "rejects_by_rule": rejects_table(_failure_rows(validated.rejects)),
-        "warnings_by_rule": dg.MetadataValue.json(validated.warnings_by_rule),
+        "warnings_by_rule": counts_table(validated.warnings_by_rule, "rule"),
         "rejects_csv": dg.MetadataValue.path(str(csv_path)),
     }
 
@@ -164,13 +183,27 @@ def threshold_check(validated: Any, refused: FileRefused | None, spec: MappingSp
     )
 
 
+CHANGE_TYPES = ("new", "changed", "nochange", "dropped")
+
+
+def change_type_counts(change_types: dict[str, int]) -> dict[str, Any]:
+    """One int entry per change type (0 when absent), so Dagster plots each one over the months."""
+    return {name: dg.MetadataValue.int(int(change_types.get(name, 0))) for name in CHANGE_TYPES}
+
+
 def history_metadata(summary: dict[str, Any]) -> dict[str, Any]:
+    lineage = summary["lineage"]
     return {
-        "dagster/row_count": summary["member_entries"],
-        "member_entries": summary["member_entries"],
-        "change_types": dg.MetadataValue.json(summary["change_types"]),
+        "dagster/row_count": dg.MetadataValue.int(summary["member_entries"]),
+        "members": dg.MetadataValue.int(summary["member_entries"]),
+        **change_type_counts(summary["change_types"]),
+        "change_types": counts_table(summary["change_types"], "change_type"),
         "previous_month": summary.get("previous_month") or "none (first month)",
-        "lineage": dg.MetadataValue.json(summary["lineage"]),
+        "deliveries": dg.MetadataValue.table(
+            records=[dg.TableRecord({"file_name": str(d.get("file_name")), "file_sha256": str(d.get("file_sha256")), "rows": int(d.get("rows") or 0)})
+                     for d in lineage],
+            schema=dg.TableSchema(columns=[dg.TableColumn("file_name", "string"), dg.TableColumn("file_sha256", "string"), dg.TableColumn("rows", "int")]),
+        ),
         "trends": dg.MetadataValue.md(summary["trends_markdown"]),
         "trend_chart": dg.MetadataValue.md(summary["trend_bars"]),
         "trend_chart_vega_lite": dg.MetadataValue.json(summary["trend_chart"]),
@@ -188,15 +221,32 @@ def history_check(summary: dict[str, Any]) -> dg.AssetCheckResult:
     )
 
 
+def resource_counts(counts: dict[str, int]) -> dict[str, Any]:
+    """One int entry per resource type (``resources_Patient``...) plus the table of all of them."""
+    out: dict[str, Any] = {f"resources_{t}": dg.MetadataValue.int(int(n)) for t, n in sorted(counts.items())}
+    out["resources_by_type"] = counts_table(dict(sorted(counts.items())), "resource_type")
+    return out
+
+
 def fhir_metadata(built: Any, spec: MappingSpec) -> dict[str, Any]:
+    from atr_pipeline.defs.lineage import fhir_lineage, lineage_markdown
+    from atr_pipeline.systems import PROFILE_GROUP
+
+    lineage = fhir_lineage(spec)
     return {
-        "dagster/row_count": sum(built.resources_by_type.values()),
-        "resources_by_type": dg.MetadataValue.json(built.resources_by_type),
-        "member_entries": built.member_entries,
-        "change_types": dg.MetadataValue.json(built.change_types),
-        "group_versions": dg.MetadataValue.json(built.group_versions),
+        "dagster/row_count": dg.MetadataValue.int(sum(built.resources_by_type.values())),
+        **resource_counts(built.resources_by_type),
+        "members": dg.MetadataValue.int(built.member_entries),
+        **change_type_counts(built.change_types),
+        "group_versions": counts_table({c: int(v) for c, v in sorted(built.group_versions.items())}, "contract_id"),
         "transaction_time": built.transaction_time.isoformat(),
-        "dagster/column_lineage": fhir_lineage(spec),
+        "dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
+            element: [dg.TableColumnDep(asset_key=dg.AssetKey("canonical_rows"), column_name=f) for f in fields]
+            for element, fields in lineage.items()
+        }),
+        "column_lineage": dg.MetadataValue.md(lineage_markdown(lineage, spec)),
+        "ig_group_profile": dg.MetadataValue.url(PROFILE_GROUP),
+        **links(),
     }
 
 
@@ -229,10 +279,11 @@ def export_metadata(export_dir: Path) -> dict[str, Any]:
     errors = sum(e.count for e in manifest.error)
     return {
         "export_dir": dg.MetadataValue.path(str(export_dir)),
+        "manifest": dg.MetadataValue.path(str(export_dir / "manifest.json")),
         "transaction_time": manifest.transaction_time,
-        "resources_by_type": dg.MetadataValue.json(counts),
-        "files": len(manifest.output),
-        "operation_outcomes": errors,
+        **resource_counts(counts),
+        "files": dg.MetadataValue.int(len(manifest.output)),
+        "operation_outcomes": dg.MetadataValue.int(errors),
     }
 
 

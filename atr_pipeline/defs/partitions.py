@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import os
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 
-from atr_pipeline.layouts.spec import load_mappings
-
 
 def source_ids() -> list[str]:
-    """Source ids from the mappings folder (ATR_MAPPINGS_DIR, default ./mappings)."""
-    folder = os.environ.get("ATR_MAPPINGS_DIR") or "mappings"
-    try:
-        return sorted(load_mappings(folder))
-    except Exception:  # an invalid mapping shows up when it is used, not as a broken code location
-        return sorted(p.rsplit("/", 1)[-1].removesuffix(".yaml") for p in _yaml_files(folder))
+    """Source ids: the mapping file names in ATR_MAPPINGS_DIR (default ./mappings), broken ones included.
 
-
-def _yaml_files(folder: str) -> list[str]:
-    from pathlib import Path
-
-    return [str(p) for p in Path(folder).glob("*.yaml")]
+    A mapping's id is its file name, so a broken YAML keeps its partitions (and asset keys stay
+    stable); mapping_errors_sensor reports what is wrong with it.
+    """
+    folder = Path(os.environ.get("ATR_MAPPINGS_DIR") or "mappings")
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
 MONTHS = dg.MonthlyPartitionsDefinition(

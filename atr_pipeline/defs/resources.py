@@ -1,4 +1,8 @@
-"""Dagster resources: thin wrappers that hand the plain stage functions their settings."""
+"""Dagster resources: thin wrappers that hand the plain stage functions their settings.
+
+Settings come in through ``dg.EnvVar`` (defs/build.py) so the UI shows which variable each one
+is read from, and the values are read in the run, not frozen into the code location.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import dagster as dg
 
 from atr_pipeline.config import Settings, load_settings
 from atr_pipeline.layouts.spec import MappingSpec, load_mapping
+from atr_pipeline.private import protect_dagster_home
 
 
 class AtrHome(dg.ConfigurableResource):
@@ -18,6 +23,11 @@ class AtrHome(dg.ConfigurableResource):
     home: str = ""
     inbox: str = ""
     mappings_dir: str = ""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Every run: what Dagster wrote under DAGSTER_HOME so far (run and event storage, compute
+        # logs, step outputs) becomes owner-only, and this process creates owner-only files.
+        protect_dagster_home(context.instance.root_directory if context.instance else None)
 
     def settings(self) -> Settings:
         return load_settings(self.home or None, inbox=self.inbox or None, mappings_dir=self.mappings_dir or None)
@@ -109,3 +119,9 @@ def sftp_resource_from_env(environ=None) -> SftpResource:
         else:
             kwargs[fld] = dg.EnvVar(var)
     return SftpResource(**kwargs)  # type: ignore[arg-type]
+
+
+class FhirServer(dg.ConfigurableResource):
+    """The FHIR server server_load PUTs into (ATR_FHIR_URL; ATR_FHIR_KIND and the token stay in the environment)."""
+
+    url: str = ""

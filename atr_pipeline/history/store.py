@@ -54,6 +54,7 @@ from atr_pipeline.history.changes import (
     provider_switches,
 )
 from atr_pipeline.history.locking import file_lock, lock_path_for
+from atr_pipeline.private import private_file, restrict_umask
 from atr_pipeline.history.trends import trend_markdown, trend_vega_lite  # re-exported for callers
 from atr_pipeline.systems import LIST_STATUSES
 
@@ -178,7 +179,8 @@ class HistoryStore:
     def _writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self.write_lock():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(str(self.path))
+            restrict_umask()  # the DuckDB file and its WAL hold PHI: owner-only whatever the umask
+            con = duckdb.connect(str(private_file(self.path) if self.path.exists() else self.path))
             try:
                 _ensure_schema(con)
                 yield con

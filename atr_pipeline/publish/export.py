@@ -40,6 +40,7 @@ import orjson
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from atr_pipeline.private import private_dir
 from atr_pipeline.errors import AtrError
 from atr_pipeline.systems import ATR_EXPORT_TYPE, LOAD_ORDER
 
@@ -292,7 +293,7 @@ def stage_resources(
         raise AtrError("max_lines_per_file must be at least 1")
     pairs = resources.items() if isinstance(resources, Mapping) else resources
     out_dir = Path(out_dir).absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir.parent)  # exports/<source>: the NDJSON holds PHI, owner-only whatever the umask
     _sweep_stale_partials(out_dir)
     staging = staging_dir(out_dir)
     building = out_dir.with_name(f".{out_dir.name}{_PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")

@@ -35,6 +35,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
+from atr_pipeline.private import private_dir
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.layouts.spec import MappingSpec, to_strftime
 
@@ -157,7 +158,7 @@ class Ledger:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)  # 0700 whatever the umask; the ledger and its WAL follow restrict_umask
         with closing(self._connect()) as con:
             con.executescript(_SCHEMA)
         os.chmod(self.path, 0o600)

@@ -25,6 +25,7 @@ import polars as pl
 from atr_pipeline.canonical import REJECT_SCHEMA
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.layouts.spec import MappingSpec
+from atr_pipeline.private import private_dir
 from atr_pipeline.validate.rules import ValidationResult
 
 REJECTS_CSV_COLUMNS: tuple[str, ...] = ("file_name", "line_number", "field", "rule", "reason", "raw_record")
@@ -122,7 +123,7 @@ def write_rejects_csv(
     table = ordered.with_columns(raw).select(list(REJECTS_CSV_COLUMNS))
     table = table.with_columns(_defuse_expr(c) for c in REJECTS_CSV_COLUMNS if table.schema[c] == pl.String)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # rejects carry the raw PHI lines: 0700/0600 whatever the umask
     tmp = path.with_name(path.name + ".part")
     # quote_style "always" keeps raw records with stray delimiters or line breaks in one cell.
     table.write_csv(tmp, include_bom=True, quote_style="always", line_terminator="\r\n")
