@@ -291,11 +291,13 @@ def publish(
 
 def _register_stage_commands() -> None:
     """Commands whose code lives with its stage (each module owns its options and output)."""
+    from atr_pipeline.api.cli import register as register_api
     from atr_pipeline.conform.cli import conform
     from atr_pipeline.history.cli import finalize, trends
     from atr_pipeline.publish.cli import load
     from atr_pipeline.sources.commands import sftp_check, sftp_pull
 
+    register_api(app)  # serve, clients
     app.command("conform")(conform)
     app.command("load")(load)
     app.command("trends")(trends)

@@ -1,0 +1,98 @@
+"""`atr serve` and `atr clients ...`: the producer API's commands (registered from cli.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+clients_app = typer.Typer(help="Register the Backend Services clients (providers) allowed to pull their Groups.",
+                          no_args_is_help=True, add_completion=False)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="address to bind; anything but loopback needs --tls-terminated-in-front")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0 picks a free one; the chosen URL is printed on stdout)")] = 8080,
+    home: Annotated[Optional[Path], typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
+    public_url: Annotated[Optional[str], typer.Option(help="FHIR base URL clients use, e.g. https://atr.example.org/fhir behind a proxy")] = None,
+    tls_terminated_in_front: Annotated[bool, typer.Option("--tls-terminated-in-front", help="a reverse proxy terminates TLS; allows a non-loopback bind")] = False,
+    export_workers: Annotated[int, typer.Option(help="export jobs run at once")] = 2,
+    access_log: Annotated[bool, typer.Option(help="log each request line")] = False,
+) -> None:
+    """Serve the published ATR lists: FHIR REST, SMART Backend Services and $davinci-data-export."""
+    import uvicorn
+
+    from atr_pipeline.api.app import ApiConfig, create_app
+    from atr_pipeline.config import load_settings
+
+    if not _loopback(host) and not tls_terminated_in_front:
+        typer.echo(f"error: refusing to serve plain HTTP on {host}: bind 127.0.0.1 behind a TLS-terminating proxy, "
+                   "or pass --tls-terminated-in-front if one is in front of this address (see docs/API.md)", err=True)
+        raise typer.Exit(2)
+    if public_url and not public_url.startswith("https://") and not _loopback(public_url.split("/")[2].rsplit(":", 1)[0].strip("[]")):
+        typer.echo("error: --public-url must be https:// unless it is a loopback address", err=True)
+        raise typer.Exit(2)
+    settings = load_settings(home)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        typer.echo(f"error: cannot bind {host}:{port} ({exc.strerror})", err=True)
+        raise typer.Exit(2) from None
+    bound = sock.getsockname()[1]
+    app = create_app(ApiConfig(home=settings.home, public_url=public_url, workers=export_workers))
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"serving {settings.home} at {public_url or f'http://{shown}:{bound}/fhir'}", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+@clients_app.command("add")
+def clients_add(
+    group: Annotated[list[str], typer.Option("--group", help="SYSTEM|VALUE of a Group identifier (contract id, NPI, TIN); repeatable")],
+    jwks_file: Annotated[Optional[Path], typer.Option(help="the client's public JWKS (JSON)")] = None,
+    jwks_url: Annotated[Optional[str], typer.Option(help="where the client publishes its JWKS (https)")] = None,
+    home: Annotated[Optional[Path], typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
+) -> None:
+    """Register a client; prints its client_id as the only line on stdout."""
+    from atr_pipeline.api.clients import add_client
+    from atr_pipeline.config import load_settings
+    from atr_pipeline.errors import AtrError
+
+    try:
+        client = add_client(load_settings(home).home, group, jwks_file=jwks_file, jwks_url=jwks_url)
+    except AtrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    sys.stdout.write(client.client_id + "\n")
+
+
+@clients_app.command("list")
+def clients_list(home: Annotated[Optional[Path], typer.Option(help="state folder")] = None) -> None:
+    """Registered clients and the Group identifiers each may see."""
+    from atr_pipeline.api.clients import list_clients
+    from atr_pipeline.config import load_settings
+
+    for client in list_clients(load_settings(home).home):
+        keys = f"jwks-url {client.jwks_url}" if client.jwks_url else f"{len(client.jwks['keys'])} key(s)" if client.jwks else "no keys"
+        typer.echo(f"{client.client_id}  {keys}  groups: {', '.join(f'{s}|{v}' for s, v in client.groups)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.add_typer(clients_app, name="clients")
