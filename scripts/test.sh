@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 bash scripts/install/sshd.sh
 bash scripts/install/fhir_server.sh
+bash scripts/install/api_clients.sh
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
