@@ -144,7 +144,8 @@ def concurrent_phase(work: Path, members: int, clients: int) -> None:
                 while not stop.is_set():
                     for path in (f"Group/{_id(5, 0)}?_summary=true", f"Patient/{_id(3, 0)}"):
                         t = time.monotonic()
-                        assert http.get(f"{base}/{path}").status_code == 200
+                        res = http.get(f"{base}/{path}")
+                        assert res.status_code == 200, res.text[:300]
                         latencies.append(time.monotonic() - t)
                     time.sleep(0.05)
 

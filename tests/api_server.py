@@ -112,7 +112,7 @@ class ClientKey:
         return form
 
     def token(self, base: str, scope: str = "system/*.read") -> str:
-        res = httpx.post(f"{base}/auth/token", data=self.token_form(f"{base}/auth/token", scope))
+        res = httpx.post(f"{base}/auth/token", data=self.token_form(f"{base}/auth/token", scope), timeout=120)
         assert res.status_code == 200, res.text
         return res.json()["access_token"]
 

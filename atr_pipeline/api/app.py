@@ -395,7 +395,7 @@ async def data_export(request: Request) -> Response:
                         headers={"Retry-After": "10"})
     job = Job(id="", client_id=client.client_id, group_id=group_id, request=str(request.url), **parsed)
     job = await run_in_threadpool(ctx.jobs.create, job)
-    ctx.jobs.submit(job, ctx.catalog.snapshot, ctx.client)
+    ctx.jobs.submit(job)
     status_url = f"{ctx.base(request)}/bulkstatus/{job.id}"
     return _json(operation_outcome("informational", "export accepted; poll the Content-Location URL", "information"),
                  202, {"Content-Location": status_url})
@@ -483,7 +483,7 @@ def create_app(config: ApiConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(ctx.jobs.cleanup)
-        await run_in_threadpool(ctx.jobs.resume, ctx.catalog.snapshot, ctx.client)
+        await run_in_threadpool(ctx.jobs.resume)
 
         async def cleanup_loop() -> None:
             while True:

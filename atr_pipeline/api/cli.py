@@ -93,6 +93,52 @@ def clients_list(home: Annotated[Optional[Path], typer.Option(help="state folder
         typer.echo(f"{client.client_id}  {keys}  groups: {', '.join(f'{s}|{v}' for s, v in client.groups)}")
 
 
+
+
+@clients_app.command("keygen")
+def clients_keygen(
+    out: Annotated[Path, typer.Option(help="folder for private_key.pem (0600) and jwks.json")],
+    alg: Annotated[str, typer.Option(help="ES384 or RS384")] = "ES384",
+) -> None:
+    """Make a provider key pair to try the API (a real provider makes its own and sends only jwks.json)."""
+    from atr_pipeline.api.provider import make_key_pair
+
+    key_path, jwks_path, kid = make_key_pair(out, alg)
+    typer.echo(f"{jwks_path}\n{key_path}\nkid {kid}", err=True)
+
+
+@clients_app.command("assertion")
+def clients_assertion(
+    client_id: Annotated[str, typer.Option(help="the client_id `atr clients add` printed")],
+    key: Annotated[Path, typer.Option(help="the client's private_key.pem")],
+    token_url: Annotated[str, typer.Option(help="the server's token endpoint (the assertion's aud)")],
+) -> None:
+    """Print a signed client assertion (5 minutes, new jti) for a token request with curl."""
+    from atr_pipeline.api.provider import signed_assertion
+
+    sys.stdout.write(signed_assertion(token_url, client_id, key) + "\n")
+
+
+def pull(
+    base: Annotated[str, typer.Option(help="the server's FHIR base URL, e.g. http://127.0.0.1:8080/fhir")],
+    client_id: Annotated[str, typer.Option(help="the client_id `atr clients add` printed")],
+    key: Annotated[Path, typer.Option(help="the client's private_key.pem")],
+    identifier: Annotated[str, typer.Option(help="SYSTEM|VALUE of the Group to pull (contract id, NPI, TIN)")],
+    out: Annotated[Path, typer.Option(help="folder for the NDJSON files and manifest.json")],
+) -> None:
+    """The provider's side: token, find the Group, $davinci-data-export, poll, download (then `atr conform OUT`)."""
+    from atr_pipeline.api.provider import pull as run_pull
+    from atr_pipeline.errors import AtrError
+
+    try:
+        counts = run_pull(base, client_id, key, identifier, out)
+    except AtrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(", ".join(f"{t} {n}" for t, n in counts.items()) + f" -> {out}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
+    app.command("pull")(pull)
     app.add_typer(clients_app, name="clients")

@@ -11,7 +11,8 @@ while the references of its members are collected; Coverage and PractitionerRole
 what they refer to (the subscriber RelatedPerson, the payer, the Practitioner behind a role);
 every other file of the month is read line by line and a line is written when its id was
 referred to. Only the referenced ids are held in memory, never the resources.
-With ``patient``, the Group line is read whole to cut it to those members (known limit).
+Jobs run in worker processes (``--export-workers``, default 2), so exports never slow the request
+handlers. With ``patient``, the Group line is read whole to cut it to those members (known limit).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import logging
 import os
 import re
 import shutil
-import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,11 +32,11 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from atr_pipeline.api.catalog import CatalogView, GroupEntry, MonthExport
-from atr_pipeline.api.clients import Client
+from atr_pipeline.api.catalog import Catalog, CatalogView, GroupEntry, MonthExport
+from atr_pipeline.api.clients import Client, load_client
 from atr_pipeline.api.fhir_errors import outcome_bytes
 from atr_pipeline.api.reads import group_entries
-from atr_pipeline.api.state import api_home, owner_dir, write_private
+from atr_pipeline.api.state import api_home, owner_dir
 from atr_pipeline.publish.group_split import split_group
 
 log = logging.getLogger(__name__)
@@ -138,14 +139,20 @@ class _SplitWriter:
 
 
 class JobStore:
+    """Job files under ``ATR_HOME/api/jobs``; with ``workers`` > 0 also the pool of export processes.
+
+    Exports run in worker processes, not threads: filtering a month line by line is CPU work in
+    Python, and in the server's process it would hold the GIL the request handlers need.
+    A worker indexes the published months itself and reports only through the job file.
+    """
+
     def __init__(self, home: Path, *, retention: timedelta = DEFAULT_RETENTION, max_file_bytes: int = DEFAULT_FILE_BYTES,
                  workers: int = 2):
-        self.root = owner_dir(api_home(home) / "jobs")
+        self.home = Path(home)
+        self.root = owner_dir(api_home(self.home) / "jobs")
         self.retention = retention
         self.max_file_bytes = max_file_bytes
-        self._lock = threading.Lock()
-        self._cancelled: set[str] = set()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atr-export")
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) if workers else None
 
     # ------------------------------------------------------------------ persistence
 
@@ -155,7 +162,19 @@ class JobStore:
         return self.root / job_id
 
     def save(self, job: Job) -> None:
-        write_private(self.folder(job.id) / "job.json", orjson.dumps(asdict(job), option=orjson.OPT_INDENT_2))
+        """Rewrite job.json atomically; Cancelled when the job's folder is gone (DELETE won)."""
+        folder = self.folder(job.id)
+        tmp = folder / f".job.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            raise Cancelled() from None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(orjson.dumps(asdict(job), option=orjson.OPT_INDENT_2))
+        try:
+            os.replace(tmp, folder / "job.json")
+        except FileNotFoundError:
+            raise Cancelled() from None
 
     def load(self, job_id: str) -> Job | None:
         try:
@@ -164,7 +183,7 @@ class JobStore:
             return None
 
     def all_jobs(self) -> list[Job]:
-        found = (self.load(p.name) for p in sorted(self.root.iterdir()) if p.is_dir())
+        found = (self.load(p.name) for p in sorted(self.root.iterdir()) if p.is_dir() and _JOB_ID.match(p.name))
         return [j for j in found if j is not None]
 
     def active_count(self, client_id: str) -> int:
@@ -180,81 +199,101 @@ class JobStore:
         self.save(job)
         return job
 
-    def submit(self, job: Job, view_of: Any, client_of: Any) -> None:
-        self._pool.submit(self._run, job.id, view_of, client_of)
+    def submit(self, job: Job) -> None:
+        assert self._pool is not None, "a JobStore without workers only reads and writes job files"
+        self._pool.submit(_execute, str(self.home), job.id, self.max_file_bytes, self.retention.total_seconds())
 
     def cancel(self, job_id: str) -> None:
-        with self._lock:
-            self._cancelled.add(job_id)
-        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        """Move the job's folder out of the way (one rename, so a worker's next write fails), then delete it."""
+        trash = self.root / f".cancelled-{job_id}"
+        try:
+            os.rename(self.folder(job_id), trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
 
     def cleanup(self, now: datetime | None = None) -> list[str]:
-        """Delete jobs whose retention has passed; returns their ids."""
+        """Delete jobs whose retention has passed, and leftovers of cancelled ones; returns the expired ids."""
         now = now or datetime.now(UTC)
         gone = []
         for job in self.all_jobs():
             if job.expires and parse_instant(job.expires) <= now:
-                shutil.rmtree(self.folder(job.id), ignore_errors=True)
+                self.cancel(job.id)
                 gone.append(job.id)
-        for stray in self.root.glob(".*.tmp"):
-            stray.unlink(missing_ok=True)
+        for stray in self.root.glob(".cancelled-*"):
+            shutil.rmtree(stray, ignore_errors=True)
         return gone
 
-    def resume(self, view_of: Any, client_of: Any) -> list[str]:
+    def resume(self) -> list[str]:
         """Run again every job a stopped server left unfinished."""
         resumed = []
         for job in self.all_jobs():
             if job.status in ACTIVE:
                 resumed.append(job.id)
-                self.submit(job, view_of, client_of)
+                self.submit(job)
         return resumed
 
     def shutdown(self) -> None:
+        """Stop the workers now; a job they were running stays in-progress and is resumed at the next start."""
+        if self._pool is None:
+            return
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=5)
 
-    def _run(self, job_id: str, view_of: Any, client_of: Any) -> None:
+    def run(self, job_id: str, catalog: Catalog) -> None:
+        """Run one job to its end (in a worker process); every outcome is written to its job file."""
         job = self.load(job_id)
         if job is None or job.status not in ACTIVE:
             return
         folder = self.folder(job.id)
-        for old in folder.glob("*.ndjson"):
-            old.unlink()  # a resumed job starts over
-        job.status, job.progress = "in-progress", "reading the Group"
-        self._save_unless_cancelled(job)
         try:
-            client: Client | None = client_of(job.client_id)
+            for old in folder.glob("*.ndjson"):
+                old.unlink()  # a resumed job starts over
+            job.status, job.progress = "in-progress", "reading the Group"
+            self.save(job)
+            client = load_client(self.home, job.client_id)
             if client is None:
                 raise LookupError("the client was removed")
-            output, errors, month = run_export(job, view_of(), client, folder, self.max_file_bytes, self._check(job))
-        except Cancelled:
-            return
-        except Exception as exc:  # noqa: BLE001 - any failure becomes the job's OperationOutcome, the server goes on
-            log.warning("export job %s failed: %s", job.id, type(exc).__name__)
-            job.status, job.failure = "failed", f"export failed ({type(exc).__name__})"
+            try:
+                output, errors, month = run_export(job, catalog.snapshot(force=True), client, folder, self.max_file_bytes,
+                                                   self._check(job))
+            except Cancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure becomes the job's OperationOutcome
+                log.warning("export job %s failed: %s", job.id, type(exc).__name__)
+                job.status, job.failure = "failed", f"export failed ({type(exc).__name__})"
+            else:
+                job.output, job.error, job.month = output, errors, month
+                job.status, job.progress = "completed", "complete"
             job.finished = now_instant()
             job.expires = (datetime.now(UTC) + self.retention).isoformat()
-            self._save_unless_cancelled(job)
-            return
-        job.output, job.error, job.month = output, errors, month
-        job.status, job.progress, job.finished = "completed", "complete", now_instant()
-        job.expires = (datetime.now(UTC) + self.retention).isoformat()
-        self._save_unless_cancelled(job)
+            self.save(job)
+        except (Cancelled, FileNotFoundError):
+            return  # DELETE removed the folder while the job ran
 
     def _check(self, job: Job) -> Any:
         def check(progress: str | None = None) -> None:
-            if job.id in self._cancelled:
+            if not self.folder(job.id).is_dir():
                 raise Cancelled()
             if progress and progress != job.progress:
                 job.progress = progress
-                self._save_unless_cancelled(job)
+                self.save(job)
 
         return check
 
-    def _save_unless_cancelled(self, job: Job) -> None:
-        with self._lock:
-            if job.id in self._cancelled or not self.folder(job.id).exists():
-                raise Cancelled()
-            self.save(job)
+
+_catalogs: dict[str, Catalog] = {}
+
+
+def _execute(home: str, job_id: str, max_file_bytes: int, retention_seconds: float) -> None:
+    """Entry point of an export worker process: one job."""
+    catalog = _catalogs.setdefault(home, Catalog(Path(home) / "exports"))
+    store = JobStore(Path(home), retention=timedelta(seconds=retention_seconds), max_file_bytes=max_file_bytes, workers=0)
+    store.run(job_id, catalog)
 
 
 def choose_version(entries: list[GroupEntry], until: str | None) -> GroupEntry | None:
