@@ -345,7 +345,7 @@ def _instant(name: str, text: str) -> str:
     return text
 
 
-async def _parse_export(request: Request, ats: bool) -> dict[str, Any]:
+async def _parse_export(request: Request) -> dict[str, Any]:
     params = list(request.query_params.multi_items())
     if request.method == "POST":
         raw = await request.body()
@@ -360,7 +360,8 @@ async def _parse_export(request: Request, ats: bool) -> dict[str, Any]:
             raise not_supported("_typeFilter is not supported by this server; filter the files after download")
         if name not in EXPORT_PARAMS:
             raise bad_request(f"unknown $davinci-data-export parameter {name!r}; supported: {', '.join(EXPORT_PARAMS[:-1])}")
-        found.setdefault(name, []).extend(v for v in value.split(",") if v) if name in ("_type", "patient") else found.setdefault(name, []).append(value)
+        # _type and patient may repeat and hold comma lists; for the others the last one wins
+        found.setdefault(name, []).extend([v for v in value.split(",") if v] if name in ("_type", "patient") else [value])
     export_type = (found.get("exportType") or [ATR_EXPORT_TYPE])[-1]
     if export_type not in EXPORT_TYPES:
         raise not_supported(f"exportType {export_type!r} is not supported; use {ATR_EXPORT_TYPE}")
@@ -386,7 +387,7 @@ async def data_export(request: Request) -> Response:
     group_id = request.path_params["id"]
     view = await _view(request)
     reads.group_entries(view, client, group_id)  # 404 before anything else for another's Group
-    parsed = await _parse_export(request, True)
+    parsed = await _parse_export(request)
     denied = [t for t in parsed["types"] if not grant.allows(t)]
     if denied:
         raise forbidden(f"the token's scopes do not cover {', '.join(denied)}")

@@ -18,6 +18,7 @@ pipeline writes last) is kept in memory; members are read from the file in chunk
 from __future__ import annotations
 
 import hashlib
+import logging
 import mmap
 import os
 import re
@@ -43,6 +44,7 @@ _MEMBER_MARK = b',"member":['
 _MONTH = re.compile(r"^\d{4}-\d{2}$")
 _REF = re.compile(rb'"reference":"(Patient|Coverage|Practitioner|PractitionerRole|Organization|RelatedPerson|Location)/([^"\\/]+)"')
 _REFRESH_SECONDS = 1.0
+log = logging.getLogger(__name__)
 assert set(LOAD_ORDER) <= set(RESOURCE_TYPES)
 
 
@@ -303,6 +305,9 @@ class Catalog:
                         break
                     except FileNotFoundError:
                         time.sleep(0.05)
+                    except ValueError as exc:  # not servable (a gzipped export, a broken manifest): skip, keep serving the rest
+                        log.warning("not serving %s/%s: %s", key[0], key[1], type(exc).__name__)
+                        break
         self._months = found
         months = tuple(found[k] for k in sorted(found, key=lambda k: (k[1], k[0])))
         groups: dict[str, list[GroupEntry]] = {}
