@@ -144,11 +144,9 @@ class MonthExport:
             offset += len(chunk)
             yield chunk
 
-    def iter_lines(self, name: str) -> Iterator[bytes]:
-        """Lines of a file (with their newline), read through the descriptor opened at index time."""
-        with os.fdopen(os.dup(self._fds[name]), "rb", buffering=CHUNK) as fh:
-            fh.seek(0)
-            yield from fh
+    def descriptor_path(self, name: str) -> str:
+        """A path that opens the file indexed, even after publish/ swapped the folder (Linux /proc)."""
+        return f"/proc/self/fd/{self._fds[name]}"
 
     def _map(self, name: str) -> mmap.mmap | None:
         with self._map_lock:

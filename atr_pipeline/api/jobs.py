@@ -8,9 +8,10 @@ the status URL cancels a job and deletes its files at once.
 
 Streaming: the Group line is copied (or, with ``patient``, cut to those members) chunk by chunk
 while the references of its members are collected; Coverage and PractitionerRole lines then add
-what they refer to (the subscriber RelatedPerson, the payer, the Practitioner behind a role);
-every other file of the month is read line by line and a line is written when its id was
-referred to. Only the referenced ids are held in memory, never the resources.
+what they refer to (the subscriber RelatedPerson, the payer, the Practitioner behind a role).
+Each published file of a wanted type goes through a polars streaming filter (scan, keep the lines
+whose id was referred to, sink) straight into the job folder, so only the referenced ids are held
+in memory, never the resources, and the lines are the published bytes.
 Jobs run in worker processes (``--export-workers``, default 2), so exports never slow the request
 handlers. With ``patient``, the Group line is read whole to cut it to those members (known limit).
 """
@@ -31,8 +32,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+import polars as pl
 
-from atr_pipeline.api.catalog import Catalog, CatalogView, GroupEntry, MonthExport
+from atr_pipeline.api.catalog import CHUNK, Catalog, CatalogView, GroupEntry, MonthExport
 from atr_pipeline.api.clients import Client, load_client
 from atr_pipeline.api.fhir_errors import outcome_bytes
 from atr_pipeline.api.reads import group_entries
@@ -45,7 +47,6 @@ ACTIVE = ("accepted", "in-progress")
 DEFAULT_RETENTION = timedelta(hours=float(os.environ.get("ATR_API_JOB_RETENTION_HOURS") or 24))
 DEFAULT_FILE_BYTES = int(os.environ.get("ATR_API_EXPORT_FILE_BYTES") or 256 * 2**20)
 MAX_ACTIVE_PER_CLIENT = 5
-_ID = re.compile(rb'^\{"resourceType":"[A-Za-z]+","id":"([^"]+)"')
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 # Which type's lines say what else to export: (type, the types its references reach).
 _HOPS = (("Coverage", ("RelatedPerson", "Organization", "Patient")),
@@ -127,6 +128,27 @@ class _SplitWriter:
         fh.write(b"\n")
         self._size += 1
         self.files[-1]["count"] += 1
+
+    def add_file(self, path: Path) -> None:
+        """Lines already written to ``path`` (each ending in a newline) become the next part, or
+        are copied line by line when the part size asks for a split."""
+        size = path.stat().st_size
+        if not size:
+            return
+        if size <= self.max_bytes:
+            self.close()
+            name = f"{self.type}.{len(self.files) + 1:03d}.ndjson"
+            lines = 0
+            with open(path, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    lines += chunk.count(b"\n")
+            os.chmod(path, 0o600)
+            os.rename(path, self.folder / name)
+            self.files.append({"type": self.type, "file": name, "count": lines})
+            return
+        with open(path, "rb") as fh:
+            for line in fh:
+                self.write_line(line.rstrip(b"\n"))
 
     def _next(self) -> BinaryIO:
         self.close()
@@ -324,11 +346,11 @@ def run_export(job: Job, view: CatalogView, client: Client, folder: Path, max_by
         for hop, reaches in _HOPS:
             if hop in writers or any(t in writers for t in reaches):
                 check(hop)
-                _copy_lines(export, hop, wanted, writers.get(hop), collect=True, check=check)
+                _copy_lines(export, hop, wanted, writers.get(hop), folder, collect=True, check=check)
         for resource_type in _WRITE_ORDER:
             if resource_type in writers and resource_type not in ("Group", "Coverage", "PractitionerRole"):
                 check(resource_type)
-                _copy_lines(export, resource_type, wanted, writers[resource_type], collect=False, check=check)
+                _copy_lines(export, resource_type, wanted, writers[resource_type], folder, collect=False, check=check)
     finally:
         for w in writers.values():
             w.close()
@@ -392,24 +414,40 @@ def _tee_refs(chunks: Iterator[bytes], add: Any) -> Iterator[bytes]:
         add(match.group(1).decode(), match.group(2).decode())
 
 
+_ID_TEXT = r'^\{"resourceType":"[A-Za-z]+","id":"([^"]+)"'
+_REF_TEXT = r'"reference":"(?:Patient|Coverage|Practitioner|PractitionerRole|Organization|RelatedPerson|Location)/[^"\\/]+"'
+
+
+def _lines(path: str) -> pl.LazyFrame:
+    # One string column per line: JSON text never holds a raw U+001F, so no line is ever split.
+    return pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, new_columns=["json"],
+                       schema={"json": pl.String()})
+
+
 def _copy_lines(export: MonthExport, resource_type: str, wanted: dict[str, set[str]], writer: _SplitWriter | None,
-                *, collect: bool, check: Any) -> None:
+                folder: Path, *, collect: bool, check: Any) -> None:
+    """Keep the lines of a type whose id the Group reaches: a polars streaming filter from the
+    descriptor the catalog opened (so the same publication) into the job folder."""
     ids = wanted.get(resource_type)
     if not ids:
         return
-    for name in export.files_of(resource_type):
-        for n, line in enumerate(export.iter_lines(name)):
-            if n % 50_000 == 0:
-                check()
-            found = _ID.match(line)
-            if found is None or found.group(1).decode() not in ids:
-                continue
-            line = line.rstrip(b"\r\n")
+    keep = pl.Series("id", sorted(ids), dtype=pl.String()).implode()
+    for n, name in enumerate(export.files_of(resource_type)):
+        check()
+        scratch = folder / f".{resource_type}.{n}.filtering"
+        try:
+            kept = _lines(export.descriptor_path(name)).filter(pl.col("json").str.extract(_ID_TEXT, 1).is_in(keep))
+            kept.sink_csv(scratch, include_header=False, quote_style="never")
             if collect:
-                for t, i in _refs_of(line):
+                refs = (_lines(str(scratch)).select(pl.col("json").str.extract_all(_REF_TEXT).explode().drop_nulls().unique())
+                        .collect().to_series())
+                for ref in refs:
+                    t, _, i = ref[len('"reference":"'):-1].partition("/")
                     wanted.setdefault(t, set()).add(i)
             if writer is not None:
-                writer.write_line(line)
+                writer.add_file(scratch)
+        finally:
+            scratch.unlink(missing_ok=True)
 
 
 def _write_errors(folder: Path, errors: list[bytes]) -> list[dict[str, Any]]:
