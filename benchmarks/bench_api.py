@@ -38,10 +38,14 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from api_server import ClientKey, live_server  # noqa: E402
+from api_server import ClientKey, live_server
 
-from atr_pipeline.api.clients import add_client  # noqa: E402
-from atr_pipeline.systems import EXT_ATTRIBUTED_PROVIDER, EXT_ATTRIBUTION_LIST_STATUS, EXT_COVERAGE_REFERENCE  # noqa: E402
+from atr_pipeline.api.clients import add_client
+from atr_pipeline.systems import (
+    EXT_ATTRIBUTED_PROVIDER,
+    EXT_ATTRIBUTION_LIST_STATUS,
+    EXT_COVERAGE_REFERENCE,
+)
 
 CONTRACTS = "http://example.org/synthetic-payer/contract-id"
 TRANSACTION = "2026-11-01T00:00:00.000Z"
@@ -61,14 +65,12 @@ def write_month(folder: Path, members: int, groups: int) -> dict[str, int]:
     (folder / "PractitionerRole.ndjson").write_text(
         f'{{"resourceType":"PractitionerRole","id":"{role}","organization":{{"reference":"Organization/{org}"}}}}\n')
     with open(folder / "Patient.ndjson", "w") as fh:
-        for n in range(members):
-            fh.write(f'{{"resourceType":"Patient","id":"{_id(3, n)}","identifier":[{{"system":"http://example.org/m","value":"M{n:09d}"}}],'
-                     f'"name":[{{"family":"Test","given":["Member"]}}],"gender":"unknown","birthDate":"1970-01-01"}}\n')
+        fh.writelines(f'{{"resourceType":"Patient","id":"{_id(3, n)}","identifier":[{{"system":"http://example.org/m","value":"M{n:09d}"}}],'
+                     f'"name":[{{"family":"Test","given":["Member"]}}],"gender":"unknown","birthDate":"1970-01-01"}}\n' for n in range(members))
     with open(folder / "Coverage.ndjson", "w") as fh:
-        for n in range(members):
-            fh.write(f'{{"resourceType":"Coverage","id":"{_id(4, n)}","status":"active","subscriberId":"S{n:09d}",'
+        fh.writelines(f'{{"resourceType":"Coverage","id":"{_id(4, n)}","status":"active","subscriberId":"S{n:09d}",'
                      f'"beneficiary":{{"reference":"Patient/{_id(3, n)}"}},"payor":[{{"reference":"Organization/{org}"}}],'
-                     f'"period":{{"start":"2026-01-01"}}}}\n')
+                     f'"period":{{"start":"2026-01-01"}}}}\n' for n in range(members))
     with open(folder / "Group.ndjson", "w") as fh:
         for g in range(groups):
             mine = range(g, members, groups)
@@ -78,10 +80,9 @@ def write_month(folder: Path, members: int, groups: int) -> dict[str, int]:
                     "actual": True, "name": f"Synthetic contract {g}", "managingEntity": {"reference": f"Organization/{org}"},
                     "quantity": len(mine)}
             fh.write(orjson.dumps(head).decode()[:-1] + ',"member":[')
-            for i, n in enumerate(mine):
-                fh.write(("," if i else "") + f'{{"extension":[{{"url":"{EXT_COVERAGE_REFERENCE}","valueReference":{{"reference":"Coverage/{_id(4, n)}"}}}},'
+            fh.writelines(("," if i else "") + f'{{"extension":[{{"url":"{EXT_COVERAGE_REFERENCE}","valueReference":{{"reference":"Coverage/{_id(4, n)}"}}}},'
                          f'{{"url":"{EXT_ATTRIBUTED_PROVIDER}","valueReference":{{"reference":"PractitionerRole/{role}"}}}}],'
-                         f'"entity":{{"reference":"Patient/{_id(3, n)}"}},"period":{{"start":"2026-01-01"}},"inactive":false}}')
+                         f'"entity":{{"reference":"Patient/{_id(3, n)}"}},"period":{{"start":"2026-01-01"}},"inactive":false}}' for i, n in enumerate(mine))
             fh.write("]}\n")
     manifest = {"transactionTime": TRANSACTION, "request": "bench", "requiresAccessToken": True,
                 "output": [{"type": t, "url": f"{t}.ndjson", "count": c} for t, c in counts.items()], "error": [], "extension": {}}

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import stat
 
 import httpx
 import jwt
 import pytest
-
-from api_server import ACME_CONTRACT_SYSTEM, ClientKey, atr, group_ids, live_server, publish, register
+from api_server import (
+    ACME_CONTRACT_SYSTEM,
+    ClientKey,
+    atr,
+    group_ids,
+    live_server,
+    publish,
+    register,
+)
 
 
 @pytest.fixture(scope="module")

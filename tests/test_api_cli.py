@@ -6,7 +6,6 @@ from __future__ import annotations
 import stat
 
 import httpx
-
 from api_server import ACME_CONTRACT_SYSTEM, atr, live_server, publish
 
 

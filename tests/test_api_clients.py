@@ -9,11 +9,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from api_server import (
+    ACME_CONTRACT_SYSTEM,
+    ClientKey,
+    group_ids,
+    live_server,
+    publish,
+    register,
+)
+from fhir_server_fixture import node_executable
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import ResourceNotFound
-
-from fhir_server_fixture import node_executable
-from api_server import ACME_CONTRACT_SYSTEM, ClientKey, group_ids, live_server, publish, register
 
 CLIENTS_DIR = Path(__file__).resolve().parent / "api_clients"
 

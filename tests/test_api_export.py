@@ -12,8 +12,15 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-
-from api_server import ACME_CONTRACT_SYSTEM, ClientKey, atr, group_ids, live_server, publish, register
+from api_server import (
+    ACME_CONTRACT_SYSTEM,
+    ClientKey,
+    atr,
+    group_ids,
+    live_server,
+    publish,
+    register,
+)
 
 ATR_EXPORT = "hl7.fhir.us.davinci-atr"
 

@@ -9,8 +9,17 @@ import time
 
 import httpx
 import orjson
-
-from api_server import ACME_CONTRACT_SYSTEM, ATR, ROOT, ClientKey, env_for, group_ids, live_server, publish, register
+from api_server import (
+    ACME_CONTRACT_SYSTEM,
+    ATR,
+    ROOT,
+    ClientKey,
+    env_for,
+    group_ids,
+    live_server,
+    publish,
+    register,
+)
 
 
 def test_serving_while_the_pipeline_publishes_the_next_months(tmp_path):

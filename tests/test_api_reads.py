@@ -6,8 +6,17 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
+from api_server import (
+    ACME_CONTRACT_SYSTEM,
+    NPI,
+    ClientKey,
+    atr,
+    group_ids,
+    live_server,
+    publish,
+    register,
+)
 
-from api_server import ACME_CONTRACT_SYSTEM, NPI, ClientKey, atr, group_ids, live_server, publish, register
 from atr_pipeline.systems import EXT_ATTRIBUTION_LIST_STATUS
 
 

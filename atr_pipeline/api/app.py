@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -25,11 +25,32 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from atr_pipeline.api import reads
-from atr_pipeline.api.capability import DATA_EXPORT_OPERATION, GROUP_EXPORT_OPERATION, Registered, capability_statement
+from atr_pipeline.api.capability import (
+    DATA_EXPORT_OPERATION,
+    GROUP_EXPORT_OPERATION,
+    Registered,
+    capability_statement,
+)
 from atr_pipeline.api.catalog import RESOURCE_TYPES, Catalog, CatalogView, GroupEntry
 from atr_pipeline.api.clients import Client, load_client
-from atr_pipeline.api.fhir_errors import FHIR_JSON, FhirError, bad_request, forbidden, not_found, not_supported, operation_outcome, unauthorized
-from atr_pipeline.api.jobs import ACTIVE, MAX_ACTIVE_PER_CLIENT, Job, JobStore, now_instant, parse_instant
+from atr_pipeline.api.fhir_errors import (
+    FHIR_JSON,
+    FhirError,
+    bad_request,
+    forbidden,
+    not_found,
+    not_supported,
+    operation_outcome,
+    unauthorized,
+)
+from atr_pipeline.api.jobs import (
+    ACTIVE,
+    MAX_ACTIVE_PER_CLIENT,
+    Job,
+    JobStore,
+    now_instant,
+    parse_instant,
+)
 from atr_pipeline.api.search import SEARCH_PARAMS, parse_group_query
 from atr_pipeline.api.tokens import (
     ASSERTION_ALGORITHMS,

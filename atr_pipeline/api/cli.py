@@ -6,7 +6,7 @@ import ipaddress
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,8 +26,8 @@ def _loopback(host: str) -> bool:
 def serve(
     host: Annotated[str, typer.Option(help="address to bind; anything but loopback needs --tls-terminated-in-front")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port (0 picks a free one; the chosen URL is printed on stdout)")] = 8080,
-    home: Annotated[Optional[Path], typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
-    public_url: Annotated[Optional[str], typer.Option(help="FHIR base URL clients use, e.g. https://atr.example.org/fhir behind a proxy")] = None,
+    home: Annotated[Path | None, typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
+    public_url: Annotated[str | None, typer.Option(help="FHIR base URL clients use, e.g. https://atr.example.org/fhir behind a proxy")] = None,
     tls_terminated_in_front: Annotated[bool, typer.Option("--tls-terminated-in-front", help="a reverse proxy terminates TLS; allows a non-loopback bind")] = False,
     export_workers: Annotated[int, typer.Option(help="export jobs run at once")] = 2,
     access_log: Annotated[bool, typer.Option(help="log each request line")] = False,
@@ -65,9 +65,9 @@ def serve(
 @clients_app.command("add")
 def clients_add(
     group: Annotated[list[str], typer.Option("--group", help="SYSTEM|VALUE of a Group identifier (contract id, NPI, TIN); repeatable")],
-    jwks_file: Annotated[Optional[Path], typer.Option(help="the client's public JWKS (JSON)")] = None,
-    jwks_url: Annotated[Optional[str], typer.Option(help="where the client publishes its JWKS (https)")] = None,
-    home: Annotated[Optional[Path], typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
+    jwks_file: Annotated[Path | None, typer.Option(help="the client's public JWKS (JSON)")] = None,
+    jwks_url: Annotated[str | None, typer.Option(help="where the client publishes its JWKS (https)")] = None,
+    home: Annotated[Path | None, typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
 ) -> None:
     """Register a client; prints its client_id as the only line on stdout."""
     from atr_pipeline.api.clients import add_client
@@ -83,7 +83,7 @@ def clients_add(
 
 
 @clients_app.command("list")
-def clients_list(home: Annotated[Optional[Path], typer.Option(help="state folder")] = None) -> None:
+def clients_list(home: Annotated[Path | None, typer.Option(help="state folder")] = None) -> None:
     """Registered clients and the Group identifiers each may see."""
     from atr_pipeline.api.clients import list_clients
     from atr_pipeline.config import load_settings

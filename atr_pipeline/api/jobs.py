@@ -19,12 +19,12 @@ handlers. With ``patient``, the Group line is read whole to cut it to those memb
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import re
 import shutil
 import uuid
 from collections.abc import Iterator
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,7 +34,13 @@ from typing import Any, BinaryIO
 import orjson
 import polars as pl
 
-from atr_pipeline.api.catalog import CHUNK, Catalog, CatalogView, GroupEntry, MonthExport
+from atr_pipeline.api.catalog import (
+    CHUNK,
+    Catalog,
+    CatalogView,
+    GroupEntry,
+    MonthExport,
+)
 from atr_pipeline.api.clients import Client, load_client
 from atr_pipeline.api.fhir_errors import outcome_bytes
 from atr_pipeline.api.reads import group_entries

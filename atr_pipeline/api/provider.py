@@ -96,8 +96,7 @@ def pull(base: str, client_id: str, key_file: Path, identifier: str, out: Path, 
                 name = item["url"].rsplit("/", 1)[1]
                 with http.stream("GET", item["url"]) as body, open(out / name, "wb") as fh:
                     body.raise_for_status()
-                    for chunk in body.iter_bytes():
-                        fh.write(chunk)
+                    fh.writelines(body.iter_bytes())
                 local[kind].append({**item, "url": name})
                 counts[item["type"]] = counts.get(item["type"], 0) + item["count"]
         (out / "manifest.json").write_bytes(orjson.dumps(local, option=orjson.OPT_INDENT_2))

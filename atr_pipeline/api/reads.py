@@ -18,7 +18,13 @@ from typing import Any
 
 import orjson
 
-from atr_pipeline.api.catalog import MEMBER_TYPES, RESOURCE_TYPES, CatalogView, GroupEntry, MonthExport
+from atr_pipeline.api.catalog import (
+    MEMBER_TYPES,
+    RESOURCE_TYPES,
+    CatalogView,
+    GroupEntry,
+    MonthExport,
+)
 from atr_pipeline.api.clients import Client
 from atr_pipeline.api.fhir_errors import not_found
 
