@@ -437,12 +437,16 @@ def _copy_lines(export: MonthExport, resource_type: str, wanted: dict[str, set[s
     ids = wanted.get(resource_type)
     if not ids:
         return
-    keep = pl.Series("id", sorted(ids), dtype=pl.String()).implode()
+    # A semi join, not is_in: is_in rebuilt its set per streaming batch (2x slower at 1M ids here).
+    keep = pl.LazyFrame({"id": sorted(ids)}, schema={"id": pl.String()})
     for n, name in enumerate(export.files_of(resource_type)):
         check()
         scratch = folder / f".{resource_type}.{n}.filtering"
         try:
-            kept = _lines(export.descriptor_path(name)).filter(pl.col("json").str.extract(_ID_TEXT, 1).is_in(keep))
+            kept = (_lines(export.descriptor_path(name))
+                    .with_columns(pl.col("json").str.extract(_ID_TEXT, 1).alias("id"))
+                    .join(keep, on="id", how="semi", maintain_order="left")  # the published order
+                    .select("json"))
             kept.sink_csv(scratch, include_header=False, quote_style="never")
             if collect:
                 refs = (_lines(str(scratch)).select(pl.col("json").str.extract_all(_REF_TEXT).explode().drop_nulls().unique())
