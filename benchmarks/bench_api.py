@@ -187,11 +187,7 @@ def concurrent_phase(work: Path, members: int, clients: int) -> None:
     from atr_pipeline.api.jobs import parse_instant
 
     seconds = (parse_instant(job["finished"]) - parse_instant(job["created"])).total_seconds()
-    lines = pl.concat([pl.read_csv(p, has_header=False, separator="\x1f", quote_char=None, new_columns=["json"],
-                                   schema={"json": pl.String()}) for p in sorted(one.glob("*.ndjson"))])
-    t = time.monotonic()
-    lines.write_csv(work / "polars.ndjson", include_header=False, quote_style="never")
-    polars_seconds = time.monotonic() - t
+    polars_seconds = _polars_write(sorted(one.glob("*.ndjson")), work / "polars.ndjson")
     mb = again["bytes"] / 2**20
     print(f"one Group alone: {mb:.1f} MiB in {seconds:.2f} s ({mb / seconds:.0f} MiB/s) vs polars write_csv "
           f"{polars_seconds:.3f} s ({mb / polars_seconds:.0f} MiB/s): polars is {seconds / polars_seconds:.1f}x faster")
@@ -227,13 +223,32 @@ def big_group_phase(work: Path, members: int) -> None:
         sampler = threading.Thread(target=sample)
         sampler.start()
         t = time.monotonic()
-        result = export(base, key, 0, None, {})
+        out = work / "big-out"
+        out.mkdir()
+        result = export(base, key, 0, out, {})
         elapsed = time.monotonic() - t
         stop.set()
         sampler.join()
     print(f"one Group of {members:,} members (Group line {size / 2**20:.0f} MiB, export {result['bytes'] / 2**20:.0f} MiB) "
           f"in {elapsed:.1f} s: server process RSS {before[0] / 2**20:.0f} MiB before, peak {peak[0] / 2**20:.0f} MiB; "
           f"export worker process peak {peak[1] / 2**20:.0f} MiB")
+    job = orjson.loads((home / "api" / "jobs" / result["job"] / "job.json").read_bytes())
+    from atr_pipeline.api.jobs import parse_instant
+
+    seconds = (parse_instant(job["finished"]) - parse_instant(job["created"])).total_seconds()
+    polars_seconds = _polars_write(sorted(out.glob("*.ndjson")), work / "big-polars.ndjson")
+    mb = result["bytes"] / 2**20
+    print(f"  throughput: job {seconds:.1f} s ({mb / seconds:.0f} MiB/s) vs polars writing the same lines "
+          f"{polars_seconds:.1f} s ({mb / polars_seconds:.0f} MiB/s): ratio {seconds / polars_seconds:.1f}")
+
+
+def _polars_write(files: list[Path], target: Path) -> float:
+    """Seconds polars takes to write these NDJSON lines (read untimed first)."""
+    lines = pl.concat([pl.read_csv(p, has_header=False, separator="\x1f", quote_char=None, new_columns=["json"],
+                                   schema={"json": pl.String()}) for p in files])
+    t = time.monotonic()
+    lines.write_csv(target, include_header=False, quote_style="never")
+    return time.monotonic() - t
 
 
 def main() -> None:
@@ -242,11 +257,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--big-group", type=int, default=1_000_000)
     parser.add_argument("--work", type=Path)
+    parser.add_argument("--only", choices=("concurrent", "big"), help="run one phase")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_api_"))
     try:
-        concurrent_phase(work, args.members, args.clients)
-        big_group_phase(work, args.big_group)
+        if args.only != "big":
+            concurrent_phase(work, args.members, args.clients)
+        if args.only != "concurrent":
+            big_group_phase(work, args.big_group)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

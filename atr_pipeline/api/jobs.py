@@ -343,11 +343,14 @@ def run_export(job: Job, view: CatalogView, client: Client, folder: Path, max_by
         # Every resource of the list is derived from the list's content, and the Group's version
         # changes whenever that content does: an unchanged version means nothing changed since.
         return [], _write_errors(folder, errors), entry.month
-    wanted: dict[str, set[str]] = {}
+    found: dict[str, set[str]] = {}
     writers: dict[str, _SplitWriter] = {t: _SplitWriter(folder, t, max_bytes) for t in job.types}
     try:
         check("Group")
-        _export_group(job, entry, wanted, writers.get("Group"), errors)
+        _export_group(job, entry, found, writers.get("Group"), errors)
+        # From here the ids live in polars (36 bytes each) instead of Python sets (~120 bytes each).
+        wanted = {t: pl.Series("id", sorted(ids), dtype=pl.String()) for t, ids in found.items()}
+        del found
         export = entry.export
         for hop, reaches in _HOPS:
             if hop in writers or any(t in writers for t in reaches):
@@ -365,6 +368,7 @@ def run_export(job: Job, view: CatalogView, client: Client, folder: Path, max_by
 
 
 def _export_group(job: Job, entry: GroupEntry, wanted: dict[str, set[str]], writer: _SplitWriter | None, errors: list[bytes]) -> None:
+    """Write the Group (whole, or cut to ``job.patients``) and fill ``wanted`` with what it refers to."""
     def add(resource_type: str, resource_id: str) -> None:
         wanted.setdefault(resource_type, set()).add(resource_id)
 
@@ -430,15 +434,15 @@ def _lines(path: str) -> pl.LazyFrame:
                        schema={"json": pl.String()})
 
 
-def _copy_lines(export: MonthExport, resource_type: str, wanted: dict[str, set[str]], writer: _SplitWriter | None,
+def _copy_lines(export: MonthExport, resource_type: str, wanted: dict[str, pl.Series], writer: _SplitWriter | None,
                 folder: Path, *, collect: bool, check: Any) -> None:
     """Keep the lines of a type whose id the Group reaches: a polars streaming filter from the
     descriptor the catalog opened (so the same publication) into the job folder."""
     ids = wanted.get(resource_type)
-    if not ids:
+    if ids is None or not len(ids):
         return
     # A semi join, not is_in: is_in rebuilt its set per streaming batch (2x slower at 1M ids here).
-    keep = pl.LazyFrame({"id": sorted(ids)}, schema={"id": pl.String()})
+    keep = ids.to_frame().lazy()
     for n, name in enumerate(export.files_of(resource_type)):
         check()
         scratch = folder / f".{resource_type}.{n}.filtering"
@@ -449,15 +453,23 @@ def _copy_lines(export: MonthExport, resource_type: str, wanted: dict[str, set[s
                     .select("json"))
             kept.sink_csv(scratch, include_header=False, quote_style="never")
             if collect:
-                refs = (_lines(str(scratch)).select(pl.col("json").str.extract_all(_REF_TEXT).explode().drop_nulls().unique())
-                        .collect().to_series())
-                for ref in refs:
-                    t, _, i = ref[len('"reference":"'):-1].partition("/")
-                    wanted.setdefault(t, set()).add(i)
+                _add_references(wanted, _lines(str(scratch)))
             if writer is not None:
                 writer.add_file(scratch)
         finally:
             scratch.unlink(missing_ok=True)
+
+
+def _add_references(wanted: dict[str, pl.Series], lines: pl.LazyFrame) -> None:
+    """Add every (type, id) the lines refer to, without making Python strings of them."""
+    refs = (lines.select(pl.col("json").str.extract_all(_REF_TEXT).alias("ref")).explode("ref").drop_nulls()
+            .select(pl.col("ref").str.extract(r'^"reference":"([A-Za-z]+)/', 1).alias("type"),
+                    pl.col("ref").str.extract(r'/([^"]+)"$', 1).alias("id"))
+            .unique().collect())
+    for (resource_type,), part in refs.partition_by("type", as_dict=True).items():
+        known = wanted.get(str(resource_type))
+        ids = part.get_column("id") if known is None else pl.concat([known, part.get_column("id")])
+        wanted[str(resource_type)] = ids.unique().sort()
 
 
 def _write_errors(folder: Path, errors: list[bytes]) -> list[dict[str, Any]]:
