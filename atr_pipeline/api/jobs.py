@@ -334,7 +334,9 @@ def choose_version(entries: list[GroupEntry], until: str | None) -> GroupEntry |
 
 
 def run_export(job: Job, view: CatalogView, client: Client, folder: Path, max_bytes: int, check: Any) -> tuple[list, list, str | None]:
-    entry = choose_version(group_entries(view, client, job.group_id), job.until)
+    # Without _until, the kick-off time: a month published while the job waited is not exported
+    # under a transactionTime that precedes it.
+    entry = choose_version(group_entries(view, client, job.group_id), job.until or job.transaction_time)
     errors: list[bytes] = []
     if entry is None:
         errors.append(outcome_bytes("not-found", f"Group/{job.group_id} has no version updated before _until", "information"))
