@@ -56,7 +56,7 @@ def live_server(home: Path, *extra: str) -> Iterator[str]:
         if not line.startswith("serving "):
             proc.kill()
             raise RuntimeError(f"atr serve did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
-        base = line.split(" at ", 1)[1].strip()
+        base = line.split(" at ", 1)[1].split()[0]
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -155,3 +155,17 @@ def test_requests_without_or_with_a_forged_token_get_401_operation_outcome(serve
 def test_serve_refuses_a_public_bind_without_the_tls_flag(served):
     res = atr(served[0], "serve", "--host", "0.0.0.0", "--port", "0", timeout=30)
     assert res.returncode == 2 and "--tls-terminated-in-front" in res.stderr
+
+
+def test_behind_a_proxy_urls_and_the_assertion_audience_are_the_public_ones(served):
+    home, _, key, _, _ = served
+    public = "https://atr.example.org/fhir"
+    with live_server(home, "--public-url", public) as base:
+        assert httpx.get(f"{base}/.well-known/smart-configuration").json()["token_endpoint"] == f"{public}/auth/token"
+        ok = httpx.post(f"{base}/auth/token", data=key.token_form(f"{public}/auth/token"))
+        assert ok.status_code == 200, ok.text
+        assert "aud" in refused(httpx.post(f"{base}/auth/token", data=key.token_form(f"{base}/auth/token")))
+        token = ok.json()["access_token"]
+        gid = group_ids(home, "2026-08")["VBC25-0001"]
+        kick = httpx.get(f"{base}/Group/{gid}/$davinci-data-export", headers={"Authorization": f"Bearer {token}"})
+        assert kick.headers["Content-Location"].startswith(f"{public}/bulkstatus/")

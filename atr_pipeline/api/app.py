@@ -100,6 +100,13 @@ class _Ctx:
             return self.config.public_url.rstrip("/")
         return f"{request.url.scheme}://{request.url.netloc}/fhir"
 
+    def url(self, request: Request) -> str:
+        """The request's URL as the client sent it (through the proxy when there is one)."""
+        if not self.config.public_url:
+            return str(request.url)
+        query = f"?{request.url.query}" if request.url.query else ""
+        return self.base(request) + request.url.path.removeprefix("/fhir") + query
+
     def client(self, client_id: str) -> Client | None:
         return load_client(self.config.home, client_id)
 
@@ -415,7 +422,7 @@ async def data_export(request: Request) -> Response:
     if await run_in_threadpool(ctx.jobs.active_count, client.client_id) >= MAX_ACTIVE_PER_CLIENT:
         raise FhirError(429, "throttled", f"at most {MAX_ACTIVE_PER_CLIENT} exports may run at once per client; retry later",
                         headers={"Retry-After": "10"})
-    job = Job(id="", client_id=client.client_id, group_id=group_id, request=str(request.url), **parsed)
+    job = Job(id="", client_id=client.client_id, group_id=group_id, request=ctx.url(request), **parsed)
     job = await run_in_threadpool(ctx.jobs.create, job)
     ctx.jobs.submit(job)
     status_url = f"{ctx.base(request)}/bulkstatus/{job.id}"

@@ -57,7 +57,8 @@ def serve(
     bound = sock.getsockname()[1]
     app = create_app(ApiConfig(home=settings.home, public_url=public_url, workers=export_workers))
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"serving {settings.home} at {public_url or f'http://{shown}:{bound}/fhir'}", flush=True)
+    public = f" (clients use {public_url})" if public_url else ""
+    print(f"serving {settings.home} at http://{shown}:{bound}/fhir{public}", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
 
