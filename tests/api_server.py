@@ -37,7 +37,7 @@ def env_for(home: Path) -> dict[str, str]:
 
 
 def atr(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ATR, *args], cwd=ROOT, env=env_for(home), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*ATR, *args], cwd=ROOT, env=env_for(home), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def publish(home: Path, *months: str, source: str = "acme_commercial") -> None:
