@@ -45,6 +45,8 @@ from atr_pipeline.api.fhir_errors import (
 )
 from atr_pipeline.api.jobs import (
     ACTIVE,
+    DEFAULT_FILE_BYTES,
+    DEFAULT_RETENTION,
     MAX_ACTIVE_PER_CLIENT,
     Job,
     JobStore,
@@ -505,8 +507,8 @@ def create_app(config: ApiConfig) -> Starlette:
         config=config,
         catalog=Catalog(exports_dir),
         ledger=JtiLedger(home),
-        jobs=JobStore(home, workers=config.workers,
-                      **{k: v for k, v in (("retention", config.retention), ("max_file_bytes", config.max_file_bytes)) if v is not None}),
+        jobs=JobStore(home, workers=config.workers, retention=config.retention or DEFAULT_RETENTION,
+                      max_file_bytes=config.max_file_bytes or DEFAULT_FILE_BYTES),
     )
 
     @contextlib.asynccontextmanager
