@@ -182,6 +182,29 @@ class FhirTestServer:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    def configure_rejects(self, *references: str) -> None:
+        """Refuse writes of these resources ("Type/id") with a 400 OperationOutcome until the next reset."""
+        self.configure(rejectResources=list(references))
+
+    def kill(self) -> None:
+        """SIGKILL the server process: connections drop, the port stops answering, the data is gone."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if self.process.stdout:
+            self.process.stdout.close()
+        self.client.close()
+
+    def start_again(self) -> None:
+        """A new, empty server process on the same port (as after a crash or a restore from nothing)."""
+        if self.process.poll() is None:
+            self.kill()
+        fresh = launch(self.host, self.port)
+        self.stderr_path.unlink(missing_ok=True)
+        self.process, self.stderr_path = fresh.process, fresh.stderr_path
+        self.client = httpx.Client(timeout=60.0)
+        fresh.client.close()
+
     def stderr_tail(self, limit: int = 2000) -> str:
         try:
             return self.stderr_path.read_text(errors="replace")[-limit:]
@@ -218,15 +241,15 @@ def _read_ready_line(process: subprocess.Popen[bytes], timeout: float) -> dict[s
     return box.get("ready")
 
 
-def launch(host: str = "127.0.0.1") -> FhirTestServer:
-    """Install if needed, start the server on a free port and wait for its ready line."""
+def launch(host: str = "127.0.0.1", port: int = 0) -> FhirTestServer:
+    """Install if needed, start the server on ``port`` (0: a free one) and wait for its ready line."""
     ensure_installed()
     node = node_executable()
     fd, stderr_name = tempfile.mkstemp(prefix="atr-fhir-server-", suffix=".stderr")
     stderr_path = Path(stderr_name)
     with os.fdopen(fd, "wb") as stderr_file:
         process = subprocess.Popen(
-            [node, str(SERVER_JS), "0"],
+            [node, str(SERVER_JS), str(port)],
             cwd=SERVER_DIR,
             stdout=subprocess.PIPE,
             stderr=stderr_file,
@@ -266,6 +289,9 @@ def fhir_server() -> Iterator[FhirTestServer]:
 
 @pytest.fixture
 def fhir(fhir_server: FhirTestServer) -> FhirTestServer:
-    """The session server, emptied and with default behaviour, for one test."""
+    """The session server, emptied and with default behaviour, for one test (started again first
+    if an earlier test killed it)."""
+    if fhir_server.process.poll() is not None:
+        fhir_server.start_again()
     fhir_server.reset()
     return fhir_server

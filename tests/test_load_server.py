@@ -122,6 +122,8 @@ def test_crash_mid_load_then_resume_gives_exact_counts(fhir, tmp_path):
     seen: list[tuple[str, int]] = []
 
     def crash_after_five_chunks(event):
+        if event.tick:
+            return
         seen.append((event.resource_type, event.chunk_index))
         if len(seen) == 5:
             raise KeyboardInterrupt("operator pressed Ctrl-C")
@@ -130,7 +132,7 @@ def test_crash_mid_load_then_resume_gives_exact_counts(fhir, tmp_path):
         load_export(export_dir, _config(fhir), progress=crash_after_five_chunks)
     crashed = orjson.loads((export_dir / REPORT_NAME).read_bytes())
     assert crashed["status"] == "stopped"
-    assert crashed["stop_reason"] == "interrupted by KeyboardInterrupt; re-run to resume"
+    assert crashed["stop_reason"] == "interrupted by KeyboardInterrupt; re-run the same command to resume"
     expected = _expected(export_dir)
     partial = _server_counts(fhir)
     assert partial["Patient"] < expected["Patient"]
@@ -143,7 +145,8 @@ def test_crash_mid_load_then_resume_gives_exact_counts(fhir, tmp_path):
     skipped = sum(c.skipped for c in report.counts.values())
     # the five chunks the crashed run settled (and logged) are not sent again
     assert skipped == 2 + 3 + 3 + 20 + 20  # Organization, Practitioner, PractitionerRole, two Patient chunks
-    assert {t: c.created + c.updated + c.skipped for t, c in report.counts.items()} == expected
+    # chunks in flight at the crash were applied but not logged: found unchanged, not written again
+    assert {t: c.created + c.updated + c.unchanged + c.skipped for t, c in report.counts.items()} == expected
 
 
 def test_killed_loader_process_resumes_to_exact_counts(fhir, tmp_path):
@@ -254,11 +257,22 @@ def test_refused_entries_are_reported_sanitized_and_neighbours_load(fhir, tmp_pa
     assert [(i.severity, i.code, i.expression) for i in failed.issues] == [("error", "code-invalid", ["Patient.gender"])]
     assert fhir.count("Patient") == 9  # batch: the other entries of the bundle were stored
     assert b"Member3-secret" not in (export_dir / REPORT_NAME).read_bytes()
+    # the types that reference Patient were not sent: no Coverage or Group points at a missing Patient
+    assert {t: (c.state, fhir.count(t)) for t, c in report.counts.items()} == {
+        "Organization": ("loaded", 2), "Practitioner": ("loaded", 3), "PractitionerRole": ("loaded", 3), "Patient": ("failed", 9),
+        "RelatedPerson": ("not_attempted", 0), "Coverage": ("not_attempted", 0), "Group": ("not_attempted", 0),
+    }
+    assert report.counts["Coverage"].note == "not sent: it references Patient, RelatedPerson, which did not load (--keep-going sends it anyway)"
     # a rerun tries the refused entry again (it is not in the checkpoint) and reports it again
     rerun = load_export(export_dir, _config(fhir))
     assert [f.id for f in rerun.failed] == [bad["id"]]
     assert rerun.counts["Patient"].skipped == 0  # its chunk never completed
-    assert rerun.counts["Coverage"].skipped == 10
+    assert rerun.counts["Organization"].skipped == 2
+    # --keep-going sends the dependents anyway
+    kept = load_export(export_dir, _config(fhir), keep_going=True)
+    assert kept.status == "failed_entries"
+    assert {t: c.state for t, c in kept.counts.items() if c.state != "loaded"} == {"Patient": "failed"}
+    assert (fhir.count("Coverage"), fhir.count("Group")) == (10, 1)
 
 
 def test_request_size_limit_refusal_and_the_byte_cut_that_avoids_it(fhir, tmp_path):
@@ -279,13 +293,15 @@ def test_large_group_by_patch_survives_lost_answers_without_duplicates(fhir, tmp
     fhir.faults("drop", count=1, method="PATCH")  # first PATCH applied, answer lost
     fhir.faults("drop", count=1, method="PATCH", skip=1, when="before")  # a later one never arrives
     fhir.faults("500", count=1, method="PATCH", skip=2)
-    report = load_export(export_dir, _config(fhir, bundle_size=50, max_group_members_per_request=400))
+    # skip_unchanged off: its reads would be counted below with the read-backs
+    report = load_export(export_dir, _config(fhir, bundle_size=50, max_group_members_per_request=400, skip_unchanged=False))
     assert report.status == "complete"
     stats = fhir.stats()
     # 6 PATCHes for slices 2..7; the dropped-before and the 500 one are sent again (8); the applied
     # one whose answer was lost is found by reading the Group back, not sent twice. 3 read-backs.
     assert stats["byMethod"]["PATCH"] == 8
-    assert stats["byMethod"]["GET"] == 3
+    assert report.reads == 3
+    assert stats["byMethod"]["GET"] == 1 + 3 + report.check_requests  # metadata, read-backs, the check after the load
     assert stats["faults"] == {"drop": 2, "500": 1}
     group_line = next(iter_ndjson(export_dir, "Group"))
     expected_members = [m["entity"]["reference"] for m in orjson.loads(group_line)["member"]]
@@ -317,8 +333,17 @@ def test_refused_credentials_stop_the_load_at_once(tmp_path):
     import threading
 
     class Refuse(BaseHTTPRequestHandler):
+        """Reads allowed (the metadata preflight passes), every write refused: a read-only token."""
+
         def log_message(self, *args):
             pass
+
+        def do_GET(self):
+            body = b'{"resourceType":"CapabilityStatement","fhirVersion":"4.0.1","software":{"name":"refuser"}}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -332,7 +357,7 @@ def test_refused_credentials_stop_the_load_at_once(tmp_path):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         export_dir = _export(tmp_path, members=200)
-        config = ServerConfig(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/fhir/R4", bundle_size=20, concurrency=1, retry=FAST)
+        config = ServerConfig(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/fhir/R4", bundle_size=20, concurrency=1, retry=FAST, skip_unchanged=False)
         report = load_export(export_dir, config)
     finally:
         httpd.shutdown()

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from atr_pipeline.publish.checkpoint import Checkpoint
 from atr_pipeline.publish.loader import _bundle_bytes, _member_slices, _parse_retry_after, _plan
 from atr_pipeline.publish.report import sanitize_outcome
-from atr_pipeline.publish.server import ServerConfig
+from atr_pipeline.publish.server import ServerConfig, UnknownServerKind, resolve_kind
 from atr_pipeline.publish.synthetic import synthetic_resources
 
 BASE = "http://127.0.0.1:9/fhir/R4"
@@ -130,25 +130,37 @@ def test_retry_after_seconds_and_http_date():
 
 
 def test_checkpoint_resumes_ignores_torn_line_and_discards_on_change(tmp_path):
-    cp = Checkpoint(tmp_path, "srv", "fp-1")
+    server = {"base_url": BASE, "fhir_version": "4.0.1", "software": "engine 1", "implementation": ""}
+    cp = Checkpoint(tmp_path, "srv", "fp-1", server=server)
     assert (cp.resumed, cp.note) == (False, "")
-    cp.mark_chunk("Patient", 0)
-    cp.mark_chunk("Patient", 2)
+    cp.mark_chunk("Patient", 0, ["p0", "p1", "p2"])
+    cp.mark_chunk("Patient", 2, ["p6", "p7"])
+    cp.mark_chunk("Group", 0, ["g0", "g1", "g2"])
     cp.mark_type("Organization")
     cp.close()
     with open(cp.path, "ab") as fh:
         fh.write(b'{"t":"Patient","c":')  # a process killed mid-write
-    again = Checkpoint(tmp_path, "srv", "fp-1")
+    again = Checkpoint(tmp_path, "srv", "fp-1", server=server)
     assert again.resumed is True
     assert [again.chunk_done("Patient", i) for i in range(4)] == [True, False, True, False]
     assert again.type_done("Organization") and not again.type_done("Patient")
-    again.mark_chunk("Patient", 1)
+    # what a resume checks on the server: counts, the ends of each chunk, every Group id
+    assert (again.claimed_count("Patient"), again.sample_ids("Patient")) == (5, ["p0", "p2", "p6", "p7"])
+    assert again.sample_ids("Group", limit=None) == ["g0", "g1", "g2"]
+    assert again.sample_ids("Patient", limit=2) == ["p0", "p6"]
+    again.mark_chunk("Patient", 1, ["p3"])
+    again.forget("Group")  # the server lost them: everything logged for the type stops counting
     again.close()
-    third = Checkpoint(tmp_path, "srv", "fp-1")
+    third = Checkpoint(tmp_path, "srv", "fp-1", server=server)
     assert [third.chunk_done("Patient", i) for i in range(3)] == [True, True, True]
+    assert (third.claimed_types(), third.chunk_done("Group", 0)) == (["Organization", "Patient"], False)
     third.close()
+    other_server = Checkpoint(tmp_path, "srv", "fp-1", server={**server, "software": "engine 2"})
+    assert other_server.resumed is False
+    assert other_server.note.startswith("checkpoint discarded: it was written for another server at this URL (engine 1, FHIR 4.0.1)")
+    other_server.close()
     changed = Checkpoint(tmp_path, "srv", "fp-2")
-    assert (changed.resumed, changed.note) == (False, "checkpoint discarded: the export or the chunking settings changed")
+    assert (changed.resumed, changed.note) == (False, "checkpoint discarded: the export's files or the chunking settings changed")
     assert not changed.chunk_done("Patient", 0)
     changed.close()
     restarted = Checkpoint(tmp_path, "srv", "fp-2", restart=True)
@@ -162,8 +174,12 @@ def test_server_config_validation_and_presets():
         ServerConfig(base_url="https://user:pw@h/fhir")
     with pytest.raises(ValidationError, match="more than 50 PUTs"):
         ServerConfig(base_url=BASE, kind="medplum", mode="transaction", bundle_size=51)
-    hapi = ServerConfig.for_kind(BASE, "hapi", concurrency=None)
-    assert (hapi.bundle_size, hapi.concurrency, hapi.max_request_bytes) == (200, 4, 5_000_000)
+    with pytest.raises(UnknownServerKind, match=r"unknown server kind 'firely'; valid kinds: generic, medplum$"):
+        ServerConfig.for_kind(BASE, "firely")
+    with pytest.raises(UnknownServerKind, match="never tested against a HAPI server"):
+        resolve_kind("hapi")
+    assert (resolve_kind(" Medplum "), resolve_kind(""), resolve_kind(None)) == ("medplum", "generic", "generic")
+    assert ServerConfig.for_kind(BASE, "medplum", concurrency=None).concurrency == 2
     medplum = ServerConfig.for_kind(BASE, "medplum", bundle_size=20)
     assert (medplum.bundle_size, medplum.mode, medplum.max_group_members_per_request) == (20, "batch", 1000)
     assert ServerConfig(base_url=BASE).key == ServerConfig(base_url=BASE + "/").key

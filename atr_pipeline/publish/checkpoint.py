@@ -1,11 +1,18 @@
 """Resumable loads: an append-only log of the chunks a server has fully accepted.
 
-In:  the export folder, the server's key, a fingerprint of (export, chunking settings).
-Out: ``<export>/.load_state/<server-key>.jsonl``: a header line with the fingerprint, then one line
-     per completed chunk (``{"t": type, "c": index}``) and per completed type (``{"t": type, "done": true}``).
-Refused (ignored and started afresh, with a note in the report): a log whose fingerprint differs,
-     i.e. the export was rewritten or the bundle/Group chunking changed, so chunk numbers mean
-     something else now.
+In:  the export folder, the server's key, a fingerprint of (the NDJSON files' sha256, chunking
+     settings) and the server's identity from its CapabilityStatement.
+Out: ``<export>/.load_state/<server-key>.jsonl``: a header line (fingerprint, server identity), then
+     one line per completed chunk (``{"t": type, "c": index, "n": entries, "ids": [first, last]}``),
+     per completed type (``{"t": type, "done": true}``; Group chunks list every id) and per type found missing on the server
+     (``{"t": type, "forget": true}``: everything logged for that type before it no longer counts).
+Refused (ignored and started afresh, with a note in the report): a log whose fingerprint differs
+     (a file's contents or the bundle/Group chunking changed, so chunk numbers mean something else
+     now) or whose server identity differs (another server behind the same URL).
+
+The log says what the server accepted, not what it holds now: a server restored from a backup or
+restarted empty holds less. So the loader checks the claims (``claimed_count``, ``sample_ids``)
+against the server before it skips anything (publish/verify.py).
 
 Appending one short line per chunk (flushed and fsynced) makes the log crash-safe: a torn last
 line from a killed process is simply ignored, and a chunk is only logged after the server
@@ -21,13 +28,15 @@ from pathlib import Path
 import orjson
 
 STATE_DIR = ".load_state"
+SAMPLE_PER_TYPE = 20  # ids per type checked on the server before a resume skips that type
 
 
 class Checkpoint:
-    def __init__(self, export_dir: Path, server_key: str, fingerprint: str, *, restart: bool = False):
+    def __init__(self, export_dir: Path, server_key: str, fingerprint: str, *, server: dict | None = None, restart: bool = False):
         self.path = Path(export_dir) / STATE_DIR / f"{server_key}.jsonl"
         self.fingerprint = fingerprint
-        self._chunks: dict[str, set[int]] = {}
+        self.server = server or {}
+        self._chunks: dict[str, dict[int, tuple[int, list[str]]]] = {}
         self._types: set[str] = set()
         self._lock = threading.Lock()
         self.resumed = False
@@ -35,15 +44,16 @@ class Checkpoint:
         if restart and self.path.exists():
             self.note = "checkpoint ignored (--restart)"
         elif self.path.exists():
-            if self._read():
+            reason = self._read()
+            if not reason:
                 self.resumed = bool(self._chunks or self._types)
             else:
                 self._chunks, self._types = {}, set()
-                self.note = "checkpoint discarded: the export or the chunking settings changed"
+                self.note = f"checkpoint discarded: {reason}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.resumed:
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_bytes(orjson.dumps({"fingerprint": fingerprint}) + b"\n")
+            tmp.write_bytes(orjson.dumps({"fingerprint": fingerprint, "server": self.server}) + b"\n")
             os.replace(tmp, self.path)
         else:
             self._drop_torn_tail()
@@ -57,30 +67,58 @@ class Checkpoint:
             with open(self.path, "r+b") as fh:
                 fh.truncate(keep)
 
-    def _read(self) -> bool:
+    def _read(self) -> str:
+        """Load the log; the reason it cannot be used, or "" when it can."""
         lines = self.path.read_bytes().split(b"\n")
         try:
             header = orjson.loads(lines[0])
         except orjson.JSONDecodeError:
-            return False
+            return "its header is unreadable"
         if header.get("fingerprint") != self.fingerprint:
-            return False
+            return "the export's files or the chunking settings changed"
+        recorded = header.get("server") or {}
+        if self.server and recorded != self.server:
+            return (
+                f"it was written for another server at this URL ({recorded.get('software') or 'unknown software'}, "
+                f"FHIR {recorded.get('fhir_version') or '?'}); everything is sent again"
+            )
         for line in lines[1:]:
             try:
                 entry = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # empty or torn last line
-            if entry.get("done"):
-                self._types.add(entry["t"])
+            rtype = entry.get("t")
+            if entry.get("forget"):
+                self._chunks.pop(rtype, None)
+                self._types.discard(rtype)
+            elif entry.get("done"):
+                self._types.add(rtype)
             elif "c" in entry:
-                self._chunks.setdefault(entry["t"], set()).add(int(entry["c"]))
-        return True
+                self._chunks.setdefault(rtype, {})[int(entry["c"])] = (int(entry.get("n", 0)), list(entry.get("ids") or []))
+        return ""
 
     def chunk_done(self, resource_type: str, index: int) -> bool:
-        return resource_type in self._types or index in self._chunks.get(resource_type, ())
+        return index in self._chunks.get(resource_type, {})
 
     def type_done(self, resource_type: str) -> bool:
         return resource_type in self._types
+
+    def claimed_types(self) -> list[str]:
+        return sorted(set(self._chunks) | self._types)
+
+    def claimed_count(self, resource_type: str) -> int:
+        """How many resources of this type the log says the server accepted."""
+        return sum(n for n, _ in self._chunks.get(resource_type, {}).values())
+
+    def sample_ids(self, resource_type: str, limit: int | None = SAMPLE_PER_TYPE) -> list[str]:
+        """Ids spread over the logged chunks: the first and last id of evenly spaced chunks
+        (every logged Group id, since every Group is checked; ``limit=None`` gives all)."""
+        chunks = self._chunks.get(resource_type, {})
+        ids = [i for index in sorted(chunks) for i in chunks[index][1]]
+        if limit is None or len(ids) <= limit:
+            return ids
+        step = len(ids) / limit
+        return [ids[int(k * step)] for k in range(limit)]
 
     def _append(self, entry: dict) -> None:
         with self._lock:
@@ -88,13 +126,21 @@ class Checkpoint:
             self._fh.flush()
             os.fsync(self._fh.fileno())
 
-    def mark_chunk(self, resource_type: str, index: int) -> None:
-        self._chunks.setdefault(resource_type, set()).add(index)
-        self._append({"t": resource_type, "c": index})
+    def mark_chunk(self, resource_type: str, index: int, ids: list[str]) -> None:
+        # Every Group id (a resume checks each Group's members); the ends of other chunks.
+        sample = list(ids) if resource_type == "Group" or len(ids) <= 2 else [ids[0], ids[-1]]
+        self._chunks.setdefault(resource_type, {})[index] = (len(ids), sample)
+        self._append({"t": resource_type, "c": index, "n": len(ids), "ids": sample})
 
     def mark_type(self, resource_type: str) -> None:
         self._types.add(resource_type)
         self._append({"t": resource_type, "done": True})
+
+    def forget(self, resource_type: str) -> None:
+        """The server no longer holds what was logged for this type: send all of it again."""
+        self._chunks.pop(resource_type, None)
+        self._types.discard(resource_type)
+        self._append({"t": resource_type, "forget": True})
 
     def close(self) -> None:
         self._fh.close()

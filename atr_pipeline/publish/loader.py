@@ -26,6 +26,8 @@ are kept as encoded bytes, not Python objects.
 from __future__ import annotations
 
 import email.utils
+import hashlib
+import os
 import random
 import re
 import threading
@@ -41,10 +43,24 @@ import orjson
 
 from atr_pipeline.publish.auth import auth_from_env
 from atr_pipeline.publish.checkpoint import Checkpoint
-from atr_pipeline.publish.export import Manifest, iter_ndjson, manifest_digest, read_manifest
+from atr_pipeline.publish.export import (
+    Manifest,
+    iter_ndjson,
+    manifest_digest,
+    read_manifest,
+)
 from atr_pipeline.publish.group_split import GroupSplit, split_group
-from atr_pipeline.publish.report import FailedEntry, LoadReport, SanitizedIssue, TypeCounts, sanitize_outcome
+from atr_pipeline.publish.integrity import check_files
+from atr_pipeline.publish.preflight import describe_transport_error, preflight
+from atr_pipeline.publish.report import (
+    FailedEntry,
+    LoadReport,
+    SanitizedIssue,
+    TypeCounts,
+    sanitize_outcome,
+)
 from atr_pipeline.publish.server import ServerConfig
+from atr_pipeline.publish.verify import ServerReader, export_group_members, lost_types
 from atr_pipeline.systems import LOAD_ORDER
 
 REPORT_NAME = "load_report.json"
@@ -66,13 +82,21 @@ def _entity(member: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class LoadProgress:
-    """Sent to the ``progress`` callback after each chunk the server answered."""
+    """Sent to the ``progress`` callback after each chunk the server answered (``tick`` False) and
+    every ``progress_interval`` seconds whatever happens (``tick`` True), so a stalled load shows."""
 
     resource_type: str
     chunk_index: int
     entries: int
-    done: int  # entries of this type handled so far, skipped ones included
+    done: int  # entries of this type handled so far (confirmed, failed, skipped)
     total: int
+    confirmed: int = 0  # entries of this type the server answered success for, or loaded before
+    failed: int = 0
+    retrying: int = 0  # requests waiting to be sent again right now (all types)
+    last_error: str = ""
+    tick: bool = False
+    loaded_total: int = 0  # confirmed entries over all types
+    grand_total: int = 0
 
 
 @dataclass
@@ -117,6 +141,10 @@ class _Chunk:
     def size(self) -> int:
         return len(self.entries) + (1 if self.group else 0)
 
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.entries] + ([self.group.id] if self.group else [])
+
 
 @dataclass
 class _ChunkResult:
@@ -151,6 +179,26 @@ def _is_unchanged(outcome: object) -> bool:
     """Servers that tell: HAPI's SUCCESSFUL_UPDATE_NO_CHANGE, Medplum-style not-modified."""
     text = orjson.dumps(outcome).lower() if outcome else b""
     return b"no_change" in text or b"not-modified" in text or b"notmodified" in text
+
+
+# Elements a server sets on its own: never a reason to write again.
+_SERVER_META = frozenset({"versionId", "lastUpdated", "source", "author", "project", "compartment", "account", "accounts", "onBehalfOf"})
+
+
+def _comparable(resource: dict) -> dict:
+    """The resource without server-managed meta, for "is the stored one what we would send?"."""
+    out = {k: v for k, v in resource.items() if k != "meta"}
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in _SERVER_META}
+    if meta:
+        out["meta"] = meta
+    return out
+
+
+def _same_group(ours: GroupSplit, theirs: GroupSplit) -> bool:
+    """Member by member, so neither Group is ever parsed whole (each can be tens of MB)."""
+    if len(ours) != len(theirs) or _comparable(orjson.loads(ours.head)) != _comparable(orjson.loads(theirs.head)):
+        return False
+    return all(orjson.loads(ours.member(i)) == orjson.loads(theirs.member(i)) for i in range(len(ours)))
 
 
 def _outcome_of_entry(answer: dict) -> object:
@@ -256,6 +304,10 @@ class _Run:
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._slept = 0.0
+        self._unreachable_since: float | None = None  # first transport failure with no answer since
+        self.retrying = 0
+        self.current_type = ""
+        self.resume_hint = "re-run the same command to resume"
 
     # http plumbing
     def client(self) -> httpx.Client:
@@ -290,9 +342,13 @@ class _Run:
             raise _Stopped
         url = f"{self.config.base_url}/{path}" if path else self.config.base_url
         with self._lock:
-            self.report.requests += 1
+            if method == "GET":
+                self.report.reads += 1
+            else:
+                self.report.requests += 1
         try:
             with self.client().stream(method, url, content=content, headers=headers) as response:
+                self._unreachable_since = None  # any answer, even an error status, means it is there
                 if max_body is None:
                     body = response.read()
                 else:
@@ -302,30 +358,54 @@ class _Run:
                             kept += part[: max_body - len(kept)]
                     body = bytes(kept)
                 return _Answer(response.status_code, response.headers, body)
-        except httpx.TimeoutException:
+        except httpx.TimeoutException as exc:
+            self._no_answer(exc)
             return "timeout"
-        except (httpx.NetworkError, httpx.RemoteProtocolError):
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            self._no_answer(exc)
             return "connection"
+
+    def _no_answer(self, exc: BaseException) -> None:
+        with self._lock:
+            self.report.last_error = describe_transport_error(exc)
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
 
     def fatal(self, status: int) -> None:
         with self._lock:
             if not self.stop.is_set():
                 self.report.stop_reason = f"http-{status}: the server refused the credentials; fix auth and re-run"
+            self.report.last_error = f"http-{status}"
             self.stop.set()
 
     def backoff(self, attempt: int, reason: str, retry_after: float | None) -> None:
-        """Sleep before attempt ``attempt + 1``; raises _Stopped when the budget is spent."""
+        """Sleep before attempt ``attempt + 1``; raises _Stopped when the budget is spent or the
+        server has not answered anything for ``max_unreachable_seconds``."""
         policy = self.config.retry
         delay = min(policy.max_backoff, policy.initial_backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
         if retry_after is not None:
             # Wait at least what the server asked (capped), never less than our own backoff.
             delay = max(delay, min(retry_after, policy.max_retry_after) * random.uniform(1.0, 1.1))
         with self._lock:
+            if not reason.endswith(("connection", "timeout")):
+                self.report.last_error = reason
+            down = self._unreachable_since
+            if down is not None and time.monotonic() - down >= policy.max_unreachable_seconds:
+                if not self.stop.is_set():
+                    self.report.stop_reason = (
+                        f"the FHIR server at {self.config.host_port} has not answered for {policy.max_unreachable_seconds:g} s "
+                        f"({self.report.last_error}); stopped with the checkpoint; {self.resume_hint}"
+                    )
+                self.stop.set()
+                raise _Stopped
+            if down is not None:
+                # Never sleep past the fail-fast deadline: wake up for one last try just before it.
+                delay = max(0.0, min(delay, down + policy.max_unreachable_seconds - time.monotonic()))
             if self._slept + delay > policy.max_total_retry_seconds:
                 if not self.stop.is_set():
                     self.report.stop_reason = (
                         f"retry budget exhausted: {policy.max_total_retry_seconds:g} s of backoff spent "
-                        f"(last failure: {reason}); re-run to resume"
+                        f"(last failure: {reason}); {self.resume_hint}"
                     )
                 self.stop.set()
                 raise _Stopped
@@ -333,13 +413,49 @@ class _Run:
             self.report.retries += 1
             self.report.retries_by_reason[reason] = self.report.retries_by_reason.get(reason, 0) + 1
             self.report.retry_sleep_seconds = round(self._slept, 3)
-        if self.stop.wait(delay):
-            raise _Stopped
+            self.retrying += 1
+        try:
+            if self.stop.wait(delay):
+                raise _Stopped
+        finally:
+            with self._lock:
+                self.retrying -= 1
+
+    def _unchanged_ids(self, resource_type: str, entries: list[_Entry]) -> set[str]:
+        """Ids whose stored resource equals what we would PUT (one ``_id`` search). Any trouble
+        (an error status, no answer) gives an empty set: the entries are then simply PUT."""
+        ids = ",".join(e.id for e in entries)
+        response = self.request("GET", f"{resource_type}?_id={ids}&_count={len(entries)}")
+        if not isinstance(response, _Answer) or response.status_code != 200:
+            return set()
+        try:
+            stored = {
+                r.get("id"): r
+                for entry in (response.json().get("entry") or [])  # type: ignore[union-attr]
+                if isinstance(r := entry.get("resource"), dict) and r.get("resourceType") == resource_type
+            }
+        except (ValueError, AttributeError):
+            return set()
+        same = set()
+        for entry in entries:
+            theirs = stored.get(entry.id)
+            if theirs is not None and _comparable(theirs) == _comparable(orjson.loads(entry.body)):
+                same.add(entry.id)
+        return same
 
     # one bundle
     def send_bundle(self, chunk: _Chunk) -> _ChunkResult:
         result = _ChunkResult()
         pending = list(chunk.entries)
+        if self.config.skip_unchanged:
+            try:
+                same = self._unchanged_ids(chunk.resource_type, pending)
+            except _Stopped:
+                self._fail(result, pending, None, "stopped", 0)
+                return result
+            if same:
+                result.outcomes["unchanged"] = len(same)
+                pending = [e for e in pending if e.id not in same]
         attempt = 0
         kind = self.config.mode
         last_status: int | None = None
@@ -432,6 +548,9 @@ class _Run:
         entry = _Entry("Group", group.id, b"")
         slices = _member_slices(group, self.config)
         try:
+            if self.config.skip_unchanged and self._group_unchanged(group):
+                result.outcomes["unchanged"] = 1
+                return result
             for _restart in range(2):
                 status, version = self._put_group_head(group, slices[0], result)
                 if status is None:
@@ -448,6 +567,16 @@ class _Run:
             result.failed = []
             self._fail(result, [entry], None, "stopped", 0)
         return result
+
+    def _group_unchanged(self, group: _LargeGroup) -> bool:
+        """The stored Group equals ours: a PUT of its head and the PATCHes would each add a version."""
+        response = self.request("GET", f"Group/{group.id}")
+        if not isinstance(response, _Answer) or response.status_code != 200:
+            return False
+        try:
+            return _same_group(group.split, split_group(response.content))
+        except (ValueError, orjson.JSONDecodeError):
+            return False
 
     def _retrying(
         self, method: str, path: str, content: bytes | None, headers: dict[str, str], reason_prefix: str = "", max_body: int | None = None
@@ -548,6 +677,42 @@ class _Run:
 
 # -- the public entry point ------------------------------------------------------------------------
 
+# The types each type's resources reference (ATR 2.1.0 as fhir/ builds them). A type is sent only
+# when every type it references loaded, so a Coverage never points at a Patient the server refused;
+# ``keep_going`` sends it anyway.
+REFERENCES: dict[str, frozenset[str]] = {
+    "PractitionerRole": frozenset({"Practitioner", "Organization"}),
+    "RelatedPerson": frozenset({"Patient"}),
+    "Coverage": frozenset({"Patient", "Organization", "RelatedPerson"}),
+    "Group": frozenset({"Patient", "Coverage", "PractitionerRole", "Organization"}),
+}
+EXIT_COMPLETE = 0
+EXIT_INCOMPLETE = 1  # entries refused, or the load stopped: re-run to resume
+EXIT_DATA_LOST = 5  # the server no longer holds what this load put there
+
+
+def exit_code(report: LoadReport) -> int:
+    if report.data_lost:
+        return EXIT_DATA_LOST
+    return EXIT_COMPLETE if report.ok else EXIT_INCOMPLETE
+
+
+def _fingerprint(digests: dict[str, str], server: ServerConfig) -> str:
+    """The checkpoint's key: every NDJSON file's sha256 (checked against the manifest just before)
+    and the settings that decide which entries form chunk N."""
+    settings = [server.mode, server.bundle_size, server.max_request_bytes, server.max_group_members_per_request]
+    return hashlib.sha256(orjson.dumps({"files": digests, "chunking": settings}, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def save_report(export_dir: Path, report: LoadReport, lock: threading.Lock | None = None) -> None:
+    """Atomically replace ``load_report.json`` (a reader, or a kill, never sees half a report)."""
+    with lock or threading.Lock():
+        data = orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+    path = Path(export_dir) / REPORT_NAME
+    tmp = path.with_name(f".{REPORT_NAME}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
 
 def load_export(
     export_dir: Path,
@@ -557,67 +722,151 @@ def load_export(
     auth: httpx.Auth | None = None,
     resume: bool = True,
     write_report: bool = True,
+    keep_going: bool = False,
+    progress_interval: float = 10.0,
+    resume_command: str = "",
 ) -> LoadReport:
     """Load ``export_dir`` into ``server``; see the module docstring for the rules.
 
-    ``auth`` defaults to what ``server.auth`` and the environment configure (``auth_from_env``).
-    With ``resume`` (the default) chunks logged in the checkpoint are skipped; ``resume=False``
-    starts over (the same as ``atr load --restart``).
+    Before any write: every file is checked against the manifest (``ExportChanged``) and the server
+    is asked for its CapabilityStatement (``ServerUnreachable``, ``NotAFhirServer``). ``auth``
+    defaults to what ``server.auth`` and the environment configure (``auth_from_env``). With
+    ``resume`` (the default) chunks logged in the checkpoint are skipped once the server is seen to
+    still hold them; ``resume=False`` starts over (``atr load --restart``). ``resume_command`` is
+    quoted in stop messages. The report is rewritten every ``progress_interval`` seconds and at
+    each type's end, so a killed load leaves one.
     """
     export_dir = Path(export_dir)
     manifest: Manifest = read_manifest(export_dir)
+    digests = check_files(export_dir, manifest)
     if auth is None and server.auth != "none":
         auth = auth_from_env(server.auth)
-    digest = manifest_digest(export_dir)
-    fingerprint = "|".join(
-        [digest, server.mode, str(server.bundle_size), str(server.max_request_bytes), str(server.max_group_members_per_request)]
-    )
-    checkpoint = Checkpoint(export_dir, server.key, fingerprint, restart=not resume)
+    identity = preflight(server, auth)
+    checkpoint = Checkpoint(export_dir, server.key, _fingerprint(digests, server), server=identity.model_dump(), restart=not resume)
+    types = [t for t in LOAD_ORDER if manifest.files_of(t)]
     report = LoadReport(
         server_url=server.base_url,
         server_key=server.key,
-        export_digest=digest,
+        export_digest=manifest_digest(export_dir),
         transaction_time=manifest.transaction_time,
         mode=server.mode,
         bundle_size=server.bundle_size,
         concurrency=server.concurrency,
+        server=identity.model_dump(exclude={"base_url"}),
+        resume_command=resume_command,
         resumed=checkpoint.resumed,
         checkpoint_note=checkpoint.note,
+        counts={t: TypeCounts(total=manifest.count_of(t)) for t in types},
     )
     run = _Run(server, auth, report)
+    if resume_command:
+        run.resume_hint = f"resume with: {resume_command}"
+    reader = ServerReader(server, auth)
     started = time.monotonic()
-    types = [t for t in LOAD_ORDER if manifest.files_of(t)]
+    ticker = _Ticker(export_dir, run, types, progress, progress_interval, write_report)
     try:
+        checked_at = -1
+        if checkpoint.resumed:
+            _verify_resume(export_dir, manifest, checkpoint, reader, report)
+            checked_at = report.requests + report.reads
+        ticker.start()
         with ThreadPoolExecutor(max_workers=server.concurrency, thread_name_prefix="atr-load") as pool:
             try:
-                for resource_type in types:
-                    _load_type(resource_type, export_dir, manifest, server, checkpoint, run, pool, progress)
-                    if run.stop.is_set():
-                        break
+                _load_types(types, export_dir, manifest, server, checkpoint, run, pool, progress, keep_going, ticker)
             except BaseException:
                 # Crash or Ctrl-C: workers give up at their next request; nothing more is logged
                 # in the checkpoint, so a re-run repeats (idempotently) what was in flight.
                 run.stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+        if not run.stop.is_set() and not report.total("failed") and report.requests + report.reads != checked_at:
+            _verify_after_load(export_dir, manifest, checkpoint, reader, report, run.resume_hint)
     except BaseException as exc:
         report.status = "stopped"
-        report.stop_reason = report.stop_reason or f"interrupted by {type(exc).__name__}; re-run to resume"
+        report.stop_reason = report.stop_reason or f"interrupted by {type(exc).__name__}; {run.resume_hint}"
         raise
     finally:
+        ticker.stop()
         run.close()
+        reader.close()
         checkpoint.close()
+        report.check_requests = reader.requests
         report.elapsed_seconds = round(time.monotonic() - started, 3)
         _finish(report, types)
         if write_report:
-            (export_dir / REPORT_NAME).write_bytes(
-                orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
-            )
+            save_report(export_dir, report, run._lock)
     return report
 
 
+def _verify_resume(export_dir: Path, manifest: Manifest, checkpoint: Checkpoint, reader: ServerReader, report: LoadReport) -> None:
+    """Before anything is skipped: does the server still hold what the checkpoint says it accepted?"""
+    groups = export_group_members(export_dir, manifest, set(checkpoint.sample_ids("Group", limit=None)))
+    lost = lost_types(reader, checkpoint, groups)
+    for resource_type in lost:
+        checkpoint.forget(resource_type)
+    if lost:
+        report.verify_note = "the server lost data since the checkpoint (" + "; ".join(lost.values()) + "); those types are sent again"
+    else:
+        report.verify_note = "checkpoint checked against the server: " + ", ".join(
+            f"{t} {checkpoint.claimed_count(t)}" for t in LOAD_ORDER if checkpoint.claimed_count(t)
+        ) + " present"
+
+
+def _verify_after_load(export_dir: Path, manifest: Manifest, checkpoint: Checkpoint, reader: ServerReader, report: LoadReport, hint: str) -> None:
+    """Before saying ``complete``: is everything this load (and the runs before it) put there still there?
+    A server restarted empty halfway through a load accepts the rest as if nothing happened."""
+    groups = export_group_members(export_dir, manifest, set(checkpoint.sample_ids("Group", limit=None)))
+    lost = lost_types(reader, checkpoint, groups)
+    if not lost:
+        return
+    for resource_type in lost:
+        checkpoint.forget(resource_type)
+        counts = report.counts[resource_type]
+        counts.state = "failed"
+        counts.note = "lost on the server after it was loaded"
+    report.data_lost = True
+    report.stop_reason = "the server lost data since the checkpoint: " + "; ".join(lost.values()) + f"; {hint} (it sends those types again)"
+
+
+def _load_types(
+    types: list[str],
+    export_dir: Path,
+    manifest: Manifest,
+    server: ServerConfig,
+    checkpoint: Checkpoint,
+    run: _Run,
+    pool: ThreadPoolExecutor,
+    progress: Callable[[LoadProgress], None] | None,
+    keep_going: bool,
+    ticker: _Ticker,
+) -> None:
+    not_loaded: set[str] = set()
+    for resource_type in types:
+        counts = run.report.counts[resource_type]
+        if run.stop.is_set():
+            counts.note = "the load stopped before this type"
+            continue
+        missing = sorted(REFERENCES.get(resource_type, frozenset()) & not_loaded)
+        if missing and not keep_going:
+            counts.note = f"not sent: it references {', '.join(missing)}, which did not load (--keep-going sends it anyway)"
+            not_loaded.add(resource_type)
+            continue
+        run.current_type = resource_type
+        _load_type(resource_type, export_dir, manifest, server, checkpoint, run, pool, progress)
+        if counts.failed or counts.confirmed < counts.total:
+            counts.state = "failed"
+            if run.stop.is_set() and not counts.note:
+                counts.note = f"the load stopped during this type ({counts.confirmed} of {counts.total} on the server)"
+            elif not counts.note:
+                counts.note = f"{counts.failed} of {counts.total} refused"
+            not_loaded.add(resource_type)
+        else:
+            counts.state = "loaded"
+        ticker.flush()
+
+
 def _all_done(report: LoadReport) -> bool:
-    return all(c.total == c.created + c.updated + c.unchanged + c.failed + c.skipped for c in report.counts.values())
+    return all(c.state == "loaded" for c in report.counts.values())
 
 
 def _finish(report: LoadReport, types: list[str]) -> None:
@@ -626,11 +875,72 @@ def _finish(report: LoadReport, types: list[str]) -> None:
     if len(report.failed) > MAX_FAILED_LISTED:
         report.failed_truncated = len(report.failed) - MAX_FAILED_LISTED
         del report.failed[MAX_FAILED_LISTED:]
-    if report.status != "stopped":
-        if report.stop_reason:
-            report.status = "stopped"
-        elif report.total("failed") or not _all_done(report):
-            report.status = "failed_entries" if report.total("failed") else "stopped"
+    if report.status == "stopped" or report.stop_reason:
+        report.status = "stopped"
+    elif report.total("failed"):
+        report.status = "failed_entries"
+    elif not _all_done(report):
+        report.status = "stopped"
+        report.stop_reason = report.stop_reason or "not every type was loaded; re-run to resume"
+    else:
+        report.status = "complete"
+
+
+class _Ticker:
+    """Every ``interval`` seconds: a progress event (even when nothing moves) and the report on disk."""
+
+    def __init__(self, export_dir: Path, run: _Run, types: list[str], progress: Callable[[LoadProgress], None] | None, interval: float, write: bool):
+        self.export_dir = export_dir
+        self.run = run
+        self.types = types
+        self.progress = progress
+        self.interval = interval
+        self.write = write
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="atr-load-ticker", daemon=True)
+
+    def start(self) -> None:
+        self.flush()
+        if self.progress:
+            self.progress(self.snapshot())
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def flush(self) -> None:
+        if self.write:
+            save_report(self.export_dir, self.run.report, self.run._lock)
+
+    def snapshot(self) -> LoadProgress:
+        report = self.run.report
+        rtype = self.run.current_type or (self.types[0] if self.types else "")
+        counts = report.counts.get(rtype) or TypeCounts()
+        return LoadProgress(
+            resource_type=rtype,
+            chunk_index=-1,
+            entries=0,
+            done=counts.confirmed + counts.failed,
+            total=counts.total,
+            confirmed=counts.confirmed,
+            failed=counts.failed,
+            retrying=self.run.retrying,
+            last_error=report.last_error,
+            tick=True,
+            loaded_total=sum(c.confirmed for c in report.counts.values()),
+            grand_total=sum(c.total for c in report.counts.values()),
+        )
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self.flush()
+                if self.progress:
+                    self.progress(self.snapshot())
+            except (OSError, RuntimeError):
+                continue  # a missed tick is harmless; the next one or the end writes the report
 
 
 def _load_type(
@@ -643,7 +953,7 @@ def _load_type(
     pool: ThreadPoolExecutor,
     progress: Callable[[LoadProgress], None] | None,
 ) -> None:
-    counts = run.report.counts.setdefault(resource_type, TypeCounts(total=manifest.count_of(resource_type)))
+    counts = run.report.counts[resource_type]
     if checkpoint.type_done(resource_type):
         counts.skipped = counts.total
         return
@@ -663,9 +973,24 @@ def _load_type(
         if result.failed:
             clean = False
         else:
-            checkpoint.mark_chunk(resource_type, chunk.index)
+            checkpoint.mark_chunk(resource_type, chunk.index, chunk.ids)
         if progress:
-            progress(LoadProgress(resource_type, chunk.index, chunk.size, done, counts.total))
+            report = run.report
+            progress(
+                LoadProgress(
+                    resource_type,
+                    chunk.index,
+                    chunk.size,
+                    done,
+                    counts.total,
+                    confirmed=counts.confirmed,
+                    failed=counts.failed,
+                    retrying=run.retrying,
+                    last_error=report.last_error,
+                    loaded_total=sum(c.confirmed for c in report.counts.values()),
+                    grand_total=sum(c.total for c in report.counts.values()),
+                )
+            )
 
     def drain(until: int) -> None:
         while len(inflight) > until:

@@ -18,7 +18,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Outcome = Literal["created", "updated", "unchanged", "failed"]
-LoadStatus = Literal["complete", "failed_entries", "stopped"]
+# running: the load has not finished (a report left "running" by a process that is gone was killed).
+LoadStatus = Literal["running", "complete", "failed_entries", "stopped"]
+# Per type: loaded (every entry on the server), failed (some entries refused, or the load stopped
+# inside the type), not_attempted (nothing sent: it references a type that failed, or the load
+# stopped before it).
+TypeState = Literal["loaded", "failed", "not_attempted"]
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 _MAX_ISSUES = 20  # per entry: enough to act on, bounded for huge outcomes
@@ -71,6 +76,8 @@ class FailedEntry(BaseModel):
 
 
 class TypeCounts(BaseModel):
+    state: TypeState = "not_attempted"
+    note: str = ""  # why a type is failed or not attempted
     total: int = 0  # lines in the export
     created: int = 0
     updated: int = 0
@@ -78,6 +85,11 @@ class TypeCounts(BaseModel):
     failed: int = 0
     skipped: int = 0  # already loaded by an earlier run (checkpoint)
     group_patches: int = 0  # JSON Patch requests that grew large Groups
+
+    @property
+    def confirmed(self) -> int:
+        """Entries the server answered success for in this run, plus those skipped as loaded before."""
+        return self.created + self.updated + self.unchanged + self.skipped
 
 
 class LoadReport(BaseModel):
@@ -88,14 +100,21 @@ class LoadReport(BaseModel):
     mode: str
     bundle_size: int
     concurrency: int
-    status: LoadStatus = "complete"
+    server: dict[str, str] = Field(default_factory=dict)  # identity from the CapabilityStatement
+    status: LoadStatus = "running"
     stop_reason: str = ""
+    resume_command: str = ""
+    data_lost: bool = False  # the server no longer held resources an earlier (part of the) load put there
     resumed: bool = False
     checkpoint_note: str = ""
+    verify_note: str = ""  # what the check of the checkpoint against the server found
+    last_error: str = ""
     counts: dict[str, TypeCounts] = Field(default_factory=dict)
     failed: list[FailedEntry] = Field(default_factory=list)
     failed_truncated: int = 0  # failed entries beyond the listing cap (still counted in counts)
-    requests: int = 0
+    requests: int = 0  # writes: Bundles, PUTs, PATCHes
+    reads: int = 0  # GETs that decide whether to write (is it unchanged? did that PATCH arrive?)
+    check_requests: int = 0  # reads that checked the checkpoint's claims against the server
     retries: int = 0
     retries_by_reason: dict[str, int] = Field(default_factory=dict)
     retry_sleep_seconds: float = 0.0

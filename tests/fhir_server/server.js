@@ -9,7 +9,8 @@
  *        /__admin/faults   POST a fault (or {"faults": [...]}) to inject, GET lists, DELETE clears
  *        /__admin/reset    POST: clear data, faults, stats and config
  *        /__admin/stats    GET: request counts by method, status, type; stored resource counts
- *        /__admin/config   GET/POST: transactions, maxBodyBytes, uuidIds, validate, bindings
+ *        /__admin/config   GET/POST: transactions, maxBodyBytes, uuidIds, validate, bindings,
+ *                          fhirVersion (what metadata says), rejectResources (["Type/id", ...] refused)
  * Out: one JSON line on stdout when ready: {"ready":true,"port":N}; FHIR JSON responses.
  * Refused (like production Medplum, FACTS.md "FHIR servers"): non-UUID ids on update (400 "Invalid
  *   id"); transactions with > 50 updates or > 8 entries when one is conditional (400, enforced by the
@@ -43,6 +44,11 @@ const DEFAULT_CONFIG = Object.freeze({
   // Production Medplum pages searches at 20 by default and caps _count at 1000.
   defaultSearchCount: core.DEFAULT_SEARCH_COUNT,
   maxSearchCount: core.DEFAULT_MAX_SEARCH_COUNT,
+  // What GET metadata says: a client must refuse a server of another FHIR version.
+  fhirVersion: '4.0.1',
+  // Resources ("Type/id") refused on write as a business rule would refuse them: the loader's
+  // "some entries rejected by validation" case with the rejected ones chosen by the test.
+  rejectResources: [],
 });
 const FAULT_MODES = new Set(['429', '500', '503', '409', 'delay', 'drop']);
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -249,6 +255,12 @@ class AtrTestRepository extends MemoryRepository {
   }
 
   checkWrite(resource) {
+    if (this.config.rejectResources.includes(`${resource.resourceType}/${resource.id}`)) {
+      throw new core.OperationOutcomeError({
+        resourceType: 'OperationOutcome',
+        issue: [{ severity: 'error', code: 'business-rule', details: { text: 'Refused by a server rule' }, expression: [resource.resourceType] }],
+      });
+    }
     if (this.config.validate) core.validateResource(resource); // throws OperationOutcomeError
     if (this.config.bindings) {
       const issues = this.bindings.check(resource);
@@ -517,7 +529,7 @@ function createServer(options = {}) {
       status: 'active',
       date: '2026-01-01',
       kind: 'instance',
-      fhirVersion: '4.0.1',
+      fhirVersion: config.fhirVersion,
       format: ['json'],
       software: { name: 'atr-fhir-test-server (Medplum fhir-router MemoryRepository)' },
       rest: [{ mode: 'server', interaction: [{ code: 'batch' }, { code: 'transaction' }] }],
@@ -567,7 +579,9 @@ function createServer(options = {}) {
       if (req.method === 'POST') {
         for (const [key, value] of Object.entries(body)) {
           if (!(key in DEFAULT_CONFIG)) return send(res, 400, { error: `unknown config key ${key}` }, json);
-          if (typeof value !== typeof DEFAULT_CONFIG[key]) return send(res, 400, { error: `wrong type for ${key}` }, json);
+          if (typeof value !== typeof DEFAULT_CONFIG[key] || Array.isArray(value) !== Array.isArray(DEFAULT_CONFIG[key])) {
+            return send(res, 400, { error: `wrong type for ${key}` }, json);
+          }
           config[key] = value;
         }
       }
