@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test server's launcher lives with
 
 from fhir_server_fixture import start_fhir_server  # noqa: E402
 
-from atr_pipeline.publish.export import write_bulk_export  # noqa: E402
+from atr_pipeline.publish.export import iter_ndjson, write_bulk_export  # noqa: E402
+from atr_pipeline.publish.group_split import split_group  # noqa: E402
 from atr_pipeline.publish.loader import load_export  # noqa: E402
 from atr_pipeline.publish.server import ServerConfig, Timeouts  # noqa: E402
 from atr_pipeline.publish.synthetic import synthetic_id, synthetic_resources  # noqa: E402
@@ -52,13 +53,68 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=5_000)
     parser.add_argument("--group-members", type=int, default=100_000)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--versions", action="store_true", help="only measure what a re-run and --restart do to versions")
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="bench-load-"))
     try:
-        run(args, folder)
+        if args.versions:
+            measure_versions(args, folder)
+        else:
+            run(args, folder)
     finally:
         if args.dir is None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _versions_per_resource(server, export_dir: Path, sample: int = 30) -> dict[str, float]:
+    """Mean number of stored versions per resource, over the first ``sample`` ids of each type."""
+    out = {}
+    for resource_type in ("Organization", "Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Coverage", "Group"):
+        ids = []
+        for line in iter_ndjson(export_dir, resource_type):
+            ids.append(orjson.loads(line)["id"] if resource_type != "Group" else orjson.loads(split_group(line).head)["id"])
+            if len(ids) == sample:
+                break
+        totals = [server.get(f"{resource_type}/{i}/_history").json().get("total", 0) for i in ids]
+        out[resource_type] = sum(totals) / len(totals)
+    return out
+
+
+def measure_versions(args: argparse.Namespace, folder: Path) -> None:
+    """A load, a re-run, ``--restart`` (read first, the default) and ``--restart --always-put``:
+    versions per resource after each, and what each cost. Groups above 400 members go through the
+    PUT + JSON Patch path, so both ways of writing a Group are measured."""
+    export_dir = folder / "export"
+    manifest = write_bulk_export(export_dir, synthetic_resources(args.members, groups=4), errors=None, transaction_time=T0, request="bench")
+    total = sum(f.count for f in manifest.output)
+    print(f"export: {total} resources, Groups of ~{args.members // 4} members (over 400: PUT + PATCH)")
+    base = {"bundle_size": 50, "concurrency": 2, "max_group_members_per_request": 400}
+    steps = [
+        ("first load (read first)", True, {}),
+        ("re-run (checkpoint verified, nothing sent)", True, {}),
+        ("--restart (read first, PUT only what differs)", False, {}),
+        ("--restart --always-put", False, {"skip_unchanged": False}),
+    ]
+    with start_fhir_server() as server:
+        for label, resume, options in steps:
+            t = time.perf_counter()
+            report = load_export(export_dir, ServerConfig(base_url=server.base_url, **base, **options), resume=resume)
+            seconds = time.perf_counter() - t
+            versions = _versions_per_resource(server, export_dir)
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in versions.items())
+            print(
+                f"{label:48s} {seconds:6.2f} s, {report.requests} writes, {report.reads} reads, {report.check_requests} check reads, "
+                f"unchanged {report.total('unchanged')}, status {report.status}; versions per resource: {shown}"
+            )
+        server.reset()
+        t = time.perf_counter()
+        load_export(export_dir, ServerConfig(base_url=server.base_url, **base, skip_unchanged=False), resume=False)
+        always = time.perf_counter() - t
+        server.reset()
+        t = time.perf_counter()
+        load_export(export_dir, ServerConfig(base_url=server.base_url, **base), resume=False)
+        first = time.perf_counter() - t
+        print(f"first load into an empty server: read-first / always-put time = {first / always:.2f}")
 
 
 def run(args: argparse.Namespace, folder: Path) -> None:

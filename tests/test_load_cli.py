@@ -54,7 +54,7 @@ def test_failures_exit_1_and_bad_settings_exit_2(fhir, tmp_path, monkeypatch):
     monkeypatch.delenv("ATR_SMART_TOKEN_URL", raising=False)
     export_dir = _export(tmp_path, members=5)
     fhir.faults("500", count=1, type="Bundle")
-    failed = runner.invoke(app, [str(export_dir), "--server", fhir.base_url, "--max-attempts", "1"])
+    failed = runner.invoke(app, [str(export_dir), "--server", fhir.base_url, "--max-attempts", "1", "--always-put"])
     assert failed.exit_code == 1
     assert "status: failed_entries" in failed.output
     assert "max-attempts" in failed.output
