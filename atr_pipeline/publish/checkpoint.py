@@ -3,9 +3,10 @@
 In:  the export folder, the server's key, a fingerprint of (the NDJSON files' sha256, chunking
      settings) and the server's identity from its CapabilityStatement.
 Out: ``<export>/.load_state/<server-key>.jsonl``: a header line (fingerprint, server identity), then
-     one line per completed chunk (``{"t": type, "c": index, "n": entries, "ids": [first, last]}``),
-     per completed type (``{"t": type, "done": true}``; Group chunks list every id) and per type found missing on the server
-     (``{"t": type, "forget": true}``: everything logged for that type before it no longer counts).
+     one line per completed chunk (``{"t": type, "c": index, "n": entries, "ids": [first, last]}``;
+     Group chunks list every id), per completed type (``{"t": type, "done": true}``) and per type
+     found missing on the server (``{"t": type, "forget": true}``: what was logged for that type
+     before no longer counts).
 Refused (ignored and started afresh, with a note in the report): a log whose fingerprint differs
      (a file's contents or the bundle/Group chunking changed, so chunk numbers mean something else
      now) or whose server identity differs (another server behind the same URL).
