@@ -15,8 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
@@ -116,6 +118,43 @@ def test_wrong_base_path_exits_4_after_one_request(fhir, export_dir):
     assert f"no FHIR server at {fhir.root_url}/nope: GET metadata answered HTTP 404, not a CapabilityStatement" in done.stderr
     assert fhir.stats()["requests"] == 0  # /nope is outside the FHIR base: the server counted no FHIR request
     assert counts(fhir) == NOTHING
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "words"),
+    [
+        (200, "text/html", b"<html><body>Welcome to nginx</body></html>", "GET metadata answered text/html, not a CapabilityStatement"),
+        (200, "application/json", b'{"status": "ok"}', "GET metadata answered JSON, not a CapabilityStatement"),
+        (401, "application/fhir+json", b'{"resourceType":"OperationOutcome"}', "answered 401: the server refused the credentials"),
+    ],
+)
+def test_not_a_fhir_server_exits_4_and_nothing_is_written(fhir, export_dir, status, content_type, body, words):
+    seen: list[str] = []
+
+    class Answer(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append("GET " + self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_PUT = do_GET
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        done = atr_load(str(export_dir), "--server", f"http://127.0.0.1:{httpd.server_address[1]}/fhir/R4", *FAST, timeout=30)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert done.returncode == 4
+    assert words in done.stderr and "nothing was sent" in done.stderr
+    assert seen == ["GET /fhir/R4/metadata"]
 
 
 def test_wrong_fhir_version_exits_4_and_sends_nothing(fhir, export_dir):
