@@ -211,67 +211,95 @@ def test_changed_ndjson_file_is_refused_by_name_before_anything_is_sent(fhir, ex
     assert counts(fhir) == NOTHING
 
 
+# One Bundle at a time: the 10 Bundles before the stall are, in order, a batch read and a batch
+# write each for Organization, Practitioner, PractitionerRole and the first two Patient chunks.
+ONE = ["--concurrency", "1"]
+BEFORE_STALL = {**NOTHING, "Organization": 2, "Practitioner": 3, "PractitionerRole": 3, "Patient": 40}
+
+
+def stall_after(server: FhirTestServer, bundles: int, hold_ms: int = 60_000) -> None:
+    """Let ``bundles`` Bundles through, then hold the next one (unapplied) for ``hold_ms``; return
+    once it is held, so the load is at a known point."""
+    server.faults("delay", count=1, type="Bundle", skip=bundles, delay_ms=hold_ms, when="before")
+    wait_for(lambda: server.client.get(f"{server.root_url}/__admin/faults").json()["faults"][0]["fired"] == 1)
+
+
 def test_killed_client_leaves_report_and_checkpoint_and_resumes_exactly(fhir, export_dir):
-    fhir.faults("delay", count=10_000, type="Bundle", delay_ms=150)
-    proc = start_load(str(export_dir), "--server", fhir.base_url, *FAST)
-    wait_for(lambda: checkpoint_lines(export_dir) >= 8)  # header + 7 settled chunks
+    proc = start_load(str(export_dir), "--server", fhir.base_url, *FAST, *ONE)
+    stall_after(fhir, 10, hold_ms=8_000)
+    time.sleep(0.5)  # two progress intervals: the report on disk has caught up with the checkpoint
     os.kill(proc.pid, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     # not a terminal: a plain line at the start, then one per interval with server-confirmed counts
     assert f"atr load: {export_dir} -> {fhir.base_url} (batch, bundles of 20)" in stderr
-    assert re.search(r"^atr load: \d+/262 on the server; [A-Za-z]+ \d+/\d+; no failures$", stderr, re.M)
-    fhir.clear_faults()
+    assert re.search(r"^atr load: 48/262 on the server; Patient 40/120; no failures$", stderr, re.M)
     left = report_of(export_dir)  # flushed while the load went on
     assert left["status"] == "running"
-    assert left["counts"]["Organization"]["state"] == "loaded"
-    partial = counts(fhir)
-    assert partial["Patient"] < EXPECTED["Patient"] and partial["Group"] == 0
+    assert {t: c["state"] for t, c in left["counts"].items() if c["state"] != "not_attempted"} == dict.fromkeys(
+        ["Organization", "Practitioner", "PractitionerRole"], "loaded"
+    )
+    assert left["counts"]["Patient"]["updated"] == 40
+    assert checkpoint_lines(export_dir) == 1 + 3 + 3 + 2  # header, a chunk and a done line per type, two Patient chunks
+    assert counts(fhir) == BEFORE_STALL
 
     done = atr_load(str(export_dir), "--server", fhir.base_url, *FAST)
     assert done.returncode == 0, done.stderr
     assert "resumed from the checkpoint of an earlier run" in done.stderr
-    assert "checkpoint checked against the server: Organization 2, Practitioner 3, PractitionerRole 3" in done.stderr
+    assert "checkpoint checked against the server: Organization 2, Practitioner 3, PractitionerRole 3, Patient 40 present" in done.stderr
     assert "status: complete" in done.stderr
+    assert counts(fhir) == EXPECTED
+    # the Bundle held when the client died is dropped by the server when its hold ends, not applied
+    wait_for(lambda: fhir.stats().get("abandoned") == 1)
     assert counts(fhir) == EXPECTED
 
 
 def test_server_killed_mid_load_stops_fast_then_restarted_empty_is_noticed_and_refilled(fhir, export_dir):
-    fhir.faults("delay", count=10_000, type="Bundle", delay_ms=150)
-    proc = start_load(str(export_dir), "--server", fhir.base_url, *FAST, "--max-unreachable-seconds", "2")
-    wait_for(lambda: checkpoint_lines(export_dir) >= 8)
+    proc = start_load(str(export_dir), "--server", fhir.base_url, *FAST, *ONE, "--max-unreachable-seconds", "2")
+    stall_after(fhir, 10)
     fhir.kill()
     _, stderr = proc.communicate(timeout=60)  # the bound: 2 s of silence, then stop
     assert proc.returncode == 1
     assert f"the FHIR server at 127.0.0.1:{fhir.port} has not answered for 2 s (connection refused); stopped with the checkpoint" in stderr
-    resume = f"resume with: atr load {export_dir} --server {fhir.base_url} " + " ".join(FAST) + " --max-unreachable-seconds 2"
+    resume = f"resume with: atr load {export_dir} --server {fhir.base_url} " + " ".join(FAST + ONE) + " --max-unreachable-seconds 2"
     assert resume in stderr
+    assert "Patient: failed: the load stopped during this type (40 of 120 on the server)" in stderr
     assert "RelatedPerson: not_attempted: the load stopped before this type" in stderr
-    assert "retrying " in stderr and "last error: connection refused" in stderr  # the progress lines said so meanwhile
+    assert "retrying 1, last error: connection refused" in stderr  # the progress lines said so meanwhile
     report = report_of(export_dir)
-    assert (report["status"], report["counts"]["Patient"]["state"], report["counts"]["Group"]["state"]) == ("stopped", "failed", "not_attempted")
+    assert report["status"] == "stopped"
+    assert {t: c["state"] for t, c in report["counts"].items()} == {
+        **dict.fromkeys(["Organization", "Practitioner", "PractitionerRole"], "loaded"),
+        "Patient": "failed",
+        **dict.fromkeys(["RelatedPerson", "Coverage", "Group"], "not_attempted"),
+    }
 
     fhir.start_again()  # empty, like an in-memory server after a restart
     assert counts(fhir) == NOTHING
     done = atr_load(*resume.removeprefix("resume with: atr load ").split())
     assert done.returncode == 0, done.stderr
-    assert "the server lost data since the checkpoint (Organization: 0 on the server, 2 loaded before;" in done.stderr
+    assert (
+        "the server lost data since the checkpoint (Organization: 0 on the server, 2 loaded before; Practitioner: 0 on the server, "
+        "3 loaded before; PractitionerRole: 0 on the server, 3 loaded before; Patient: 0 on the server, 40 loaded before); "
+        "those types are sent again"
+    ) in done.stderr
     assert "status: complete" in done.stderr
     assert counts(fhir) == EXPECTED
 
 
 def test_server_restarted_empty_while_the_load_goes_on_is_not_called_complete(fhir, export_dir):
-    fhir.faults("delay", count=10_000, type="Bundle", delay_ms=150)
-    proc = start_load(str(export_dir), "--server", fhir.base_url, *FAST)
-    wait_for(lambda: checkpoint_lines(export_dir) >= 8)
+    proc = start_load(str(export_dir), "--server", fhir.base_url, *FAST, *ONE)
+    stall_after(fhir, 10)
     fhir.start_again()  # killed and back within the loader's patience: it retries and goes on
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 5
-    assert "the server lost data since the checkpoint: Organization: 0 on the server, 2 loaded before" in stderr
-    after = counts(fhir)
-    assert after["Organization"] == after["Practitioner"] == after["PractitionerRole"] == 0
-    assert (after["RelatedPerson"], after["Coverage"], after["Group"]) == (12, 120, 2)
-    assert report_of(export_dir)["data_lost"] is True
+    assert (
+        "the server lost data since the checkpoint: Organization: 0 on the server, 2 loaded before; Practitioner: 0 on the server, "
+        "3 loaded before; PractitionerRole: 0 on the server, 3 loaded before; Patient: 80 on the server, 120 loaded before"
+    ) in stderr
+    assert counts(fhir) == {**EXPECTED, "Organization": 0, "Practitioner": 0, "PractitionerRole": 0, "Patient": 80}
+    report = report_of(export_dir)
+    assert (report["status"], report["data_lost"]) == ("stopped", True)
 
     done = atr_load(str(export_dir), "--server", fhir.base_url, *FAST)
     assert done.returncode == 0, done.stderr

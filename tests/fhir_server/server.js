@@ -629,7 +629,15 @@ function createServer(options = {}) {
     // A slow server: by default the work is done, then the answer waits (a client that times out
     // cannot know whether the write happened); when "before", the wait comes first.
     const sleep = () => new Promise((resolve) => setTimeout(resolve, fault.delayMs));
-    if (fault?.mode === 'delay' && fault.when === 'before') await sleep();
+    if (fault?.mode === 'delay' && fault.when === 'before') {
+      await sleep();
+      // A client that gave up (killed, timed out) while the request waited: never applied, as a
+      // server that had not started on the request would not apply it.
+      if (req.socket.destroyed) {
+        stats.abandoned = (stats.abandoned ?? 0) + 1;
+        return undefined;
+      }
+    }
 
     let status;
     let body;
