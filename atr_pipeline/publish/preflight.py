@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import ssl
+import threading
 
 import httpx
 import orjson
@@ -26,8 +27,10 @@ from pydantic import BaseModel, ConfigDict
 from atr_pipeline.errors import AtrError
 from atr_pipeline.publish.server import ServerConfig
 
-# Connect and read bounds of the metadata request: the whole preflight ends well inside 10 s.
+# Connect and read bounds of the metadata request, and a hard deadline for the whole of it: a DNS
+# lookup (getaddrinfo) is not bounded by httpx's timeouts and can hang far longer on a dead resolver.
 PREFLIGHT_TIMEOUT = 8.0
+PREFLIGHT_DEADLINE = 9.5
 R4_PREFIX = "4.0."
 EXIT_UNREACHABLE = 3
 EXIT_NOT_FHIR = 4
@@ -94,15 +97,39 @@ def describe_transport_error(exc: BaseException) -> str:
     return text[:160] or type(exc).__name__
 
 
+def _get_metadata(config: ServerConfig, auth: httpx.Auth | None) -> httpx.Response:
+    """The metadata GET in a daemon thread, given up after PREFLIGHT_DEADLINE (the thread is left to
+    finish on its own; it holds nothing but its socket)."""
+    box: dict[str, object] = {}
+    timeout = httpx.Timeout(min(config.timeouts.connect, PREFLIGHT_TIMEOUT), read=PREFLIGHT_TIMEOUT, write=PREFLIGHT_TIMEOUT, pool=PREFLIGHT_TIMEOUT)
+
+    def get() -> None:
+        try:
+            with httpx.Client(auth=auth, timeout=timeout, verify=config.verify_tls, headers={"Accept": "application/fhir+json"}) as client:
+                box["response"] = client.get(f"{config.base_url}/metadata")
+        except httpx.HTTPError as exc:
+            box["error"] = exc
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
+            box["crash"] = exc
+
+    worker = threading.Thread(target=get, name="atr-preflight", daemon=True)
+    worker.start()
+    worker.join(PREFLIGHT_DEADLINE)
+    if "response" in box:
+        return box["response"]  # type: ignore[return-value]
+    if "error" in box:
+        words = describe_transport_error(box["error"])  # type: ignore[arg-type]
+        raise ServerUnreachable(f"cannot reach the FHIR server at {config.host_port}: {words}; nothing was sent")
+    if "crash" in box:
+        raise box["crash"]  # type: ignore[misc]
+    raise ServerUnreachable(
+        f"cannot reach the FHIR server at {config.host_port}: no answer within {PREFLIGHT_DEADLINE:g} s (DNS lookup or connection hanging); nothing was sent"
+    )
+
+
 def preflight(config: ServerConfig, auth: httpx.Auth | None) -> ServerIdentity:
     """``GET [base]/metadata`` once; the server's identity, or a refusal that says what is wrong."""
-    url = f"{config.base_url}/metadata"
-    timeout = httpx.Timeout(min(config.timeouts.connect, PREFLIGHT_TIMEOUT), read=PREFLIGHT_TIMEOUT, write=PREFLIGHT_TIMEOUT, pool=PREFLIGHT_TIMEOUT)
-    try:
-        with httpx.Client(auth=auth, timeout=timeout, verify=config.verify_tls, headers={"Accept": "application/fhir+json"}) as client:
-            response = client.get(url)
-    except httpx.HTTPError as exc:
-        raise ServerUnreachable(f"cannot reach the FHIR server at {config.host_port}: {describe_transport_error(exc)}; nothing was sent") from None
+    response = _get_metadata(config, auth)
     where = f"{config.base_url}/metadata"
     if response.status_code in (401, 403):
         raise NotAFhirServer(f"{where} answered {response.status_code}: the server refused the credentials (set ATR_FHIR_TOKEN or ATR_SMART_*); nothing was sent")
