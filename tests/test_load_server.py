@@ -369,3 +369,21 @@ def test_refused_credentials_stop_the_load_at_once(tmp_path):
     assert report.requests == 1
     assert [(f.resource_type, f.status, f.reason) for f in report.failed] == [("Organization", 401, "http-401")] * 2
     assert [i.code for i in report.failed[0].issues] == ["login"]
+
+
+def test_resume_checks_every_group_member_count_and_resends_a_shrunk_group(fhir, tmp_path):
+    export_dir = _export(tmp_path, members=60, groups=2)
+    assert load_export(export_dir, _config(fhir)).status == "complete"
+    line = orjson.loads(next(iter_ndjson(export_dir, "Group")))
+    shrunk = {**line, "member": line["member"][:3]}  # someone (or a restore) left 3 of its members
+    assert fhir.request("PUT", f"Group/{line['id']}", shrunk).status_code == 200
+
+    report = load_export(export_dir, _config(fhir))
+    assert report.verify_note == (
+        f"the server lost data since the checkpoint (Group/{line['id']}: 3 members on the server, {len(line['member'])} in the export); "
+        "those types are sent again"
+    )
+    assert report.status == "complete"
+    assert (report.counts["Group"].skipped, report.counts["Group"].updated, report.counts["Group"].unchanged) == (0, 1, 1)
+    assert report.counts["Patient"].skipped == 60
+    assert len(fhir.get(f"Group/{line['id']}").json()["member"]) == len(line["member"])
