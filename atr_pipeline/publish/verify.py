@@ -9,7 +9,7 @@ What a claim check looks at, per type the checkpoint says was accepted: the serv
 type is at least the claimed count; a sample of the claimed ids (first and last of evenly spaced
 chunks) is there; every claimed Group is there with the export's number of members. Cheap enough
 to run before every resume and after every load: a few requests per type plus one GET per Group.
-``compare_export`` (``atr load --verify``) asks for every id of the export, 50 per request.
+``compare_export`` (``atr load --verify``) asks for every id of the export, 50 per count request.
 """
 
 from __future__ import annotations
@@ -69,20 +69,24 @@ class ServerReader:
             raise ServerUnreachable(f"{resource_type}?_summary=count answered HTTP {response.status_code} at {self.config.host_port}")
         return int(orjson.loads(response.content).get("total", 0))
 
+    def _count_ids(self, resource_type: str, ids: list[str]) -> int:
+        response = self.get(resource_type, {"_id": ",".join(ids), "_summary": "count"})
+        if response.status_code != 200:
+            raise ServerUnreachable(f"{resource_type}?_id=... answered HTTP {response.status_code} at {self.config.host_port}")
+        return int(orjson.loads(response.content).get("total", 0))
+
     def present(self, resource_type: str, ids: list[str]) -> set[str]:
-        """The subset of ``ids`` the server holds (searches by ``_id``, 50 at a time)."""
+        """The subset of ``ids`` the server holds: a ``_summary=count`` search per 50 ids, then one per
+        id of a batch that comes up short. Counts, never the resources: a search answer would carry
+        every matching Group whole (tens of MB each; ``_elements`` is not honoured everywhere)."""
         found: set[str] = set()
         for start in range(0, len(ids), IDS_PER_SEARCH):
             batch = ids[start : start + IDS_PER_SEARCH]
-            params = {"_id": ",".join(batch), "_count": str(len(batch)), "_elements": "id"}
-            response = self.get(resource_type, params)
-            if response.status_code != 200:
-                raise ServerUnreachable(f"{resource_type}?_id=... answered HTTP {response.status_code} at {self.config.host_port}")
-            for entry in orjson.loads(response.content).get("entry") or []:
-                resource = entry.get("resource") or {}
-                if resource.get("resourceType") == resource_type:
-                    found.add(resource.get("id"))
-        return found & set(ids)
+            if self._count_ids(resource_type, batch) >= len(set(batch)):
+                found.update(batch)
+                continue
+            found.update(rid for rid in batch if self._count_ids(resource_type, [rid]) > 0)
+        return found
 
     def group_members(self, group_id: str) -> int | None:
         """Members of a stored Group (None when it is not there); the answer is byte-scanned, not parsed."""
