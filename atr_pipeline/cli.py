@@ -1,19 +1,22 @@
 """The `atr` command: every stage without Dagster.
 
-Exit codes: 0 all files succeeded, 1 any file refused (the others still processed),
-2 usage errors (bad arguments, invalid mapping).
+Exit codes (``atr_pipeline.errors``): 0 all files succeeded, 1 any file refused (the others
+still processed), 2 usage errors (bad arguments, invalid mapping), 3 environment errors
+(ATR_HOME or another folder missing, read-only, not ours, or its disk full).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from datetime import date
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from atr_pipeline.cli_common import SOURCE_HELP, console_for, escape, mapping_path, month_option
+from atr_pipeline.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, EXIT_USAGE
 
 app = typer.Typer(
     name="atr",
@@ -21,22 +24,44 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Boxes and colours on a terminal; plain click text (no panels cut at 80 columns) in a pipe or log.
+    rich_markup_mode="rich" if sys.stdout.isatty() and sys.stderr.isatty() else None,
+    epilog="Exit codes: 0 ok, 1 a file, export or load refused, 2 usage error, 3 environment error "
+    "(ATR_HOME missing, read-only, not writable, disk full). Start with: atr demo",
 )
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+console = console_for()
+err = console_for(stderr=True)
 
-USAGE = 2
-REFUSED = 1
+USAGE = EXIT_USAGE
+REFUSED = EXIT_REFUSED
+_month = month_option
 
 
-def _month(value: str | None) -> date | None:
-    if value is None:
-        return None
+def _examples(*lines: str) -> str:
+    r"""A command's help epilog: runnable examples, kept line by line (\b stops click re-flowing them)."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _package_version() -> str:
     try:
-        year, month = value.split("-")
-        return date(int(year), int(month), 1)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not YYYY-MM") from None
+        return version("atr_pipeline")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"atr {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Payer member-attribution files -> Da Vinci ATR 2.1.0 FHIR."""
 
 
 def _load_mapping_or_exit(path: Path):
@@ -45,66 +70,98 @@ def _load_mapping_or_exit(path: Path):
     try:
         return load_mapping(path)
     except MappingError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(USAGE) from None
 
 
-@app.command("check-mapping")
-def check_mapping(mapping: Annotated[Path, typer.Argument(help="mappings/<source>.yaml")]) -> None:
-    """Validate a mapping and print what it understood."""
-    spec = _load_mapping_or_exit(mapping)
+def _describe(model, *, skip: tuple[str, ...] = ()) -> str:
+    """Every setting of a mapping section that is set, as ``key value`` pairs (nothing dropped)."""
+    data = model.model_dump(exclude_none=True)
+    # Strings quoted as written in the YAML (repr would double every backslash of a regex).
+    return ", ".join(
+        f"{key} '{value}'" if isinstance(value, str) else f"{key} {value!r}" for key, value in data.items() if key not in skip
+    )
+
+
+def _position(pos) -> str:
+    if pos.is_fixed:
+        return f"positions {pos.start}-{pos.start + pos.length - 1}"
+    if pos.column is not None:
+        return f"column {pos.column!r}"
+    return "default only"
+
+
+def _field_line(name: str, f) -> str:
+    where = f"constant {f.constant!r}" if f.constant is not None else _position(f)
+    # Everything else the mapping says about the field, in full: date format, the code map
+    # itself, default, transforms and any option added to FieldSpec later.
+    skip = ("column", "start", "length", "constant") + (() if f.map is not None else ("unmapped",))
+    rest = _describe(f, skip=skip)
+    return f"{name:<24} {where}" + (f"; {rest}" if rest else "")
+
+
+@app.command("check-mapping", epilog=_examples(
+    "atr check-mapping mappings/acme_commercial.yaml",
+    "atr check-mapping --source statewide_medicaid",
+))
+def check_mapping(
+    mapping_file: Annotated[Path | None, typer.Argument(help="mapping file (mappings/<source>.yaml)", show_default=False)] = None,
+    source: Annotated[Path | None, typer.Option("--source", "--mapping", help=SOURCE_HELP, callback=mapping_path)] = None,
+) -> None:
+    """Validate a mapping and print everything it understood."""
+    chosen = mapping_file or source
+    if chosen is None:
+        raise typer.BadParameter("give a mapping file, or --source ID", param_hint="MAPPING_FILE")
+    spec = _load_mapping_or_exit(chosen)
+    out = console
+    out.print(f"[bold]{escape(spec.source_id)}[/bold]: {escape(spec.description or '')}".rstrip())
+    out.print(f"  file:     {escape(_describe(spec.file))}")
     fmt = spec.format
-    console.print(f"[bold]{spec.source_id}[/bold]: {spec.description or ''}".rstrip())
-    console.print(f"  files:    pattern {spec.file.pattern!r}, month from {spec.file.month_from}, encoding {spec.file.encoding}")
     if fmt.kind == "delimited":
-        console.print(f"  format:   delimited, delimiter {fmt.delimiter!r}, quote {fmt.quote!r}, header row {fmt.header_row}")
+        layout = f"delimited, delimiter {fmt.delimiter!r}, quote {fmt.quote!r}, header row {fmt.header_row}"
     else:
-        console.print(f"  format:   fixed width, record length {fmt.record_length}")
+        layout = f"fixed width, record length {fmt.record_length}, pad short lines {fmt.pad_short_lines}"
+    out.print(f"  format:   {escape(layout)}")
     if spec.records:
-        kinds = [k for k in ("header", "detail", "trailer") if getattr(spec.records, k)]
-        codes = ", ".join(f"{k}={getattr(spec.records, k).code!r}" for k in kinds)
-        console.print(f"  records:  {codes}")
+        type_field = spec.records.type_field
+        out.print(f"  records:  type field {escape(_position(type_field))}")
+        for kind in ("header", "detail", "trailer"):
+            record = getattr(spec.records, kind)
+            if record is None:
+                continue
+            fields = ", ".join(f"{name} {_position(pos)}" for name, pos in record.fields.items())
+            out.print(f"    {kind:<8} code {escape(repr(record.code))}" + (f"; fields {escape(fields)}" if fields else ""))
     if spec.control.record_count:
-        console.print(f"  control:  record count from {spec.control.record_count}")
+        out.print(f"  control:  record count from {escape(spec.control.record_count)}")
     if spec.control.hash_total:
-        console.print(f"  control:  hash total of {spec.control.hash_total.of} against {spec.control.hash_total.expected}")
-    console.print(f"  fields ({len(spec.fields)}):")
+        ht = spec.control.hash_total
+        out.print(f"  control:  hash total of {escape(ht.of)} against {escape(ht.expected)} ({ht.scale} implied decimals)")
+    out.print(f"  identifier systems: {escape(_describe(spec.identifier_systems))}")
+    if spec.intended_recipient:
+        out.print(f"  intended recipient: {escape(_describe(spec.intended_recipient))}")
+    out.print(f"  fields ({len(spec.fields)}):")
     for name, f in spec.fields.items():
-        if f.constant is not None:
-            where = f"constant {f.constant!r}"
-        elif f.is_fixed:
-            where = f"positions {f.start}-{f.start + f.length - 1}"
-        elif f.column is not None:
-            where = f"column {f.column!r}"
-        else:
-            where = "default only"
-        extra = []
-        if f.date:
-            extra.append(f"date {f.date}")
-        if f.map:
-            extra.append(f"code map ({len(f.map)} codes, unmapped -> {f.unmapped})")
-        if f.default is not None:
-            extra.append(f"default {f.default!r}")
-        if f.transforms and f.constant is None:
-            extra.append("+".join(f.transforms))
-        console.print(f"    {name:<24} {where}" + (f"  [{'; '.join(extra)}]" if extra else ""))
-    console.print(f"  reject threshold: {spec.reject_threshold:.1%}")
-    console.print("[green]mapping is valid[/green]")
+        out.print(f"    {escape(_field_line(name, f))}")
+    out.print(f"  reject threshold: {spec.reject_threshold:.1%}")
+    out.print("[green]mapping is valid[/green]")
 
 
-@app.command("run")
+@app.command("run", epilog=_examples(
+    "atr run --source acme_commercial --inbox fixtures/acme_commercial --month 2026-09",
+    "atr run --mapping mappings/acme_commercial.yaml --out ./exports --reprocess",
+))
 def run(
-    mapping: Annotated[Path, typer.Option("--mapping", help="mappings/<source>.yaml")],
-    inbox: Annotated[Optional[Path], typer.Option(help="folder with delivered files (default: $ATR_INBOX or ATR_HOME/inbox)")] = None,
-    month: Annotated[Optional[str], typer.Option(help="only files for this reporting month, YYYY-MM")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="also copy each bulk export under this folder")] = None,
-    home: Annotated[Optional[Path], typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
+    mapping: Annotated[Path, typer.Option("--mapping", "--source", help=SOURCE_HELP, callback=mapping_path)],
+    inbox: Annotated[Path | None, typer.Option(help="folder with delivered files (default: $ATR_INBOX or ATR_HOME/inbox)")] = None,
+    month: Annotated[str | None, typer.Option(help="only files for this reporting month, YYYY-MM")] = None,
+    out: Annotated[Path | None, typer.Option(help="also copy each bulk export under this folder")] = None,
+    home: Annotated[Path | None, typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
     reprocess: Annotated[bool, typer.Option(help="process files already processed again (same output)")] = False,
 ) -> None:
     """Every new file of one source in the inbox, through every stage, to a bulk export."""
     from atr_pipeline.config import load_settings
-    from atr_pipeline.layouts.spec import load_mappings
-    from atr_pipeline.errors import FileRefused
+    from atr_pipeline.errors import FileRefused, environment_problem
+    from atr_pipeline.layouts.spec import MappingError, load_mappings
     from atr_pipeline.pipeline import land_path, process_landed
     from atr_pipeline.sources.landing import Ledger, scan_inbox
 
@@ -113,23 +170,23 @@ def run(
     settings = load_settings(home)
     inbox_dir = (inbox or settings.inbox_dir).resolve()
     if not inbox_dir.is_dir():
-        err.print(f"[red]error:[/red] inbox {inbox_dir} is not a folder")
+        err.print(f"[red]error:[/red] inbox {escape(str(inbox_dir))} is not a folder")
         raise typer.Exit(USAGE)
     others = {}
     if mapping.resolve().parent.is_dir():
         try:
             others = load_mappings(mapping.resolve().parent)
-        except Exception:  # other mappings' problems are not this run's business
+        except MappingError:  # other mappings' problems are not this run's business (check-mapping reports them)
             others = {}
     others[spec.source_id] = spec
     matched, unmatched = scan_inbox(inbox_dir, others)
     for path in unmatched:
-        err.print(f"[yellow]skipped[/yellow] {path.name}: matches no mapping's file pattern; left where it is")
+        err.print(f"[yellow]skipped[/yellow] {escape(path.name)}: matches no mapping's file pattern; left where it is")
     files = [p for p, s in matched if s.source_id == spec.source_id]
     if wanted:
         files = [p for p in files if spec.month_from_name(p.name) in (wanted, None)]
     if not files:
-        console.print(f"no files for source {spec.source_id} in {inbox_dir}" + (f" for {month}" if month else ""))
+        console.print(escape(f"no files for source {spec.source_id} in {inbox_dir}" + (f" for {month}" if month else "")))
         raise typer.Exit(0)
     ledger = Ledger.for_landing(settings.landing_dir)
     tally = {"processed": 0, "refused": 0, "skipped": 0, "failed": 0}
@@ -141,23 +198,25 @@ def run(
             except FileRefused as exc:
                 tally["refused"] += 1
                 where = f", line {exc.line_number}" if exc.line_number else ""
-                console.print(f"[red]refused[/red]  {path.name}: {exc.reason} (rule {exc.rule}{where})")
+                console.print(f"[red]refused[/red]  {escape(path.name)}: {escape(f'{exc.reason} (rule {exc.rule}{where})')}")
                 continue
             entry = ledger.get(landed.sha256)
             if entry is not None and entry.status != "landed" and not reprocess:
                 tally["skipped"] += 1
-                console.print(f"[dim]skipped[/dim]  {path.name}: already {entry.status} (use --reprocess to run it again)")
+                console.print(f"[dim]skipped[/dim]  {escape(path.name)}: already {entry.status} (use --reprocess to run it again)")
                 continue
             if wanted and landed.month != wanted:
                 tally["skipped"] += 1
-                console.print(f"[dim]skipped[/dim]  {path.name}: reports {landed.month:%Y-%m}, not {month}")
+                console.print(f"[dim]skipped[/dim]  {escape(path.name)}: reports {landed.month:%Y-%m}, not {escape(str(month))}")
                 continue
-            outcome = process_landed(landed, spec, settings, out_dir=out, progress=lambda m: err.print(f"[dim]  ... {m}[/dim]"))
+            outcome = process_landed(landed, spec, settings, out_dir=out, progress=lambda m: err.print(f"[dim]  ... {escape(m)}[/dim]"))
         except Exception as exc:  # noqa: BLE001 - a bug or an unreadable file must not stop the rest
+            if environment_problem(exc, settings.home) is not None:
+                raise  # ATR_HOME itself is unusable (read-only, disk full): main() says so, exit 3
             # The type only: an exception's text may quote file content (PHI). The file stays
             # "landed" (or in the inbox), so the next run tries it again.
             tally["failed"] += 1
-            console.print(f"[red]failed[/red]   {path.name}: internal error ({type(exc).__name__}); the other files were still processed")
+            console.print(f"[red]failed[/red]   {escape(path.name)}: internal error ({type(exc).__name__}); the other files were still processed")
             continue
         _print_outcome(outcome)
         tally["refused" if outcome.status == "refused" else "processed"] += 1
@@ -168,16 +227,16 @@ def run(
 def _print_outcome(o) -> None:
     """One file's outcome: counts, rules, change types, and where its outputs are (no values)."""
     if o.status == "refused":
-        console.print(f"[red]refused[/red]  {o.file_name}: {o.message}")
+        console.print(f"[red]refused[/red]  {escape(o.file_name)}: {escape(o.message)}")
         if o.records_read:
             console.print(f"         {o.records_read:,} rows read, {o.rows_rejected:,} rejected")
         if o.rejects_by_rule:
             console.print("         rejects: " + ", ".join(f"{r} {n}" for r, n in o.rejects_by_rule.items()))
         if o.rejects_csv and o.rows_rejected:
-            console.print(f"         rejects CSV: {o.rejects_csv}")
+            console.print(f"         rejects CSV: {escape(str(o.rejects_csv))}")
         return
     console.print(
-        f"[green]ok[/green]       {o.file_name} ({o.month:%Y-%m}): {o.records_read:,} rows read, "
+        f"[green]ok[/green]       {escape(o.file_name)} ({o.month:%Y-%m}): {o.records_read:,} rows read, "
         f"{o.rows_accepted:,} accepted, {o.rows_rejected:,} rejected"
     )
     if o.rejects_by_rule:
@@ -189,32 +248,35 @@ def _print_outcome(o) -> None:
     if changes:
         console.print("         members: " + ", ".join(f"{k} {changes.get(k, 0):,}" for k in ("new", "changed", "nochange", "dropped")))
     console.print("         resources: " + ", ".join(f"{t} {n:,}" for t, n in o.resources_by_type.items()))
-    console.print(f"         export: {o.export_dir}")
+    console.print(f"         export: {escape(str(o.export_dir))}")
     if o.rows_rejected:
-        console.print(f"         rejects CSV: {o.rejects_csv}")
+        console.print(f"         rejects CSV: {escape(str(o.rejects_csv))}")
 
 
-@app.command("fixtures")
+@app.command("fixtures", epilog=_examples(
+    "atr fixtures --source acme_commercial --members 20 --month 2026-09 --out ./incoming",
+    "atr fixtures --mapping mappings/statewide_medicaid.yaml --members 1000 --month 2026-10 --out ./incoming --seed 7",
+))
 def fixtures(
-    mapping: Annotated[Path, typer.Option("--mapping")],
-    members: Annotated[int, typer.Option(min=1)],
-    month: Annotated[str, typer.Option(help="YYYY-MM")],
-    out: Annotated[Path, typer.Option()],
-    seed: Annotated[int, typer.Option()] = 0,
+    mapping: Annotated[Path, typer.Option("--mapping", "--source", help=SOURCE_HELP, callback=mapping_path)],
+    members: Annotated[int, typer.Option(min=1, help="members in the file (dependents included)")],
+    month: Annotated[str, typer.Option(help="reporting month, YYYY-MM")],
+    out: Annotated[Path, typer.Option(help="folder the file is written to (created if missing)")],
+    seed: Annotated[int, typer.Option(help="same seed, consecutive months: one population with realistic changes")] = 0,
 ) -> None:
     """Write a realistic synthetic file in a mapping's layout."""
     from atr_pipeline.synthetic import write_synthetic
 
     spec = _load_mapping_or_exit(mapping)
     m = _month(month)
-    assert m is not None
+    assert m is not None  # typer requires --month
     out.mkdir(parents=True, exist_ok=True)
-    err.print(f"[dim]writing {members:,} members for {month}...[/dim]")
+    err.print(f"[dim]writing {members:,} members for {escape(month)}...[/dim]")
     path = write_synthetic(spec, members=members, month=m, out_dir=out, seed=seed)
-    console.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    console.print(f"wrote {escape(str(path))} ({path.stat().st_size:,} bytes)")
 
 
-@app.command("demo")
+@app.command("demo", epilog=_examples("atr demo", "atr demo --home /tmp/atr-demo"))
 def demo(
     home: Annotated[Path, typer.Option(help="demo state folder (inbox, DuckDB, exports, DAGSTER_HOME)")] = Path(".atr_home/demo"),
     fixtures_dir: Annotated[Path, typer.Option("--fixtures", help="bundled fixture files, one folder per source")] = Path("fixtures"),
@@ -228,12 +290,14 @@ def demo(
     home = home.resolve()
     partitions = prepare_home(home, fixtures_dir, mappings_dir)
     if not partitions:
-        err.print(f"[red]error:[/red] no fixture files under {fixtures_dir} match a mapping in {mappings_dir}")
+        err.print(
+            f"[red]error:[/red] no fixture files under {escape(str(fixtures_dir))} match a mapping in {escape(str(mappings_dir))}"
+        )
         raise typer.Exit(USAGE)
-    results = run_partitions(partitions, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    results = run_partitions(partitions, progress=lambda m: err.print(f"[dim]{escape(m)}[/dim]"))
     table = Table(title="atr demo: attribution_job per partition")
     for col in ("source", "month", "read", "ok", "rej", "new/chg/same/drop", "FHIR", "checks"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, no_wrap=True)  # ids and counts are read whole, never cut
     failed = 0
     notes = []
     for r in results:
@@ -251,7 +315,7 @@ def demo(
             if not ok:
                 notes.append(f"{r.source_id} {r.month}: check {name} failed")
         table.add_row(
-            r.source_id, r.month,
+            escape(r.source_id), r.month,
             str(v.get("rows_read", "-")), str(v.get("rows_accepted", "-")), str(v.get("rows_rejected", "-")),
             "/".join(str(ct.get(k, 0)) for k in ("new", "changed", "nochange", "dropped")) if ct else "-",
             str(f.get("dagster/row_count") or "-"),
@@ -259,19 +323,24 @@ def demo(
         )
     console.print(table)
     for note in notes:
-        console.print(f"[red]{note}[/red]")
-    console.print(f"exports:  {home / 'exports'}")
-    console.print(f"rejects:  {home / 'rejects'}")
-    console.print(f"history:  {home / 'history.duckdb'}")
-    console.print(f"Dagster UI on the same data:  DAGSTER_HOME={home / 'dagster'} ATR_HOME={home} ATR_INBOX={home / 'inbox'} .venv/bin/dagster dev -w workspace.yaml")
+        console.print(f"[red]{escape(note)}[/red]")
+    console.print(f"exports:  {escape(str(home / 'exports'))}")
+    console.print(f"rejects:  {escape(str(home / 'rejects'))}")
+    console.print(f"history:  {escape(str(home / 'history.duckdb'))}")
+    # One line even on a narrow terminal: it is meant to be copied and pasted whole.
+    dagster_cmd = (
+        f"DAGSTER_HOME={home / 'dagster'} ATR_HOME={home} ATR_INBOX={home / 'inbox'} .venv/bin/dagster dev -w workspace.yaml"
+    )
+    console.print("Dagster UI on the same data:")
+    console.print(escape(dagster_cmd), soft_wrap=True)
     raise typer.Exit(REFUSED if failed else 0)
 
 
-@app.command("publish")
+@app.command("publish", epilog=_examples("atr publish --source acme_commercial --month 2026-09"))
 def publish(
-    mapping: Annotated[Path, typer.Option("--mapping", help="mappings/<source>.yaml")],
+    mapping: Annotated[Path, typer.Option("--mapping", "--source", help=SOURCE_HELP, callback=mapping_path)],
     month: Annotated[str, typer.Option(help="YYYY-MM")],
-    home: Annotated[Optional[Path], typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
+    home: Annotated[Path | None, typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
 ) -> None:
     """Rebuild a month's export from history (after `atr finalize`, or a mapping's systems change)."""
     from atr_pipeline.config import load_settings
@@ -279,14 +348,46 @@ def publish(
 
     spec = _load_mapping_or_exit(mapping)
     m = _month(month)
-    assert m is not None
+    assert m is not None  # typer requires --month
     settings = load_settings(home)
-    published = publish_month(spec, m, settings, progress=lambda msg: err.print(f"[dim]  ... {msg}[/dim]"))
+    published = publish_month(spec, m, settings, progress=lambda msg: err.print(f"[dim]  ... {escape(msg)}[/dim]"))
     if published.export_dir is None:
-        console.print(f"[red]refused[/red]  {spec.source_id} {month}: conformance errors {published.conformance_errors}; nothing exported")
+        console.print(
+            f"[red]refused[/red]  {escape(spec.source_id)} {escape(month)}: "
+            f"conformance errors {published.conformance_errors}; nothing exported"
+        )
         raise typer.Exit(REFUSED)
     console.print("resources: " + ", ".join(f"{t} {n:,}" for t, n in published.resources_by_type.items()))
-    console.print(f"export: {published.export_dir}")
+    console.print(f"export: {escape(str(published.export_dir))}")
+
+
+# Examples of the commands whose code lives with its stage (their modules own options and output).
+_STAGE_EXAMPLES = {
+    "conform": (
+        "atr conform .atr_home/demo/exports/acme_commercial/2026-09",
+        "atr conform EXPORT_DIR --json-out > conform.json",
+    ),
+    "load": (
+        "atr load .atr_home/demo/exports/acme_commercial/2026-09 --server http://127.0.0.1:8103/fhir/R4 --kind medplum",
+    ),
+    "trends": (
+        "atr trends --source acme_commercial --home .atr_home/demo",
+        "atr trends --source acme_commercial --contract VBC25-PCP-001 --markdown trends.md",
+    ),
+    "finalize": ("atr finalize --source acme_commercial --contract VBC25-PCP-001",),
+    "sftp-check": ("ATR_SFTP_HOST=sftp.example.org ATR_SFTP_USER=atr ATR_SFTP_KEY_FILE=~/.ssh/atr atr sftp-check",),
+    "sftp-pull": ("atr sftp-pull --settle-seconds 10",),
+}
+
+
+_API_EXAMPLES = {
+    "serve": ("atr serve --home .atr_home --port 8080",),
+    "pull": (
+        "atr pull --base http://127.0.0.1:8080/fhir --client-id CLIENT_ID --key private_key.pem "
+        "--identifier 'SYSTEM|VBC25-0001' --out ./pulled",
+    ),
+    "clients": ("atr clients list", "atr clients add --help"),
+}
 
 
 def _register_stage_commands() -> None:
@@ -297,13 +398,20 @@ def _register_stage_commands() -> None:
     from atr_pipeline.publish.cli import load
     from atr_pipeline.sources.commands import sftp_check, sftp_pull
 
-    register_api(app)  # serve, clients
-    app.command("conform")(conform)
-    app.command("load")(load)
-    app.command("trends")(trends)
-    app.command("finalize")(finalize)
-    app.command("sftp-check")(sftp_check)
-    app.command("sftp-pull")(sftp_pull)
+    register_api(app)  # serve, pull, clients
+    for name, command in (
+        ("conform", conform),
+        ("load", load),
+        ("trends", trends),
+        ("finalize", finalize),
+        ("sftp-check", sftp_check),
+        ("sftp-pull", sftp_pull),
+    ):
+        app.command(name, epilog=_examples(*_STAGE_EXAMPLES[name]))(command)
+    # The API module registers its own commands: their examples are added here, beside the others'.
+    for info in [*app.registered_commands, *app.registered_groups]:
+        if info.name in _API_EXAMPLES and not info.epilog:
+            info.epilog = _examples(*_API_EXAMPLES[info.name])
 
 
 _register_stage_commands()
@@ -311,13 +419,20 @@ _register_stage_commands()
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from atr_pipeline.config import last_home
+    from atr_pipeline.errors import AtrError, environment_problem
+
     try:
         app()
-    except Exception as exc:  # an AtrError is the user's to act on: no traceback
-        from atr_pipeline.errors import AtrError
-
+    # The boundary of the program: whatever escapes a command is either the user's to act on
+    # (one line, its own exit code) or a bug, which is re-raised with its traceback.
+    except Exception as exc:
+        problem = environment_problem(exc, last_home())
+        if problem is not None:
+            err.print(f"[red]error:[/red] {escape(str(problem))}")
+            sys.exit(EXIT_ENVIRONMENT)
         if isinstance(exc, AtrError):
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
             sys.exit(REFUSED)
         raise
 

@@ -11,12 +11,17 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from atr_pipeline.errors import EnvironmentProblem, environment_problem
 from atr_pipeline.private import private_dir, protect_home
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _env_or(name: str, default: str) -> str:
+    return _env(name) or default
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class Settings:
 
     @property
     def history_path(self) -> Path:
-        return Path(_env("ATR_HISTORY_DB") or self.home / "history.duckdb")
+        return history_path_for(self.home)
 
     @property
     def exports_dir(self) -> Path:
@@ -62,19 +67,85 @@ def _load_or_create_key(home: Path) -> bytes:
     return key
 
 
+_last_home: Path | None = None
+
+
+def resolve_home(home: str | Path | None = None) -> Path:
+    """ATR_HOME as an absolute path (explicit argument, else $ATR_HOME, else ./.atr_home); creates nothing."""
+    global _last_home
+    _last_home = Path(home or _env_or("ATR_HOME", ".atr_home")).resolve()
+    return _last_home
+
+
+def last_home() -> Path:
+    """The ATR_HOME this process resolved last (``--home`` included), for naming it in an error.
+
+    sqlite reports a full disk or a read-only file without a path; the CLI names this one instead.
+    """
+    return _last_home if _last_home is not None else resolve_home()
+
+
+def history_path_for(home: Path) -> Path:
+    return Path(_env("ATR_HISTORY_DB") or home / "history.duckdb")
+
+
+def existing_home(home: str | Path | None = None) -> Path:
+    """ATR_HOME for commands that only read it: must exist, is never created or written.
+
+    Refused: ``EnvironmentProblem`` when the folder is missing.
+    """
+    path = resolve_home(home)
+    if not path.is_dir():
+        raise EnvironmentProblem(
+            path, "ATR_HOME does not exist", "run `atr run` (or `atr demo`) first, or point ATR_HOME (--home) at your state folder"
+        )
+    return path
+
+
 def load_settings(
     home: str | Path | None = None,
     *,
     inbox: str | Path | None = None,
     mappings_dir: str | Path | None = None,
 ) -> Settings:
-    """Explicit arguments win over ATR_* variables, which win over the embedded defaults."""
-    home_path = Path(home or _env("ATR_HOME", ".atr_home")).resolve()
-    home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    protect_home(home_path)  # umask 077, warn on an open ATR_HOME, PHI paths owner-only
+    """Explicit arguments win over ATR_* variables, which win over the embedded defaults.
+
+    Creates ATR_HOME (and the id key) when missing, and checks that it can be written, so a
+    read-only or foreign ATR_HOME is reported here (``EnvironmentProblem``) before any stage runs.
+    """
+    home_path = resolve_home(home)
+    try:
+        home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_writable(home_path)
+        protect_home(home_path)  # umask 077, warn on an open ATR_HOME, PHI paths owner-only
+        id_key = _load_or_create_key(home_path)
+    except OSError as exc:
+        problem = environment_problem(exc, home_path)
+        if problem is None:
+            raise
+        raise problem from None
     return Settings(
         home=home_path,
-        mappings_dir=Path(mappings_dir or _env("ATR_MAPPINGS_DIR", "mappings")).resolve(),
-        inbox_dir=Path(inbox or _env("ATR_INBOX", str(home_path / "inbox"))).resolve(),
-        id_key=_load_or_create_key(home_path),
+        mappings_dir=mappings_dir_for(mappings_dir),
+        inbox_dir=Path(inbox or _env_or("ATR_INBOX", str(home_path / "inbox"))).resolve(),
+        id_key=id_key,
     )
+
+
+def mappings_dir_for(mappings_dir: str | Path | None = None) -> Path:
+    """The mapping folder: explicit argument, else $ATR_MAPPINGS_DIR, else ./mappings."""
+    return Path(mappings_dir or _env_or("ATR_MAPPINGS_DIR", "mappings")).resolve()
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise the OSError a write into ``folder`` would meet (EROFS, EACCES), leaving no file.
+
+    A real create, not ``os.access``: access() answers for the real uid, and ignores ACLs and
+    network file systems; the stages will create files, so that is what is tried.
+    """
+    probe = folder / f".atr_write_probe.{os.getpid()}"  # per process: concurrent runs share a home
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None

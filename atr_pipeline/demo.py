@@ -94,7 +94,7 @@ def run_partitions(partitions: list[tuple[str, str]], progress=print) -> list[Pa
                 mat = event.event_specific_data.materialization  # type: ignore[union-attr]
                 metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
             elif event.event_type_value == "ASSET_CHECK_EVALUATION":
-                ev = event.event_specific_data  # type: ignore[assignment]
+                ev = event.event_specific_data
                 checks[ev.check_name] = ev.passed  # type: ignore[union-attr]
         failure = ""
         if not res.success:

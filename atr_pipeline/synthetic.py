@@ -41,9 +41,19 @@ _MBI_RADIX = (9, 20, 30, 10, 20, 30, 10, 20, 20, 10, 10)
 _MBI_SPACE = int(np.prod(np.array(_MBI_RADIX, dtype=np.float64)))
 _EIN_PREFIXES = (10, 12, 20, 27, 35, 45, 46, 47, 54, 56, 61, 62, 65, 81, 82, 83, 84, 86, 91, 94)
 
-_FAMILY = [a + b for a in ("Test", "Mock", "Sample", "Fake", "Demo", "Synth", "Proto", "Dummy") for b in ("erson", "well", "ley", "ford", "berg", "man", "ton", "ova", "field", "worth")]
-_GIVEN_F = ["Ada", "Beth", "Cara", "Dana", "Eva", "Fay", "Gina", "Hana", "Iris", "Jo", "Kim", "Lia", "Mae", "Nia", "Ona", "Pia", "Rae", "Sue", "Tia", "Uma", "Vi", "Wren", "Yara", "Zoe"]
-_GIVEN_M = ["Abe", "Ben", "Cal", "Dan", "Eli", "Finn", "Gus", "Hal", "Ian", "Jay", "Kai", "Leo", "Max", "Ned", "Otto", "Pat", "Ray", "Sam", "Ted", "Ugo", "Vic", "Walt", "Xan", "Zed"]
+_FAMILY = [
+    a + b
+    for a in ("Test", "Mock", "Sample", "Fake", "Demo", "Synth", "Proto", "Dummy")
+    for b in ("erson", "well", "ley", "ford", "berg", "man", "ton", "ova", "field", "worth")
+]
+_GIVEN_F = [
+    "Ada", "Beth", "Cara", "Dana", "Eva", "Fay", "Gina", "Hana", "Iris", "Jo", "Kim", "Lia",
+    "Mae", "Nia", "Ona", "Pia", "Rae", "Sue", "Tia", "Uma", "Vi", "Wren", "Yara", "Zoe",
+]
+_GIVEN_M = [
+    "Abe", "Ben", "Cal", "Dan", "Eli", "Finn", "Gus", "Hal", "Ian", "Jay", "Kai", "Leo",
+    "Max", "Ned", "Otto", "Pat", "Ray", "Sam", "Ted", "Ugo", "Vic", "Walt", "Xan", "Zed",
+]
 _PROV_FAMILY = [a + b for a in ("Doc", "Clinic", "Pract", "Medi", "Cura") for b in ("sample", "test", "mock", "demo")]
 _STREETS = ["Test", "Sample", "Mock", "Demo", "Example", "Placeholder", "Fixture", "Synthetic"]
 _STREET_TYPES = ["St", "Ave", "Rd", "Ln", "Blvd", "Ct"]
@@ -62,10 +72,10 @@ _MEDICARE_PRODUCTS = ("mediadv", "medicare")
 # --- hashing ------------------------------------------------------------------------------------
 
 
-def _mix(*parts: np.ndarray | int) -> np.ndarray:
+def _mix(*parts: np.ndarray | np.integer | int) -> np.ndarray:
     """splitmix64 of the parts: a deterministic uint64 per element (wrapping arithmetic)."""
     with np.errstate(over="ignore"):
-        h = np.uint64(0x9E3779B97F4A7C15)
+        h = np.asarray(np.uint64(0x9E3779B97F4A7C15))
         for p in parts:
             x = np.asarray(p).astype(np.uint64) + h
             x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -107,7 +117,7 @@ def _mbi(x: np.ndarray) -> pl.Series:
     alnum = _MBI_LETTERS + "0123456789"
     tables = ["123456789", _MBI_LETTERS, alnum, "0123456789", _MBI_LETTERS, alnum, "0123456789", _MBI_LETTERS, _MBI_LETTERS, "0123456789", "0123456789"]
     cols = []
-    for radix, table in zip(reversed(_MBI_RADIX), reversed(tables)):
+    for radix, table in zip(reversed(_MBI_RADIX), reversed(tables), strict=True):
         cols.append(pl.Series(list(table)).gather(pl.Series(v % radix)))
         v = v // radix
     frame = pl.DataFrame({str(i): c for i, c in enumerate(reversed(cols))})
@@ -159,8 +169,16 @@ def _month_start(t: np.ndarray) -> pl.Series:
     return pl.Series(_month_days(t)).cast(pl.Int32).cast(pl.Date)
 
 
-def population(spec: MappingSpec, *, members: int, month: date, seed: int = 0, shape: Shape | None = None) -> pl.DataFrame:
-    """Canonical rows (no lineage) for ``members`` people in ``month``; ~3% have two PCP rows."""
+def population(
+    spec: MappingSpec, *, members: int, month: date, seed: int = 0, shape: Shape | None = None, min_changes: int = 0
+) -> pl.DataFrame:
+    """Canonical rows (no lineage) for ``members`` people in ``month``; ~3% have two PCP rows.
+
+    ``min_changes``: at least this many households turn over (a family dropped, another added),
+    and as many change address, plan and provider clock, every month. The natural rates (a
+    household every 36-64 months, the rest every 150-250) give a small file no change at all
+    most months; above about 50 x ``min_changes`` households they already do and nothing differs.
+    """
     if members < 1:
         raise ValueError("members must be at least 1")
     shape = shape or Shape.for_members(members)
@@ -180,6 +198,12 @@ def population(spec: MappingSpec, *, members: int, month: date, seed: int = 0, s
     # tenure: the unit's family turns over every p months
     period = 36 + _pick(_mix(seed_u, u, 2), 29)
     phase = _pick(_mix(seed_u, u, 3), 1 << 20) % period
+    # Too few households to see min_changes a month at natural rates: one short period for all,
+    # phases spread over it, so every month the units with (t + phase) % p == 0 change (p >= 4).
+    compressed = min_changes > 0 and n_units < 50 * min_changes
+    if compressed:
+        period = np.full_like(u, max(4, n_units // min_changes))
+        phase = u % period
     gen = (t + phase) // period
     t0 = gen * period - phase
     last_month = t0 + period - 1 == t
@@ -189,6 +213,9 @@ def population(spec: MappingSpec, *, members: int, month: date, seed: int = 0, s
     def clock(salt: int) -> tuple[np.ndarray, np.ndarray]:
         p = 150 + _pick(_mix(seed_u, k, salt), 101)
         ph = _pick(_mix(seed_u, k, salt + 1), 1 << 20) % p
+        if compressed:  # clocks 10, 20, 30 move the units 1, 2, 3 places after the turnover ones
+            p = period
+            ph = (u + salt // 10) % p
         v = (t + ph) // p
         return v, np.maximum(v * p - ph, t0)
 
@@ -202,7 +229,9 @@ def population(spec: MappingSpec, *, members: int, month: date, seed: int = 0, s
     is_medicare = (size == 1) & (prod_r < 0.3) & bool(medicare)
     product = np.where(is_medicare, np.array(medicare or [""], dtype=object)[_pick(_mix(seed_u, u, 5), max(1, len(medicare)))],
                        np.array(commercial, dtype=object)[_pick(_mix(seed_u, u, 6), len(commercial))])
-    relationship = np.select([pos == 0, (pos == 1) & (_unit(_mix(seed_u, u, 7)) < 0.8)], ["self", "spouse"], "child")
+    relationship = np.select(
+        [pos == 0, (pos == 1) & (_unit(_mix(seed_u, u, 7)) < 0.8)], [np.array("self"), np.array("spouse")], np.array("child")
+    )
     self_male = _pick(_mix(seed_u, k, 8), 2) == 0
     gender_male = np.where(relationship == "self", self_male, np.where(relationship == "spouse", ~self_male, _pick(_mix(seed_u, k, pos, 9), 2) == 0))
 
@@ -251,11 +280,19 @@ def population(spec: MappingSpec, *, members: int, month: date, seed: int = 0, s
             "_zip2": _pick(_mix(seed_u, k, addr_v, 48), 100),
             "_phone": _pick(_mix(seed_u, k, addr_v, 49), 100),
             "_plan": 1 + _pick(_mix(seed_u, k, plan_v, 50), 3),
-            "risk_score": np.round(0.2 + 3.3 * _unit(_mix(seed_u, k, pos, addr_v, 51)), 4),
+            "risk_score": (0.2 + 3.3 * _unit(_mix(seed_u, k, pos, addr_v, 51))).round(4),
             "_mbi_x": key * 4 + np.minimum(pos, 3),
         }
     )
-    places = pl.DataFrame({"_place": range(len(_PLACES)), "city": [p[0] for p in _PLACES], "state": [p[1] for p in _PLACES], "_zip3": [p[2] for p in _PLACES], "_area": _AREA_CODES})
+    places = pl.DataFrame(
+        {
+            "_place": range(len(_PLACES)),
+            "city": [p[0] for p in _PLACES],
+            "state": [p[1] for p in _PLACES],
+            "_zip3": [p[2] for p in _PLACES],
+            "_area": _AREA_CODES,
+        }
+    )
     year0 = 2025 + 3 * ((month.year - 2025) // 3)
     contract_start, contract_end = date(year0, 1, 1), date(year0 + 2, 12, 31)
     df = base.join(places, on="_place", how="left").sort("_i")
@@ -263,10 +300,18 @@ def population(spec: MappingSpec, *, members: int, month: date, seed: int = 0, s
         pl.format("M{}{}", pl.col("_sub"), (pl.col("_pos") + 1).cast(pl.String).str.pad_start(2, "0")).alias("member_id"),
         pl.format("M{}", pl.col("_sub")).alias("subscriber_id"),
         pl.Series(_FAMILY).gather(df["_fam"]).alias("family_name"),
-        pl.when(pl.col("gender") == "male").then(pl.Series(_GIVEN_M).gather(df["_given"])).otherwise(pl.Series(_GIVEN_F).gather(df["_given"])).alias("given_name"),
+        pl.when(pl.col("gender") == "male")
+        .then(pl.Series(_GIVEN_M).gather(df["_given"]))
+        .otherwise(pl.Series(_GIVEN_F).gather(df["_given"]))
+        .alias("given_name"),
         pl.Series(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")).gather(df["_middle"]).alias("middle_name"),
         pl.when(pl.col("_suffix")).then(pl.lit("Jr")).alias("name_suffix"),
-        pl.format("{} {} {}", pl.col("_house"), pl.Series(_STREETS).gather(df["_street"] // len(_STREET_TYPES)), pl.Series(_STREET_TYPES).gather(df["_street"] % len(_STREET_TYPES))).alias("address_line1"),
+        pl.format(
+            "{} {} {}",
+            pl.col("_house"),
+            pl.Series(_STREETS).gather(df["_street"] // len(_STREET_TYPES)),
+            pl.Series(_STREET_TYPES).gather(df["_street"] % len(_STREET_TYPES)),
+        ).alias("address_line1"),
         pl.when(pl.col("_apt") < 5).then(pl.format("Apt {}", pl.col("_apt") + 1)).alias("address_line2"),
         pl.concat_str(pl.col("_zip3"), pl.col("_zip2").cast(pl.String).str.pad_start(2, "0")).alias("postal_code"),
         pl.format("{}555{}", pl.col("_area"), (pl.col("_phone") + 100).cast(pl.String).str.pad_start(4, "0")).alias("phone"),
@@ -333,10 +378,17 @@ def _payer_columns(spec: MappingSpec, rows: pl.DataFrame) -> pl.DataFrame:
     return rows.with_columns(extra)
 
 
+# `atr fixtures` files are for trying the pipeline: each month shows adds, drops and changes.
+MONTHLY_CHANGES = 2
+
+
 def write_synthetic(spec: MappingSpec, *, members: int, month: date, out_dir: Path, seed: int = 0) -> Path:
-    """Write a synthetic file for ``month`` in ``spec``'s layout; returns its path."""
+    """Write a synthetic file for ``month`` in ``spec``'s layout; returns its path.
+
+    Consecutive months from one seed always differ (``MONTHLY_CHANGES``), however small the file.
+    """
     month = month.replace(day=1)
-    rows = _payer_columns(spec, population(spec, members=members, month=month, seed=seed))
+    rows = _payer_columns(spec, population(spec, members=members, month=month, seed=seed, min_changes=MONTHLY_CHANGES))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / file_name_for(spec, month)

@@ -40,6 +40,11 @@ class ClientKey:
     public_openssh: str
 
 
+def landed_files(landing: Path) -> list[Path]:
+    """Every file landing wrote under ``landing`` (the ledger's sqlite files aside), sorted."""
+    return sorted(p for p in landing.rglob("*") if p.is_file() and not p.name.startswith("ledger.sqlite"))
+
+
 def make_client_key(kind: str) -> ClientKey:
     alg = {"ed25519": "ssh-ed25519", "ecdsa": "ecdsa-sha2-nistp256", "rsa": "ssh-rsa"}[kind]
     key = asyncssh.generate_private_key(alg, key_size=2048) if kind == "rsa" else asyncssh.generate_private_key(alg)

@@ -74,7 +74,7 @@ def test_missing_listed_file_and_unlisted_file(tmp_path):
     hits = fired(check_export(exp))
     assert hits["export.file-missing"].examples == ["Practitioner.ndjson"]
     assert hits["export.file-unlisted"].examples == ["Stray.ndjson"]
-    assert hits["export.file-unlisted"].severity == "warning"
+    assert hits["export.file-unlisted"].severity == "error"  # a file the manifest does not list fails the export
     # the Practitioner is gone, so the PractitionerRole and the Group member point nowhere
     assert hits["ref.unresolved"].count == 2
     assert set(hits) == {"export.file-missing", "export.file-unlisted", "ref.unresolved"}
@@ -92,6 +92,40 @@ def test_resource_in_the_wrong_file_and_blank_lines(tmp_path):
     assert hits["export.type-mismatch"].examples == ["Patient/pat-9"]
     assert (hits["export.blank-line"].count, hits["export.blank-line"].examples) == (1, ["Coverage.ndjson"])
     assert set(hits) == {"export.type-mismatch", "export.blank-line"}
+
+
+def test_manifest_listing_nothing_fails(tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "manifest.json").write_bytes(orjson.dumps({"output": []}))
+    report = check_export(exp)
+    hits = fired(report)
+    assert hits["export.output-empty"].examples == ["manifest.json"]
+    assert hits["export.type-absent"].examples == ["Group", "Patient", "Coverage"]
+    assert report.ok is False
+
+
+@pytest.mark.parametrize("missing", ["Group", "Patient", "Coverage"])
+def test_export_without_a_required_type_fails(tmp_path, missing):
+    """The type's file is gone from the manifest (and the folder): not an attribution list."""
+    exp = write_export(tmp_path / "exp", [r for r in valid_set() if r["resourceType"] != missing])
+    report = check_export(exp)
+    hits = fired(report)
+    assert hits["export.type-absent"].examples == [missing]
+    assert hits["export.type-absent"].severity == "error"
+    assert report.ok is False
+
+
+def test_file_removed_from_manifest_fails(tmp_path):
+    exp = write_export(tmp_path / "exp", valid_set())
+    manifest = orjson.loads((exp / "manifest.json").read_bytes())
+    manifest["output"] = [o for o in manifest["output"] if o["type"] != "Group"]
+    (exp / "manifest.json").write_bytes(orjson.dumps(manifest))
+    report = check_export(exp)
+    hits = fired(report)
+    assert hits["export.file-unlisted"].examples == ["Group.ndjson"]
+    assert hits["export.type-absent"].examples == ["Group"]
+    assert report.ok is False
 
 
 def test_export_without_manifest_is_refused(tmp_path):

@@ -675,6 +675,8 @@ def test_catalogue_is_fully_exercised():
         "export.id-mismatch",
         "export.blank-line",
         "export.file-unlisted",
+        "export.output-empty",
+        "export.type-absent",
     }  # tests/test_conform_export.py
     tested = {c[0] for c in CASES} | {"json.parse"} | export_rules
     assert tested == set(RULES)

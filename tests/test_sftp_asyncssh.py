@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from sftp_servers import landed_files
 
 from atr_pipeline.sources.landing import Ledger
 from atr_pipeline.sources.polling import (
@@ -52,10 +53,6 @@ def _put(server, name: str, data: bytes, mtime: int = MTIME) -> Path:
     p.write_bytes(data)
     os.utime(p, (mtime, mtime))
     return p
-
-
-def _landed(landing: Path) -> list[Path]:
-    return sorted(p for p in landing.rglob("*") if p.is_file() and not p.name.startswith("ledger.sqlite"))
 
 
 def test_list_inbox_regular_files_sorted(sftp_server, tmp_path):
@@ -113,7 +110,7 @@ def test_duplicate_under_new_name_and_supersede_under_old_name(sftp_server, tmp_
         second = src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=ledger)
     assert (dup.status, dup.duplicate_of) == ("duplicate", NAME)
     assert second.file.supersedes == first.file.sha256 == hashlib.sha256(b"v1\n").hexdigest()
-    assert [p.read_bytes() for p in _landed(landing)] == sorted([b"v1\n", b"v2\n"], key=lambda b: hashlib.sha256(b).hexdigest())
+    assert [p.read_bytes() for p in landed_files(landing)] == sorted([b"v1\n", b"v2\n"], key=lambda b: hashlib.sha256(b).hexdigest())
 
 
 def test_changed_host_key_is_refused_without_key_material(sftp_server, tmp_path):
@@ -204,7 +201,7 @@ def test_dropped_connection_mid_download_is_retried(sftp_server, tmp_path, acme_
         assert src.connects == 2
     assert sftp_server.drops == 1
     assert out.file.sha256 == hashlib.sha256(body).hexdigest()
-    assert _landed(landing) == [out.file.path]
+    assert landed_files(landing) == [out.file.path]
     assert list((landing / ".incoming").iterdir()) == []
 
 
@@ -217,7 +214,7 @@ def test_server_killed_mid_download_and_back_is_retried(sftp_server, tmp_path, a
     with SftpSource(_cfg(sftp_server, tmp_path, retries=8)) as src:
         out = src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=Ledger.for_landing(landing))
     assert out.file.sha256 == hashlib.sha256(body).hexdigest()
-    assert _landed(landing) == [out.file.path]
+    assert landed_files(landing) == [out.file.path]
 
 
 def test_server_killed_for_good_fails_cleanly_and_keeps_remote_file(sftp_server, tmp_path, acme_spec):
@@ -232,7 +229,7 @@ def test_server_killed_for_good_fails_cleanly_and_keeps_remote_file(sftp_server,
         with pytest.raises(SftpConnectionError) as err:
             src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=ledger)
     assert str(err.value).startswith(f"download of {NAME} on payer@127.0.0.1:{sftp_server.port} failed after 3 attempt(s)")
-    assert _landed(landing) == []
+    assert landed_files(landing) == []
     assert ledger.entries() == []
     assert (sftp_server.root / "inbox" / NAME).read_bytes() == body
     assert list((sftp_server.root / "archive").iterdir()) == []
@@ -249,7 +246,7 @@ def test_file_vanishing_between_listing_and_download(sftp_server, tmp_path, acme
         assert src.connects == 1  # not treated as a connection problem
     assert str(err.value) == (f"{NAME} is no longer in '/inbox' on payer@127.0.0.1:{sftp_server.port} "
                               "(moved or deleted after listing); nothing landed")
-    assert _landed(landing) == []
+    assert landed_files(landing) == []
 
 
 def test_archive_moves_only_after_landing(sftp_server, tmp_path, acme_spec):

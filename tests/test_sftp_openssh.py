@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sftp_servers import landed_files
 
 from atr_pipeline.sources.landing import Ledger
 from atr_pipeline.sources.polling import RemoteFile
@@ -46,10 +47,6 @@ def _put(server, name: str, data: bytes) -> None:
 
     path = write_as_user(server, f"inbox/{name}", data)
     os.utime(path, (MTIME, MTIME))
-
-
-def _landed(landing: Path) -> list[Path]:
-    return sorted(p for p in landing.rglob("*") if p.is_file() and not p.name.startswith("ledger.sqlite"))
 
 
 def test_password_list_fetch_archive_and_upload(openssh_server, tmp_path, acme_spec):
@@ -144,7 +141,7 @@ def test_sshd_killed_mid_download_leaves_no_partial(openssh_server, tmp_path, ac
     assert 0 < partial_seen < len(body)
     assert isinstance(result.get("err"), SftpConnectionError)
     assert f"download of {NAME}" in str(result["err"])
-    assert _landed(landing) == []
+    assert landed_files(landing) == []
     assert ledger.entries() == []
 
     # Back up on another port: the same file lands whole.
@@ -152,4 +149,4 @@ def test_sshd_killed_mid_download_leaves_no_partial(openssh_server, tmp_path, ac
     with SftpSource(_cfg(openssh_server, tmp_path)) as src:
         out = src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=ledger)
     assert out.file.sha256 == hashlib.sha256(body).hexdigest()
-    assert _landed(landing) == [out.file.path]
+    assert landed_files(landing) == [out.file.path]

@@ -7,6 +7,7 @@ error-severity rule fired, 1 when one did, 2 when the directory is not an export
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,10 +16,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from atr_pipeline.cli_common import console_for, escape
 from atr_pipeline.conform.checker import STRUCTURAL_MODES
 from atr_pipeline.conform.export import check_export
 from atr_pipeline.conform.report import ConformReport
-from atr_pipeline.errors import AtrError
+from atr_pipeline.errors import EXIT_USAGE, AtrError
+
+# A choice type from the checker's own list, so a wrong value is answered with the valid ones
+# (built at run time from that list, which mypy cannot follow: hence the ignore).
+Structural = enum.Enum("Structural", {mode: mode for mode in STRUCTURAL_MODES}, type=str)  # type: ignore[misc]
+_ALL = Structural("all")
 
 
 def render_table(report: ConformReport, console: Console) -> None:
@@ -39,27 +46,26 @@ def render_table(report: ConformReport, console: Console) -> None:
     table.add_column("paths", overflow="fold")
     for r in report.results:
         sev = f"[red]{r.severity}[/red]" if r.severity == "error" else f"[yellow]{r.severity}[/yellow]"
-        table.add_row(r.rule, sev, str(r.count), "\n".join(r.examples), "\n".join(r.paths))
+        table.add_row(escape(r.rule), sev, str(r.count), escape("\n".join(r.examples)), escape("\n".join(r.paths)))
     console.print(table)
 
 
 def conform(
     export_dir: Annotated[Path, typer.Argument(help="Bulk export directory (manifest.json + NDJSON files)")],
-    structural: Annotated[
-        str, typer.Option(help="R4 structure check with the R4B models: all | sample | none")
-    ] = "all",
+    structural: Annotated[Structural, typer.Option(help="R4 structure check with the R4B models")] = _ALL,
     sample_size: Annotated[int, typer.Option(help="Resources checked structurally with --structural sample")] = 1000,
     json_out: Annotated[bool, typer.Option("--json-out", help="Print the report as JSON")] = False,
 ) -> None:
-    """Check an ATR bulk export: profile rules, references, NPIs, R4 structure. Exit 1 on errors."""
-    if structural not in STRUCTURAL_MODES:
-        raise typer.BadParameter(f"use one of {', '.join(STRUCTURAL_MODES)}", param_hint="--structural")
-    console = Console(soft_wrap=json_out)
+    """Check an ATR bulk export: profile rules, references, NPIs, R4 structure. Exit 1 on errors.
+
+    Only reads the export: works on a read-only folder.
+    """
+    console = console_for()
     try:
-        report = check_export(export_dir, structural=structural, sample_size=sample_size)
+        report = check_export(export_dir, structural=Structural(structural).value, sample_size=sample_size)
     except AtrError as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(code=2) from None
+        console_for(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(code=EXIT_USAGE) from None
     if json_out:
         typer.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

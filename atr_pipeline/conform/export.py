@@ -4,7 +4,8 @@ In: the export directory. ``manifest.json`` follows the Bulk Data manifest: ``ou
 ``{"type", "url", "count"}``; ``url`` may be absolute or relative, only its file name is used,
 looked up in the directory. Out: a ``ConformReport`` over every resource in every listed file, plus
 ``export.*`` findings (missing file, count differing from the line count, resource of another type
-than its file, unlisted NDJSON files, blank lines), whose examples are file names. Files listed under
+than its file, unlisted NDJSON files, blank lines, a manifest listing nothing, no Group, Patient or
+Coverage file), whose examples are file names or the missing type. Files listed under
 the manifest's ``error`` (OperationOutcomes) are checked for presence and count only.
 Refused (``AtrError``): a directory without a readable manifest.json.
 """
@@ -13,15 +14,18 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path, PurePosixPath
+from typing import TypedDict, Unpack
 from urllib.parse import urlparse
-
-import orjson
 
 from atr_pipeline.conform.checker import Checker, frame_order
 from atr_pipeline.conform.report import ConformReport
 from atr_pipeline.errors import AtrError
+from atr_pipeline.publish.export import MANIFEST_NAME, manifest_json
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_NAME
+# An ATR member-attribution export is a Group of Patients with their Coverage: without any one of
+# them it is not an attribution list, however clean the rest is.
+REQUIRED_TYPES = ("Group", "Patient", "Coverage")
 
 
 def _file_name(url: str) -> str:
@@ -32,15 +36,12 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
 
-def read_manifest(export_dir: Path) -> tuple[list[dict], list[dict]]:
+def manifest_entries(export_dir: Path) -> tuple[list[dict], list[dict]]:
     """The manifest's ``output`` and ``error`` entries (error files hold OperationOutcomes)."""
     path = export_dir / MANIFEST
-    try:
-        manifest = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise AtrError(f"{path}: no manifest.json; is this a bulk export directory?") from None
-    except orjson.JSONDecodeError as exc:
-        raise AtrError(f"{path}: manifest.json is not valid JSON (position {exc.pos})") from None
+    # Read by the exporter's own reader; judged here leniently, so a manifest from another
+    # producer is reported on (findings) rather than refused for a field this exporter writes.
+    manifest = manifest_json(export_dir)
     output = manifest.get("output") if isinstance(manifest, dict) else None
     if not isinstance(output, list) or not all(isinstance(o, dict) and isinstance(o.get("url"), str) for o in output):
         raise AtrError(f"{path}: manifest.json needs an 'output' list of {{type, url, count}} entries")
@@ -54,28 +55,30 @@ def _count_lines(path: Path) -> int:
         return sum(1 for raw in fh if raw.strip())
 
 
-def check_export(
-    export_dir: Path,
-    *,
-    structural: str = "all",
-    sample_size: int = 1000,
-    seed: int = 0,
-    assume_profiles: bool = False,
-    resolve_references: bool = True,
-) -> ConformReport:
+class CheckOptions(TypedDict, total=False):
+    """``Checker``'s keyword options (structural, sample_size, seed, ...), passed through as they are."""
+
+    structural: str
+    sample_size: int
+    seed: int
+    assume_profiles: bool
+    resolve_references: bool
+
+
+def check_export(export_dir: Path, **options: Unpack[CheckOptions]) -> ConformReport:
+    """The report over every listed file; ``options`` are ``Checker``'s, with its defaults."""
     export_dir = Path(export_dir)
-    entries, error_entries = read_manifest(export_dir)
-    checker = Checker(
-        structural=structural,
-        sample_size=sample_size,
-        seed=seed,
-        assume_profiles=assume_profiles,
-        resolve_references=resolve_references,
-    )
+    entries, error_entries = manifest_entries(export_dir)
+    checker = Checker(**options)
     f = checker.findings
     by_type: dict[str, list[dict]] = {}
     for entry in entries:
         by_type.setdefault(str(entry.get("type") or ""), []).append(entry)
+    if not entries:
+        f.add("export.output-empty", MANIFEST)
+    for required in REQUIRED_TYPES:
+        if required not in by_type:
+            f.add("export.type-absent", required)
 
     listed: set[str] = set()
     for rtype in frame_order(by_type):

@@ -107,7 +107,9 @@ _RULES: tuple[Rule, ...] = (
     Rule("export.type-mismatch", ERROR, "A resource's resourceType differs from the type of its file or frame"),
     Rule("export.id-mismatch", ERROR, "A frame's id column differs from the id inside the resource JSON"),
     Rule("export.blank-line", WARNING, "Blank line inside an NDJSON file"),
-    Rule("export.file-unlisted", WARNING, "An NDJSON file in the export directory is not listed in manifest.json"),
+    Rule("export.file-unlisted", ERROR, "An NDJSON file in the export directory is not listed in manifest.json"),
+    Rule("export.output-empty", ERROR, "manifest.json lists no output files"),
+    Rule("export.type-absent", ERROR, "The export has no Group, Patient or Coverage file: an ATR export needs all three"),
 )
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

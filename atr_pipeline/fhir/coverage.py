@@ -19,7 +19,7 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.json import Json, concept, dumps, opt, template, text, to_frame, when
+from atr_pipeline.fhir.json import Json, concept, dumps, opt, period, template, text, to_frame, when
 from atr_pipeline.fhir.rows import (
     COVERAGE_ID,
     PATIENT_ID,
@@ -47,12 +47,13 @@ _ATT_END = "_cov_attribution_end"
 
 
 def _period() -> Json:
+    """Coverage dates when the file has any, else the attribution period (from the reporting month)."""
     has_coverage_dates = pl.col("coverage_start").is_not_null() | pl.col("coverage_end").is_not_null()
-    start = pl.when(has_coverage_dates).then(pl.col("coverage_start")).otherwise(pl.coalesce(pl.col(_ATT_START), pl.col("reporting_month")))
+    start = pl.when(has_coverage_dates).then(pl.col("coverage_start")).otherwise(
+        pl.coalesce(pl.col(_ATT_START), pl.col("reporting_month"))
+    )
     end = pl.when(has_coverage_dates).then(pl.col("coverage_end")).otherwise(pl.col(_ATT_END))
-    # dates (fhir/rows.py formats them): no escaping
-    inner = pl.concat_str([opt('"start":"', start, '"'), opt('"end":"', end, '"')], separator=",", ignore_nulls=True)
-    return when(start.is_not_null() | end.is_not_null(), template(',"period":{', inner, "}"))
+    return period(start, end)
 
 
 def _subscriber() -> Json:

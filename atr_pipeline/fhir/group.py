@@ -30,7 +30,7 @@ import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
 from atr_pipeline.fhir.ids import reference as reference_string
-from atr_pipeline.fhir.json import Json, boolean, dumps, opt, template, when
+from atr_pipeline.fhir.json import Json, boolean, dumps, opt, period, template
 from atr_pipeline.fhir.rows import (
     COVERAGE_ID,
     GROUP_ID,
@@ -69,12 +69,6 @@ def attributed_provider() -> pl.Expr:
     )
 
 
-def _period(start: pl.Expr, end: pl.Expr) -> Json:
-    """``,"period":{...}`` of the present dates; null when neither is (dates need no escaping)."""
-    inner = pl.concat_str([opt('"start":"', start, '"'), opt('"end":"', end, '"')], separator=",", ignore_nulls=True)
-    return when(start.is_not_null() | end.is_not_null(), template(',"period":{', inner, "}"))
-
-
 def member_json() -> Json:
     # One flat template: change_type (checked against CHANGE_TYPES), the Patient and Coverage
     # ids (every row has both) and inactive (never null) are always present, so only the
@@ -84,7 +78,7 @@ def member_json() -> Json:
         f'"}},{{"url":{dumps(EXT_COVERAGE_REFERENCE)},"valueReference":{{"reference":"Coverage/', pl.col(COVERAGE_ID), '"}}',
         opt(f',{{"url":{dumps(EXT_ATTRIBUTED_PROVIDER)},"valueReference":{{"reference":"', pl.col(_ATTRIBUTED), '"}}'),
         '],"entity":{"reference":"Patient/', pl.col(PATIENT_ID), '"}',
-        _period(pl.col("attribution_start"), pl.col("attribution_end")),
+        period(pl.col("attribution_start"), pl.col("attribution_end")),
         ',"inactive":', boolean(pl.col("inactive")),
         "}",
     )

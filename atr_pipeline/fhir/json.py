@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from atr_pipeline.fhir.ids import reference as reference_string
 from atr_pipeline.systems import CS_V2_0203, ID_TYPE_DISPLAY, PROFILE_BY_TYPE
 
 Json = pl.Expr  # an expression whose value is JSON text, or null for "absent"
@@ -108,12 +109,18 @@ def resource(resource_type: str, id_column: str, **members: Json | None) -> Json
 
 def reference(resource_type: str, id_column: str) -> Json:
     """``{"reference":"Type/<id>"}``; null when the id is null (ids are UUIDs: no escaping)."""
-    return pl.concat_str([pl.lit(f'{{"reference":"{resource_type}/'), pl.col(id_column), pl.lit('"}')])
+    return reference_text(reference_string(resource_type, id_column))
 
 
 def reference_text(reference_string: pl.Expr) -> Json:
     """``{"reference":...}`` from an expression already holding ``Type/<id>``."""
     return pl.concat_str([pl.lit('{"reference":"'), reference_string, pl.lit('"}')])
+
+
+def period(start: pl.Expr, end: pl.Expr) -> Json:
+    """``,"period":{...}`` of the present dates; null when neither is (dates need no escaping)."""
+    inner = pl.concat_str([opt('"start":"', start, '"'), opt('"end":"', end, '"')], separator=",", ignore_nulls=True)
+    return when(start.is_not_null() | end.is_not_null(), template(',"period":{', inner, "}"))
 
 
 def coding(system: str, code: str, display: str | None = None) -> dict[str, str]:

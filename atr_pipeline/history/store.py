@@ -53,7 +53,7 @@ from atr_pipeline.history.changes import (
     last_day_of_month,
     provider_switches,
 )
-from atr_pipeline.history.locking import file_lock, lock_path_for
+from atr_pipeline.history.locking import file_lock, lock_path_for, read_only_lock
 from atr_pipeline.private import private_file, restrict_umask
 from atr_pipeline.history.trends import trend_markdown, trend_vega_lite  # re-exported for callers
 from atr_pipeline.systems import LIST_STATUSES
@@ -155,15 +155,19 @@ def content_hash(members: pl.DataFrame, status: str) -> str:
 class HistoryStore:
     """Monthly snapshots of accepted rows in one DuckDB file; change types derived on read."""
 
-    def __init__(self, path: Path, *, default_status: str | None = None, lock_timeout: float = 600.0):
+    def __init__(
+        self, path: Path, *, default_status: str | None = None, lock_timeout: float = 600.0, read_only: bool = False
+    ):
         self.path = Path(path)
+        # read_only: for report commands on a possibly read-only ATR_HOME; creates no file, schema or lock.
+        self.read_only = read_only
         self.lock_path = lock_path_for(self.path)
         self.lock_timeout = lock_timeout
         status = default_status or os.environ.get(DEFAULT_STATUS_ENV) or "draft"
         if status not in DEFAULT_STATUSES:
             raise AtrError(f"default list status must be one of {', '.join(DEFAULT_STATUSES)}, not {status!r}")
         self.default_status = status
-        if not self.path.exists():
+        if not self.path.exists() and not read_only:
             with self._writer():
                 pass  # _writer creates the schema
 
@@ -189,7 +193,9 @@ class HistoryStore:
 
     @contextmanager
     def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with file_lock(self.lock_path, exclusive=False, timeout=self.lock_timeout):
+        lock = (read_only_lock(self.lock_path, timeout=self.lock_timeout) if self.read_only
+                else file_lock(self.lock_path, exclusive=False, timeout=self.lock_timeout))
+        with lock:
             con = duckdb.connect(str(self.path), read_only=True)
             try:
                 # Strings leave DuckDB as Arrow string views, polars' own layout: without this

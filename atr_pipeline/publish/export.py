@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from atr_pipeline.private import private_dir
 from atr_pipeline.errors import AtrError
+from atr_pipeline.fsync import fsync_dir
 from atr_pipeline.systems import ATR_EXPORT_TYPE, LOAD_ORDER
 
 MANIFEST_NAME = "manifest.json"
@@ -229,14 +230,6 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(partial: Path, out_dir: Path) -> None:
     if out_dir.exists():
         if _exchange(partial, out_dir):
@@ -250,7 +243,7 @@ def _publish(partial: Path, out_dir: Path) -> None:
             shutil.rmtree(old)
     else:
         os.rename(partial, out_dir)
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
 
 
 def write_bulk_export(
@@ -318,7 +311,7 @@ def stage_resources(
                 pending.update(sums)
         token = uuid.uuid4().hex
         (building / _TOKEN_NAME).write_text(token)
-        _fsync_dir(building)
+        fsync_dir(building)
         if staging.exists():
             shutil.rmtree(staging)
         os.rename(building, staging)
@@ -373,7 +366,7 @@ def publish_staged(
         fh.flush()
         os.fsync(fh.fileno())
     (folder / _TOKEN_NAME).unlink()
-    _fsync_dir(folder)
+    fsync_dir(folder)
     _publish(folder, staged.out_dir)
     return manifest
 
@@ -482,13 +475,26 @@ def _checked_error_line(index: int, line: bytes) -> bytes:
 
 def read_manifest(export_dir: Path) -> Manifest:
     """The manifest of a finished export; AtrError when the folder is not one."""
-    path = Path(export_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise AtrError(f"{export_dir}: no {MANIFEST_NAME}; not a complete bulk export")
+    data = manifest_json(export_dir)
     try:
-        return Manifest.model_validate(orjson.loads(path.read_bytes()))
-    except (orjson.JSONDecodeError, ValueError) as exc:
+        return Manifest.model_validate(data)
+    except ValueError as exc:
+        path = Path(export_dir) / MANIFEST_NAME
         raise AtrError(f"{path}: not a valid bulk data manifest ({type(exc).__name__})") from None
+
+
+def manifest_json(export_dir: Path) -> Any:
+    """The parsed manifest.json of an export folder, unvalidated (``atr conform`` judges it).
+
+    Refused (``AtrError``): no manifest.json, or not JSON.
+    """
+    path = Path(export_dir) / MANIFEST_NAME
+    try:
+        return orjson.loads(path.read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        raise AtrError(f"{export_dir}: no {MANIFEST_NAME}; not a complete bulk export folder") from None
+    except orjson.JSONDecodeError as exc:
+        raise AtrError(f"{path}: {MANIFEST_NAME} is not valid JSON (position {exc.pos})") from None
 
 
 def manifest_digest(export_dir: Path) -> str:

@@ -37,6 +37,9 @@ from typing import Literal
 
 from atr_pipeline.private import private_dir
 from atr_pipeline.errors import FileRefused
+from atr_pipeline.fsync import fsync_dir
+from atr_pipeline.layouts.files import MappingConflict
+from atr_pipeline.layouts.files import match_mapping as files_match_mapping
 from atr_pipeline.layouts.spec import MappingSpec, to_strftime
 
 log = logging.getLogger(__name__)
@@ -243,14 +246,6 @@ def _ensure_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_name(original_name: str) -> None:
     """Refuse anything that is not a plain base name (a server could list ``../x``)."""
     if original_name in (".", "..") or not _SAFE_NAME.match(original_name):
@@ -431,7 +426,7 @@ def _commit(tmp: Path, *, sha: str, size: int, month: date, original_name: str, 
         _ensure_dir(landing_dir / spec.source_id)
         _ensure_dir(final_dir)
         os.replace(tmp, final)
-        _fsync_dir(final_dir)
+        fsync_dir(final_dir)
         con.execute("COMMIT")
     except BaseException:
         if con.in_transaction:
@@ -463,13 +458,16 @@ def is_in_flight(name: str) -> bool:
 
 
 def match_mapping(name: str, mappings: dict[str, MappingSpec]) -> MappingSpec | None:
-    """The one mapping whose file pattern matches ``name``; None when none or several do."""
-    hits = [spec for _, spec in sorted(mappings.items()) if spec.file.match(name)]
-    if len(hits) > 1:
-        log.warning("%s matches several mappings (%s); fix their file patterns; left unmatched",
-                    name, ", ".join(s.source_id for s in hits))
+    """The one mapping whose file pattern matches ``name``; None when none or several do.
+
+    The matching is ``layouts.files.match_mapping``'s; the inbox's policy on a conflict is to
+    log it and leave the file unmatched (where it is), so one bad pattern never stops a scan.
+    """
+    try:
+        return files_match_mapping(name, mappings)
+    except MappingConflict as exc:
+        log.warning("%s; left unmatched", exc)
         return None
-    return hits[0] if hits else None
 
 
 def scan_inbox(inbox: Path, mappings: dict[str, MappingSpec]) -> tuple[list[tuple[Path, MappingSpec]], list[Path]]:

@@ -583,7 +583,7 @@ class SftpSource:
             try:
                 self._sftp.close()
             except (OSError, EOFError, paramiko.SSHException):  # a dropped connection may fail to close
-                pass
+                pass  # nothing left to release: the client is closed next
         if self._client is not None:
             self._client.close()
         self._sftp = self._client = None
