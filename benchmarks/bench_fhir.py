@@ -23,8 +23,8 @@ import argparse
 import hashlib
 import resource
 import sys
-import threading
 import tempfile
+import threading
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import polars as pl
-import resource
 
 from atr_pipeline.canonical import CANONICAL_SCHEMA, conform_columns
 from atr_pipeline.history.hashes import contract_content_hashes

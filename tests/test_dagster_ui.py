@@ -21,7 +21,6 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
-
 from webserver_fixture import Webserver, start_webserver, write_dagster_yaml
 
 pytestmark = pytest.mark.timeout(240)

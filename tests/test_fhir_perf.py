@@ -29,7 +29,16 @@ from atr_pipeline.fhir.group import _small_rank
 from atr_pipeline.fhir.ids import _order, add_id, resource_id
 from atr_pipeline.fhir.json import arr, const, obj, resource, safe_text, text, to_frame, typed_identifier
 from atr_pipeline.fhir.patient import human_name, patient_json
-from atr_pipeline.systems import PROFILE_BY_TYPE, ID_TYPE_MEDICAID, ID_TYPE_MEDICARE, ID_TYPE_MEMBER, ID_TYPE_MRN, ID_TYPE_SSN, SYS_MBI, SYS_SSN
+from atr_pipeline.systems import (
+    ID_TYPE_MEDICAID,
+    ID_TYPE_MEDICARE,
+    ID_TYPE_MEMBER,
+    ID_TYPE_MRN,
+    ID_TYPE_SSN,
+    PROFILE_BY_TYPE,
+    SYS_MBI,
+    SYS_SSN,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_fhir import context, synthetic_members  # noqa: E402

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import httpx
+from fhir_server_fixture import FhirTestServer, fhir, fhir_server, start_fhir_server  # noqa: F401
 
 from atr_pipeline import systems
-from fhir_server_fixture import FhirTestServer, fhir, fhir_server, start_fhir_server  # noqa: F401
 
 
 def uid(n: int) -> str:

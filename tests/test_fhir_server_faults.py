@@ -7,7 +7,6 @@ import uuid
 
 import httpx
 import pytest
-
 from fhir_server_fixture import FhirTestServer, fhir, fhir_server  # noqa: F401
 
 

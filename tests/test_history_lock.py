@@ -8,10 +8,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_history_cases import M1, M2, M3, SOURCE, lineage_for, month1
 
 from atr_pipeline.history.locking import HistoryLocked
 from atr_pipeline.history.store import HistoryStore
-from test_history_cases import M1, M2, M3, SOURCE, lineage_for, month1
 
 TESTS_DIR = Path(__file__).parent
 

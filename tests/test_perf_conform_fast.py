@@ -12,11 +12,10 @@ import re
 
 import polars as pl
 import pytest
+from conform_frames import built_frames
 
 from atr_pipeline.conform.checker import check_ndjson_frames, frame_order
 from atr_pipeline.conform.fast import fast_report
-from conform_frames import built_frames
-
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from fhir_server_fixture import FhirTestServer, fhir_server  # noqa: F401
 
-from atr_pipeline.canonical import DATE_FIELDS, PHI_FIELDS
+from atr_pipeline.canonical import PHI_FIELDS
 from atr_pipeline.layouts.read import read_file
 from atr_pipeline.layouts.spec import MappingSpec, load_mapping, to_strftime
-from fhir_server_fixture import FhirTestServer, fhir_server  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,6 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from token_server import TokenServer
 
 from atr_pipeline.publish.auth import (
     AuthError,
@@ -17,7 +18,6 @@ from atr_pipeline.publish.auth import (
     auth_from_env,
     load_private_key,
 )
-from token_server import TokenServer
 
 
 def _pem(key) -> str:

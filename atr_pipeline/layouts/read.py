@@ -48,7 +48,15 @@ from typing import Any, BinaryIO
 
 import polars as pl
 
-from atr_pipeline.canonical import FIELD_BY_NAME, FIELDS, ISSUE_DTYPE, ISSUES_COLUMN, LINEAGE_FIELDS, REJECT_SCHEMA, conform_columns
+from atr_pipeline.canonical import (
+    FIELD_BY_NAME,
+    FIELDS,
+    ISSUE_DTYPE,
+    ISSUES_COLUMN,
+    LINEAGE_FIELDS,
+    REJECT_SCHEMA,
+    conform_columns,
+)
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.layouts import sniff
 from atr_pipeline.layouts.fields import CONTROL_IN_TEXT, field_plan, issues_expr, raw_name

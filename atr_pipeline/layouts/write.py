@@ -13,7 +13,6 @@ Text longer than a fixed-width slot is cut; nothing else is altered.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
@@ -26,8 +25,8 @@ from atr_pipeline.canonical import FIELD_BY_NAME
 from atr_pipeline.layouts.spec import FieldSpec, MappingSpec, Position, to_strftime
 
 try:  # Python 3.11+: the regex parser moved here
-    import re._parser as _sre  # type: ignore[import-not-found]
     import re._constants as _src  # type: ignore[import-not-found]
+    import re._parser as _sre  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover
     import sre_constants as _src  # type: ignore[no-redef]
     import sre_parse as _sre  # type: ignore[no-redef]
