@@ -163,7 +163,7 @@ def test_small_rank_orders_like_the_values_with_nulls_last(values: list[str | No
     ranks = _small_rank(s)
     by_rank = [v for _, v in sorted(zip(ranks.to_list(), values, strict=True), key=lambda p: p[0])]
     assert by_rank == s.sort(nulls_last=True).to_list()
-    assert all((a == b) == (ra == rb) for a, ra in zip(values, ranks) for b, rb in zip(values, ranks))
+    assert all((a == b) == (ra == rb) for a, ra in zip(values, ranks, strict=True) for b, rb in zip(values, ranks, strict=True))
 
 
 def test_to_frame_sorts_rows_that_come_unsorted() -> None:

@@ -212,7 +212,7 @@ def captured_logging() -> Iterator[io.StringIO]:
         with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
             yield buf
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.removeHandler(handler)
             lg.setLevel(level)
 

@@ -368,7 +368,7 @@ def check_ndjson_frames(
     )
     for rtype in frame_order(frames):
         df = frames[rtype]
-        for rid, text in zip(df.get_column("id").to_list(), df.get_column("json").to_list()):
+        for rid, text in zip(df.get_column("id").to_list(), df.get_column("json").to_list(), strict=True):
             if text is None:
                 checker.count += 1
                 checker.findings.add("json.parse", f"{rtype}/#{checker.count}")

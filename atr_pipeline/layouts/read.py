@@ -732,7 +732,7 @@ class _Reader:
         sums = frame.select(
             pl.col(raw_name(f)).str.replace_all(r"[^0-9]", "").cast(pl.Decimal(38, 0), strict=False).sum().alias(f) for f in fields
         ).row(0)
-        return {f: int(v or 0) for f, v in zip(fields, sums)}
+        return {f: int(v or 0) for f, v in zip(fields, sums, strict=True)}
 
     def _cut_fixed(self, details: pl.DataFrame, unknown: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
         fmt = self.spec.format
@@ -863,7 +863,7 @@ class _Reader:
             pl.lit(self.month).alias("reporting_month"),
         ]
         assert [e.meta.output_name() for e in lineage] == list(LINEAGE_FIELDS)
-        out = texts.select(*lineage, *[p.value for p in plans], *[c.failed.fill_null(False).alias(n) for c, n in zip(checks, flags)])
+        out = texts.select(*lineage, *[p.value for p in plans], *[c.failed.fill_null(False).alias(n) for c, n in zip(checks, flags, strict=True)])
         # Only rows with a failed check pay for building their issue list.
         failing = pl.any_horizontal(flags) if flags else pl.lit(False)
         bad = out.filter(failing).with_columns(issues_expr(checks, flags))

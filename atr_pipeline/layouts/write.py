@@ -221,7 +221,7 @@ def _delimited_body(
         names: list[str] = []
         for f, p in positions.items():
             names.append(str(p.column) if isinstance(p.column, str) else f)
-        out = values.select([pl.col(f).alias(n) for f, n in zip(positions, names)])
+        out = values.select([pl.col(f).alias(n) for f, n in zip(positions, names, strict=True)])
     else:
         width = max(int(p.column) for p in positions.values())  # type: ignore[arg-type]
         by_index = {int(p.column): f for f, p in positions.items()}  # type: ignore[arg-type]
