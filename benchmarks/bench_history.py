@@ -97,7 +97,8 @@ def main() -> None:
     listed, seconds = timed("member_list 2026-02 (diff of two months)", 2 * rows, lambda: store.member_list(SOURCE, M2))
     counts = dict(listed.group_by("change_type").len().sort("change_type").iter_rows())
     print(f"  change types: {counts}")
-    hashes, _ = timed("contract_content_hashes of that list", listed.height, partial(contract_content_hashes, listed))  # not a lambda: `listed` is deleted below
+    # partial, not a lambda: a closure over `listed` would name it after the `del` below
+    hashes, _ = timed("contract_content_hashes of that list", listed.height, partial(contract_content_hashes, listed))
     print(f"  {len(hashes)} contracts hashed")
     del listed
     _, one = timed("member_list 2026-02 one contract", 2 * rows // 20, lambda: store.member_list(SOURCE, M2, "C7"))

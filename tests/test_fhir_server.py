@@ -183,7 +183,8 @@ def test_transaction_rewrites_urn_uuid_references_also_in_extensions(fhir: FhirT
     group_id = uid(403)
     entries = [
         {"fullUrl": org_urn, "resource": {"resourceType": "Organization", "name": "Payer"}, "request": {"method": "POST", "url": "Organization"}},
-        {"fullUrl": pat_urn, "resource": {"resourceType": "Patient", "managingOrganization": {"reference": org_urn}}, "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": pat_urn, "resource": {"resourceType": "Patient", "managingOrganization": {"reference": org_urn}},
+         "request": {"method": "POST", "url": "Patient"}},
         put_entry(
             {
                 "resourceType": "Group",

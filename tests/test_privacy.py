@@ -340,7 +340,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirTestServer)
     ids: list[str] = []
     outcomes = 0
     fhir_text = ""
-    for export in sorted(p.parent for p in (home / "exports").rglob("manifest.json")) + sorted(p.parent for p in (base / "run" / "exports").rglob("manifest.json")):
+    exports = sorted(p.parent for p in (home / "exports").rglob("manifest.json"))
+    for export in exports + sorted(p.parent for p in (base / "run" / "exports").rglob("manifest.json")):
         tag = export.relative_to(base)
         surfaces[f"{tag}/manifest.json"] = (export / "manifest.json").read_text()
         for ndjson in sorted(export.glob("*.ndjson")):

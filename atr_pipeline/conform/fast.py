@@ -98,7 +98,8 @@ PATIENT = (
 
 COVERAGE = (
     _head("Coverage")
-    + rf'(?:,"extension":\[\{{"url":{_lit(S.EXT_INSURANCE_PRODUCT_TYPE)},"valueCodeableConcept":\{{"coding":\[{_coding(S.CS_INSURANCE_PRODUCT_TYPE, S.PRODUCT_TYPES)}\]\}}\}}\])?'
+    + rf'(?:,"extension":\[\{{"url":{_lit(S.EXT_INSURANCE_PRODUCT_TYPE)},'
+    + rf'"valueCodeableConcept":\{{"coding":\[{_coding(S.CS_INSURANCE_PRODUCT_TYPE, S.PRODUCT_TYPES)}\]\}}\}}\])?'
     + rf'(?:,"identifier":\[\{{"type":\{{"coding":\[{_coding(S.CS_V2_0203, (S.ID_TYPE_MEMBER,))}\]\}},"system":{STR},"value":{STR}\}}\])?'
     + r',"status":"active"'
     + rf'(?:,"subscriber":{_ref("Patient", "RelatedPerson")})?'

@@ -254,7 +254,10 @@ def conformance_check(report: Any) -> dg.AssetCheckResult:
     errors = [r for r in report.results if r.severity == "error"]
     table = dg.MetadataValue.table(
         records=[dg.TableRecord({"rule": r.rule, "severity": r.severity, "count": r.count, "examples": ", ".join(r.examples)}) for r in report.results],
-        schema=dg.TableSchema(columns=[dg.TableColumn("rule", "string"), dg.TableColumn("severity", "string"), dg.TableColumn("count", "int"), dg.TableColumn("examples", "string")]),
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("rule", "string"), dg.TableColumn("severity", "string"),
+            dg.TableColumn("count", "int"), dg.TableColumn("examples", "string"),
+        ]),
     )
     return dg.AssetCheckResult(
         check_name="conformance_passed",

@@ -116,7 +116,9 @@ def _decode(data: bytes, encoding: str, name: str) -> str:
         text = data.decode(codec, errors="strict")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].decode(codec, errors="replace").count("\n") + 1
-        raise FileRefused(name, "encoding", f"bytes at line {line} are not valid {encoding}; resend in {encoding} or fix the mapping's file.encoding", line) from None
+        raise FileRefused(name, "encoding",
+                          f"bytes at line {line} are not valid {encoding}; resend in {encoding} or fix the mapping's file.encoding",
+                          line) from None
     if wide and "\x00" in text:
         raise FileRefused(name, "binary", "NUL characters found: this is not a text file", text.count("\n", 0, text.index("\x00")) + 1)
     return text.removeprefix("\ufeff")  # utf-16-le/-be keep a BOM as a character
@@ -236,7 +238,9 @@ def _decoded_slices(
                 except UnicodeDecodeError as exc:
                     line = feeds + chunk.count(b"\n", 0, exc.start) + 1
                     what = encoding if codec == codecs.lookup(encoding).name else "utf-8 (detected from the file's first non-ASCII text)"
-                    bad = FileRefused(name, "encoding", f"bytes at line {line} are not valid {what}; resend in {encoding} or fix the mapping's file.encoding", line)
+                    bad = FileRefused(name, "encoding",
+                                      f"bytes at line {line} are not valid {what}; resend in {encoding} or fix the mapping's file.encoding",
+                                      line)
                 else:
                     parts = physical_lines(text)
                     del text
@@ -290,7 +294,8 @@ class _Delim:
         value = line.str.extract(pat, 1)
         if self.quote is not None:
             q = self.quote
-            value = pl.when(value.str.starts_with(q)).then(value.str.slice(1, value.str.len_chars() - 2).str.replace_all(q + q, q, literal=True)).otherwise(value)
+            unquoted = value.str.slice(1, value.str.len_chars() - 2).str.replace_all(q + q, q, literal=True)
+            value = pl.when(value.str.starts_with(q)).then(unquoted).otherwise(value)
         return value
 
     def split_one(self, line: str) -> list[str]:
