@@ -96,7 +96,7 @@ class Checker:
         self.count += 1
         f = self.findings
         rtype = res.get("resourceType") if isinstance(res, dict) else None
-        if not isinstance(rtype, str) or not rtype:
+        if not isinstance(res, dict) or not isinstance(rtype, str) or not rtype:
             f.add("json.parse", f"{expected_type or 'Resource'}/#{self.count}")
             return
         rid = res.get("id")
