@@ -342,7 +342,10 @@ class _Reader:
         self.path = path
         self.chunk_bytes = max(1, chunk_bytes)
         fmt = spec.format
-        self.delim = _Delim(fmt.delimiter, fmt.quote) if fmt.kind == "delimited" else None
+        self.delim: _Delim | None = None
+        if fmt.kind == "delimited":
+            assert fmt.delimiter is not None  # spec.py requires one for delimited layouts
+            self.delim = _Delim(fmt.delimiter, fmt.quote)
         self.names: list[str] | None = None
         self.absent: set[str] = set()  # ``required: false`` named columns this file lacks
         self.digest = ""
@@ -374,6 +377,7 @@ class _Reader:
         out: dict[str, str | None] = {}
         cells = self.delim.split_one(line) if self.delim else None
         for fname, pos in fields.items():
+            value: str | None
             if pos.is_fixed:
                 value = line[pos.start - 1 : pos.start - 1 + pos.length]  # type: ignore[operator]
             else:
@@ -528,7 +532,7 @@ class _Reader:
         out = self._record_field_values(out, header_vals, trailer_vals)
         reference = self._reference_date(month, header_vals, trailer_vals)
         source_columns = self._source_columns(expected or 0)
-        rejected = rejected.select(REJECT_SCHEMA.names()).cast(dict(REJECT_SCHEMA))
+        rejected = rejected.select(REJECT_SCHEMA.names()).cast(REJECT_SCHEMA)
         return ReadResult(out, rejected, records_read, month, control, source_columns, reference)
 
     def _patch_lineage(self, rows: pl.DataFrame, month: date) -> pl.DataFrame:
@@ -831,7 +835,7 @@ class _Reader:
             raw, kind = self._ref_value(fspec.record_field, header_vals, trailer_vals)
             as_column = fspec.model_copy(update={"record_field": None, "column": 1})
             plan = field_plan(fname, as_column)
-            one = pl.DataFrame({raw_name(fname): [raw]}, schema={raw_name(fname): pl.String}).select(plan.text)  # type: ignore[arg-type]
+            one = pl.DataFrame({raw_name(fname): [raw]}, schema={raw_name(fname): pl.String}).select(plan.text)
             got = one.select(plan.value, *[c.failed.fill_null(False).alias(c.reason) for c in plan.checks])
             failed = [c.reason for c in plan.checks if got.get_column(c.reason)[0]]
             if failed:
