@@ -89,7 +89,8 @@ FIELDS: tuple[Field, ...] = (
     Field("postal_code", S, Group.DEMOGRAPHICS, "ZIP or ZIP+4", "Patient.address.postalCode", phi=True),
     Field("phone", S, Group.DEMOGRAPHICS, "Phone number", "Patient.telecom(phone)", phi=True),
     # attributed provider
-    Field("provider_npi", S, Group.PROVIDER, "Attributed practitioner's NPI (or the organization's when no practitioner)", "Practitioner.identifier:NPI; Group.identifier:npi"),
+    Field("provider_npi", S, Group.PROVIDER, "Attributed practitioner's NPI (or the organization's when no practitioner)",
+          "Practitioner.identifier:NPI; Group.identifier:npi"),
     Field("provider_family_name", S, Group.PROVIDER, "Attributed practitioner family name", "Practitioner.name.family"),
     Field("provider_given_name", S, Group.PROVIDER, "Attributed practitioner given name", "Practitioner.name.given"),
     Field("provider_tin", S, Group.PROVIDER, "Attributed provider's tax id (TIN)", "Organization.identifier:TIN; Group.identifier:tin"),

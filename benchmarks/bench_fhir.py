@@ -23,10 +23,11 @@ import argparse
 import hashlib
 import resource
 import sys
-import threading
 import tempfile
+import threading
 import time
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -170,7 +171,7 @@ def steps(path: Path) -> None:
     ctx = BuildContext(id_key=b"benchmark-key", systems=SYSTEMS, transaction_time=datetime(2026, 9, 5, tzinfo=UTC))
     print(f"member entries: {members.height:,}  rss: {proc.memory_info().rss / 2**20:,.0f} MiB")
     w0, c0 = time.perf_counter(), _cpu()
-    rows = timed("prepare", lambda: prepare(members, ctx))
+    rows = timed("prepare", partial(prepare, members, ctx))  # not a lambda: `members` is deleted below
     del members
     build_cpu, build_wall = 0.0, 0.0
     for rtype in (t for t in LOAD_ORDER if t in BUILDERS):

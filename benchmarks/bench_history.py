@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 
 import polars as pl
-import resource
 
 from atr_pipeline.canonical import CANONICAL_SCHEMA, conform_columns
 from atr_pipeline.history.hashes import contract_content_hashes
@@ -89,14 +90,15 @@ def main() -> None:
     received = datetime(2026, 2, 2, tzinfo=UTC)
     for month, df in ((M1, month1), (M2, month2)):
         lineage = SnapshotLineage(f"bench_{month:%Y%m}.csv", "0" * 64, received, df.height)
-        timed(f"record_snapshot {month:%Y-%m} ({rows:,} rows)", rows, lambda: store.record_snapshot(
+        timed(f"record_snapshot {month:%Y-%m} ({rows:,} rows)", rows, lambda df=df, month=month, lineage=lineage: store.record_snapshot(
             df, source_id=SOURCE, month=month, lineage=lineage))
     timed("record_snapshot 2026-02 again (replace)", rows, lambda: store.record_snapshot(
         month2, source_id=SOURCE, month=M2, lineage=SnapshotLineage("bench_202602.csv", "1" * 64, received, rows)))
     listed, seconds = timed("member_list 2026-02 (diff of two months)", 2 * rows, lambda: store.member_list(SOURCE, M2))
     counts = dict(listed.group_by("change_type").len().sort("change_type").iter_rows())
     print(f"  change types: {counts}")
-    hashes, _ = timed("contract_content_hashes of that list", listed.height, lambda: contract_content_hashes(listed))
+    # partial, not a lambda: a closure over `listed` would name it after the `del` below
+    hashes, _ = timed("contract_content_hashes of that list", listed.height, partial(contract_content_hashes, listed))
     print(f"  {len(hashes)} contracts hashed")
     del listed
     _, one = timed("member_list 2026-02 one contract", 2 * rows // 20, lambda: store.member_list(SOURCE, M2, "C7"))

@@ -53,7 +53,8 @@ def q(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-def csv_row(member: str, *, family: str = "Roe", given: str = "Ben", addr: str = "2 Elm St", phone: str = "6175550100", columns: list[str] = CSV_COLUMNS) -> str:
+def csv_row(member: str, *, family: str = "Roe", given: str = "Ben", addr: str = "2 Elm St", phone: str = "6175550100",
+            columns: list[str] = CSV_COLUMNS) -> str:
     values = {
         "MEMBER_ID": member, "LAST_NAME": family, "FIRST_NAME": given, "SEX": "M", "DOB": "01/30/1979", "PCP_NPI": NPI,
         "CONTRACT_ID": "C1", "PLAN_CODE": "PL1", "ATTRIB_EFF_DT": "01/01/2026", "ADDR1": addr, "CITY": "Boston", "PHONE": phone,

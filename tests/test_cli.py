@@ -138,7 +138,8 @@ def test_check_mapping_prints_what_it_understood(tmp_path):
 
 
 def test_fixtures_command_writes_a_file_the_mapping_reads(tmp_path):
-    res = atr("fixtures", "--mapping", "mappings/acme_commercial.yaml", "--members", "500", "--month", "2026-09", "--out", str(tmp_path / "gen"), "--seed", "3", home=tmp_path)
+    res = atr("fixtures", "--mapping", "mappings/acme_commercial.yaml", "--members", "500", "--month", "2026-09",
+              "--out", str(tmp_path / "gen"), "--seed", "3", home=tmp_path)
     assert res.returncode == 0, res.stderr
     files = list((tmp_path / "gen").iterdir())
     assert [f.name for f in files] == ["ACME_ATTRIB_202609.csv"]

@@ -21,7 +21,6 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
-
 from webserver_fixture import Webserver, start_webserver, write_dagster_yaml
 
 pytestmark = pytest.mark.timeout(240)
@@ -50,11 +49,11 @@ METADATA = """metadataEntries { __typename label
   ... on TableColumnLineageMetadataEntry { lineage { columnName columnDeps { assetKey { path } columnName } } } }"""
 
 MATERIALIZATIONS = """query($key: AssetKeyInput!, $partition: String!) { assetOrError(assetKey: $key) {
-  ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) { partition runId %s } } } }""" % METADATA
+  ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) { partition runId """ + METADATA + """ } } } }"""
 
 CHECK_EXECUTIONS = """query($key: AssetKeyInput!, $check: String!) {
   assetCheckExecutions(assetKey: $key, checkName: $check, limit: 20) {
-    runId status partition evaluation { success partition %s } } }""" % METADATA
+    runId status partition evaluation { success partition """ + METADATA + """ } } }"""
 
 ASSET_GRAPH = """{ assetNodes { assetKey { path } groupName isPartitioned
   dependencyKeys { path } assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"""
@@ -67,7 +66,7 @@ RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run
   stepStats { stepKey status } } } }"""
 
 STEP_FAILURES = """query($id: ID!) { logsForRun(runId: $id) { __typename ... on EventConnection { events { __typename
-  ... on ExecutionStepFailureEvent { stepKey error { message } failureMetadata { %s } } } } } }""" % METADATA
+  ... on ExecutionStepFailureEvent { stepKey error { message } failureMetadata { """ + METADATA + """ } } } } } }"""
 
 PARTITION_STATUSES = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
   assetPartitionStatuses { ... on MultiPartitionStatuses { ranges { primaryDimStartKey primaryDimEndKey

@@ -29,7 +29,16 @@ from atr_pipeline.fhir.group import _small_rank
 from atr_pipeline.fhir.ids import _order, add_id, resource_id
 from atr_pipeline.fhir.json import arr, const, obj, resource, safe_text, text, to_frame, typed_identifier
 from atr_pipeline.fhir.patient import human_name, patient_json
-from atr_pipeline.systems import PROFILE_BY_TYPE, ID_TYPE_MEDICAID, ID_TYPE_MEDICARE, ID_TYPE_MEMBER, ID_TYPE_MRN, ID_TYPE_SSN, SYS_MBI, SYS_SSN
+from atr_pipeline.systems import (
+    ID_TYPE_MEDICAID,
+    ID_TYPE_MEDICARE,
+    ID_TYPE_MEMBER,
+    ID_TYPE_MRN,
+    ID_TYPE_SSN,
+    PROFILE_BY_TYPE,
+    SYS_MBI,
+    SYS_SSN,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_fhir import context, synthetic_members  # noqa: E402
@@ -154,7 +163,7 @@ def test_small_rank_orders_like_the_values_with_nulls_last(values: list[str | No
     ranks = _small_rank(s)
     by_rank = [v for _, v in sorted(zip(ranks.to_list(), values, strict=True), key=lambda p: p[0])]
     assert by_rank == s.sort(nulls_last=True).to_list()
-    assert all((a == b) == (ra == rb) for a, ra in zip(values, ranks) for b, rb in zip(values, ranks))
+    assert all((a == b) == (ra == rb) for a, ra in zip(values, ranks, strict=True) for b, rb in zip(values, ranks, strict=True))
 
 
 def test_to_frame_sorts_rows_that_come_unsorted() -> None:

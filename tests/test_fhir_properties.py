@@ -13,9 +13,9 @@ from typing import Any
 
 import polars as pl
 from fhir.resources.R4B import get_fhir_model_class
+from fhir_refs import references
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from fhir_refs import references
 from test_fhir_cases import SYSTEMS
 
 from atr_pipeline.canonical import CANONICAL_SCHEMA

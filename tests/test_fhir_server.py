@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import httpx
+from fhir_server_fixture import FhirTestServer, fhir, fhir_server, start_fhir_server  # noqa: F401
 
 from atr_pipeline import systems
-from fhir_server_fixture import FhirTestServer, fhir, fhir_server, start_fhir_server  # noqa: F401
 
 
 def uid(n: int) -> str:
@@ -183,7 +183,8 @@ def test_transaction_rewrites_urn_uuid_references_also_in_extensions(fhir: FhirT
     group_id = uid(403)
     entries = [
         {"fullUrl": org_urn, "resource": {"resourceType": "Organization", "name": "Payer"}, "request": {"method": "POST", "url": "Organization"}},
-        {"fullUrl": pat_urn, "resource": {"resourceType": "Patient", "managingOrganization": {"reference": org_urn}}, "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": pat_urn, "resource": {"resourceType": "Patient", "managingOrganization": {"reference": org_urn}},
+         "request": {"method": "POST", "url": "Patient"}},
         put_entry(
             {
                 "resourceType": "Group",

@@ -7,7 +7,6 @@ import uuid
 
 import httpx
 import pytest
-
 from fhir_server_fixture import FhirTestServer, fhir, fhir_server  # noqa: F401
 
 
@@ -52,7 +51,8 @@ def test_faults_match_method_type_path_and_skip(fhir: FhirTestServer) -> None:
     assert fhir.get(f"Patient/{uid(2)}").status_code == 404  # matched, skipped
     assert put_patient(fhir, 2).status_code == 500  # matched, fired
     assert put_patient(fhir, 2).status_code == 200
-    cov = {"resourceType": "Coverage", "id": uid(3), "status": "active", "beneficiary": {"reference": f"Patient/{uid(1)}"}, "payor": [{"reference": f"Patient/{uid(1)}"}]}
+    cov = {"resourceType": "Coverage", "id": uid(3), "status": "active", "beneficiary": {"reference": f"Patient/{uid(1)}"},
+           "payor": [{"reference": f"Patient/{uid(1)}"}]}
     assert fhir.request("GET", f"Coverage/{uid(3)}").status_code == 404  # wrong method
     assert fhir.request("PUT", f"Coverage/{uid(3)}", cov).status_code == 503
     assert fhir.request("PUT", f"Coverage/{uid(3)}", cov).status_code == 200

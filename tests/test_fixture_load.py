@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-
 from fhir_server_fixture import fhir, fhir_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -247,7 +247,8 @@ def run_pipeline(tmp: Path, name: str, data: bytes, spec: MappingSpec) -> str:
 # No shrinking: on this shared 2-core machine shrinking a failure took minutes; the failing
 # example is printed as found, and minimal regressions get their own test below.
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, phases=NO_SHRINK, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, phases=NO_SHRINK,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @FUZZ

@@ -7,10 +7,10 @@ from datetime import date
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_history_cases import LETTER, M1, M2, entry, frame
 
 from atr_pipeline.canonical import FIELDS, MEMBER_ENTRY_KEY, Group
 from atr_pipeline.history.changes import CHANGE_FIELDS, compute_changes, provider_switches
-from test_history_cases import LETTER, M1, M2, entry, frame
 
 
 def one(**overrides: object) -> pl.DataFrame:

@@ -8,10 +8,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_history_cases import M1, M2, M3, SOURCE, lineage_for, month1
 
 from atr_pipeline.history.locking import HistoryLocked
 from atr_pipeline.history.store import HistoryStore
-from test_history_cases import M1, M2, M3, SOURCE, lineage_for, month1
 
 TESTS_DIR = Path(__file__).parent
 
@@ -82,7 +82,7 @@ def test_two_writer_processes_are_serialised(tmp_path: Path) -> None:
         for month in (M2, M3)
     ]
     results = [p.communicate(timeout=120) for p in procs]
-    assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, results)] == [(0, "ok"), (0, "ok")], results
+    assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, results, strict=True)] == [(0, "ok"), (0, "ok")], results
     store = HistoryStore(db)
     assert store.months(SOURCE) == [M2, M3]
     assert store.snapshot(SOURCE, M2).height == 8

@@ -21,12 +21,12 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_history_cases import CONTRACT_OF, M1, M2, M3, MONTHS, SOURCE, entry, frame
 
 from atr_pipeline.canonical import CANONICAL_SCHEMA, MEMBER_ENTRY_KEY, conform_columns
 from atr_pipeline.history.changes import compute_changes, in_line_order
 from atr_pipeline.history.hashes import contract_content_hashes
 from atr_pipeline.history.store import HistoryStore, SnapshotLineage
-from test_history_cases import CONTRACT_OF, M1, M2, M3, MONTHS, SOURCE, entry, frame
 
 RECEIVED = datetime(2026, 4, 2, tzinfo=UTC)
 

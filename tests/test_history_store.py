@@ -8,10 +8,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-
-from atr_pipeline.canonical import CANONICAL_SCHEMA
-from atr_pipeline.errors import AtrError
-from atr_pipeline.history.store import TREND_SCHEMA, HistoryStore
 from test_history_cases import (
     EXPECTED,
     M1,
@@ -26,6 +22,10 @@ from test_history_cases import (
     month2,
     month3,
 )
+
+from atr_pipeline.canonical import CANONICAL_SCHEMA
+from atr_pipeline.errors import AtrError
+from atr_pipeline.history.store import TREND_SCHEMA, HistoryStore
 
 
 def record(store: HistoryStore, month: date, df: pl.DataFrame | None = None) -> None:

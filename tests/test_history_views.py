@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 import typer
+from test_history_cases import M1, M2, M3, MONTHS, SOURCE, lineage_for
 from typer.testing import CliRunner
 
 from atr_pipeline.canonical import PHI_FIELDS
@@ -14,7 +15,6 @@ from atr_pipeline.config import load_settings
 from atr_pipeline.history import cli
 from atr_pipeline.history.store import HistoryStore
 from atr_pipeline.history.trends import trend_markdown, trend_vega_lite
-from test_history_cases import M1, M2, M3, MONTHS, SOURCE, lineage_for
 
 
 @pytest.fixture()

@@ -12,13 +12,13 @@ from pathlib import Path
 import orjson
 import polars as pl
 import pytest
+from fhir_server_fixture import fhir, fhir_server  # noqa: F401
 
 from atr_pipeline.publish.export import iter_ndjson, write_bulk_export
 from atr_pipeline.publish.group_split import split_group
 from atr_pipeline.publish.loader import load_export
 from atr_pipeline.publish.server import RetryPolicy, ServerConfig, Timeouts
 from atr_pipeline.publish.synthetic import synthetic_id, synthetic_resources
-from fhir_server_fixture import fhir, fhir_server  # noqa: F401
 
 
 def _group_export(tmp_path: Path, members: int, name: str) -> tuple[Path, int]:

@@ -12,11 +12,10 @@ import re
 
 import polars as pl
 import pytest
+from conform_frames import built_frames
 
 from atr_pipeline.conform.checker import check_ndjson_frames, frame_order
 from atr_pipeline.conform.fast import fast_report
-from conform_frames import built_frames
-
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +66,9 @@ MUTATIONS = [  # (type, text, replacement, the rule the per-resource checker rep
     ("Patient", '"identifier":[', '"identifier":[{"system":"urn:x"},', "patient.identifier.system-value"),
     ("Patient", '"birthDate"', '"x":null,"birthDate"', "json.null"),
     ("Patient", '"birthDate"', '"x":[],"birthDate"', "json.empty"),
-    ("Patient", '"gender"', '"extension":[{"url":"http://hl7.org/fhir/us/davinci-atr/StructureDefinition/ext-changeType","valueCode":"new"}],"gender"', "ext.context"),
+    ("Patient", '"gender"',
+     '"extension":[{"url":"http://hl7.org/fhir/us/davinci-atr/StructureDefinition/ext-changeType","valueCode":"new"}],"gender"',
+     "ext.context"),
     ("Coverage", '"status":"active"', '"status":"cancelled"', "coverage.status.fixed"),
     ("Coverage", '"beneficiary":{"reference":"Patient/', '"beneficiary":{"reference":"Group/', "ref.target-type"),
     ("Coverage", '"beneficiary":{"reference":"Patient/', '"beneficiary":{"reference":"Patient/0', "ref.unresolved"),

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conform_frames import built_frames
 
 from atr_pipeline.conform import fast
 from atr_pipeline.conform.checker import check_ndjson_frames, frame_order
-from conform_frames import built_frames
-
 
 
 class CountingFrames(Mapping[str, pl.DataFrame]):

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from fhir_server_fixture import FhirTestServer, fhir_server  # noqa: F401
 
-from atr_pipeline.canonical import DATE_FIELDS, PHI_FIELDS
+from atr_pipeline.canonical import PHI_FIELDS
 from atr_pipeline.layouts.read import read_file
 from atr_pipeline.layouts.spec import MappingSpec, load_mapping, to_strftime
-from fhir_server_fixture import FhirTestServer, fhir_server  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -212,7 +212,7 @@ def captured_logging() -> Iterator[io.StringIO]:
         with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
             yield buf
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.removeHandler(handler)
             lg.setLevel(level)
 
@@ -340,7 +340,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirTestServer)
     ids: list[str] = []
     outcomes = 0
     fhir_text = ""
-    for export in sorted(p.parent for p in (home / "exports").rglob("manifest.json")) + sorted(p.parent for p in (base / "run" / "exports").rglob("manifest.json")):
+    exports = sorted(p.parent for p in (home / "exports").rglob("manifest.json"))
+    for export in exports + sorted(p.parent for p in (base / "run" / "exports").rglob("manifest.json")):
         tag = export.relative_to(base)
         surfaces[f"{tag}/manifest.json"] = (export / "manifest.json").read_text()
         for ndjson in sorted(export.glob("*.ndjson")):

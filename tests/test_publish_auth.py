@@ -9,6 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from token_server import TokenServer
 
 from atr_pipeline.publish.auth import (
     AuthError,
@@ -17,7 +18,6 @@ from atr_pipeline.publish.auth import (
     auth_from_env,
     load_private_key,
 )
-from token_server import TokenServer
 
 
 def _pem(key) -> str:
@@ -102,7 +102,9 @@ def test_wrong_audience_is_refused(server, rsa_key):
     auth = SmartBackendAuth(server.token_url, "loader-1", rsa_key)
     auth.token_url = server.token_url.replace("/token", "/other")  # signs the wrong aud
     status, body = server.issue(
-        {"grant_type": "client_credentials", "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "client_assertion": auth.client_assertion()}
+        {"grant_type": "client_credentials",
+         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+         "client_assertion": auth.client_assertion()}
     )
     assert (status, body) == (401, {"error": "invalid_client"})
     assert server.last_error == "InvalidAudienceError"

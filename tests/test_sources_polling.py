@@ -58,7 +58,7 @@ def test_growing_file_is_requested_once_stable(mappings):
     assert requested_per_tick == [[], [], [KEY_200], []]
     assert cur.to_json() == (
         '{"observations":{"acme_attribution_202601.csv":[200,1767225600,3,"2026-01-01T00:01:00+00:00"]},'
-        '"reported":{},"requested":{"%s":"2026-01-01T00:03:00+00:00"},"v":1}' % KEY_200
+        '"reported":{},"requested":{"' + KEY_200 + '":"2026-01-01T00:03:00+00:00"},"v":1}'
     )
 
 

@@ -17,7 +17,9 @@ from atr_pipeline.synthetic import luhn_npi, population, write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 MAPPINGS = load_mappings(REPO / "mappings")
-MBI_RE = re.compile(r"^[1-9][ACDEFGHJKMNPQRTUVWXY][ACDEFGHJKMNPQRTUVWXY0-9][0-9][ACDEFGHJKMNPQRTUVWXY][ACDEFGHJKMNPQRTUVWXY0-9][0-9][ACDEFGHJKMNPQRTUVWXY]{2}[0-9]{2}$")
+# The MBI format: C=1-9, A=letter without S L O I B Z, N=digit, AN=either; positions C A AN N A AN N A A N N.
+_A, _AN = "[ACDEFGHJKMNPQRTUVWXY]", "[ACDEFGHJKMNPQRTUVWXY0-9]"
+MBI_RE = re.compile(rf"^[1-9]{_A}{_AN}[0-9]{_A}{_AN}[0-9]{_A}{{2}}[0-9]{{2}}$")
 AUG, SEP = date(2026, 8, 1), date(2026, 9, 1)
 
 

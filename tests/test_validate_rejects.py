@@ -10,6 +10,7 @@ import orjson
 import polars as pl
 import pytest
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from test_validate_rules import SPEC, TODAY, frame
 
 from atr_pipeline.canonical import REJECT_SCHEMA
 from atr_pipeline.errors import FileRefused
@@ -21,7 +22,6 @@ from atr_pipeline.validate.rejects import (
     write_rejects_csv,
 )
 from atr_pipeline.validate.rules import ValidationResult, validate_rows
-from test_validate_rules import SPEC, TODAY, frame
 
 
 def rejects(*records: tuple) -> pl.DataFrame:

@@ -7,7 +7,14 @@ from datetime import date
 import polars as pl
 import pytest
 
-from atr_pipeline.canonical import CANONICAL_SCHEMA, ISSUE_DTYPE, ISSUES_COLUMN, PHI_FIELDS, REJECT_SCHEMA, conform_columns
+from atr_pipeline.canonical import (
+    CANONICAL_SCHEMA,
+    ISSUE_DTYPE,
+    ISSUES_COLUMN,
+    PHI_FIELDS,
+    REJECT_SCHEMA,
+    conform_columns,
+)
 from atr_pipeline.layouts.spec import parse_mapping
 from atr_pipeline.validate.rules import CanonicalContractError, validate_rows
 

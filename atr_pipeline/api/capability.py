@@ -68,7 +68,8 @@ def capability_statement(registered: list[Registered], base_url: str, token_url:
                         "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
                         "extension": [{"url": "token", "valueUri": token_url}],
                     }],
-                    "description": "SMART Backend Services (client_credentials, private_key_jwt RS384/ES384); each client sees only the Groups registered for it",
+                    "description": "SMART Backend Services (client_credentials, private_key_jwt RS384/ES384); "
+                    "each client sees only the Groups registered for it",
                 },
                 "resource": resources,
             }

@@ -28,7 +28,10 @@ def serve(
     port: Annotated[int, typer.Option(help="port (0 picks a free one; the chosen URL is printed on stdout)")] = 8080,
     home: Annotated[Path | None, typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
     public_url: Annotated[str | None, typer.Option(help="FHIR base URL clients use, e.g. https://atr.example.org/fhir behind a proxy")] = None,
-    tls_terminated_in_front: Annotated[bool, typer.Option("--tls-terminated-in-front", help="a reverse proxy terminates TLS; allows a non-loopback bind")] = False,
+    tls_terminated_in_front: Annotated[
+        bool,
+        typer.Option("--tls-terminated-in-front", help="a reverse proxy terminates TLS; allows a non-loopback bind"),
+    ] = False,
     export_workers: Annotated[int, typer.Option(help="export jobs run at once")] = 2,
     access_log: Annotated[bool, typer.Option(help="log each request line")] = False,
 ) -> None:

@@ -96,7 +96,7 @@ class Checker:
         self.count += 1
         f = self.findings
         rtype = res.get("resourceType") if isinstance(res, dict) else None
-        if not isinstance(rtype, str) or not rtype:
+        if not isinstance(res, dict) or not isinstance(rtype, str) or not rtype:
             f.add("json.parse", f"{expected_type or 'Resource'}/#{self.count}")
             return
         rid = res.get("id")
@@ -368,7 +368,7 @@ def check_ndjson_frames(
     )
     for rtype in frame_order(frames):
         df = frames[rtype]
-        for rid, text in zip(df.get_column("id").to_list(), df.get_column("json").to_list()):
+        for rid, text in zip(df.get_column("id").to_list(), df.get_column("json").to_list(), strict=True):
             if text is None:
                 checker.count += 1
                 checker.findings.add("json.parse", f"{rtype}/#{checker.count}")

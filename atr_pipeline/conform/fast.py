@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping
+from itertools import pairwise
 
 import orjson
 import polars as pl
@@ -97,7 +98,8 @@ PATIENT = (
 
 COVERAGE = (
     _head("Coverage")
-    + rf'(?:,"extension":\[\{{"url":{_lit(S.EXT_INSURANCE_PRODUCT_TYPE)},"valueCodeableConcept":\{{"coding":\[{_coding(S.CS_INSURANCE_PRODUCT_TYPE, S.PRODUCT_TYPES)}\]\}}\}}\])?'
+    + rf'(?:,"extension":\[\{{"url":{_lit(S.EXT_INSURANCE_PRODUCT_TYPE)},'
+    + rf'"valueCodeableConcept":\{{"coding":\[{_coding(S.CS_INSURANCE_PRODUCT_TYPE, S.PRODUCT_TYPES)}\]\}}\}}\])?'
     + rf'(?:,"identifier":\[\{{"type":\{{"coding":\[{_coding(S.CS_V2_0203, (S.ID_TYPE_MEMBER,))}\]\}},"system":{STR},"value":{STR}\}}\])?'
     + r',"status":"active"'
     + rf'(?:,"subscriber":{_ref("Patient", "RelatedPerson")})?'
@@ -202,7 +204,7 @@ def _byte_slices(texts: pl.Series) -> list[tuple[int, int]]:
         if cuts[-1] < cut < texts.len():
             cuts.append(cut)
     cuts.append(texts.len())
-    return [(a, b - a) for a, b in zip(cuts, cuts[1:])]
+    return [(a, b - a) for a, b in pairwise(cuts)]
 
 
 def _null_or_empty_candidates(df: pl.DataFrame) -> pl.Series:
@@ -327,7 +329,7 @@ def _check_type(rtype: str, df: pl.DataFrame, scratch) -> pl.Series | None:
         heads, bodies = split
         if heads.str.contains("\\", literal=True).any():
             return None  # escapes anywhere decline the set (the bodies: in _bulk_check)
-        for rid, head in zip(ids.to_list(), heads.to_list()):
+        for rid, head in zip(ids.to_list(), heads.to_list(), strict=True):
             scratch.add_text(head, expected_type=rtype, expected_id=rid)
         del heads
         # Member grammar (no null or empty element), escapes and period order.
@@ -335,7 +337,7 @@ def _check_type(rtype: str, df: pl.DataFrame, scratch) -> pl.Series | None:
     if df.height <= SCRATCH_LIMIT:
         if df.get_column("json").str.contains("\\", literal=True).any():
             return None
-        for rid, text in zip(ids.to_list(), df.get_column("json").to_list()):
+        for rid, text in zip(ids.to_list(), df.get_column("json").to_list(), strict=True):
             scratch.add_text(text, expected_type=rtype, expected_id=rid)
         return _NO_REFS  # the scratch checker keeps their references as pending
     return None
@@ -382,7 +384,7 @@ class _Reservoir:
             return
         picked = df[[self.positions[slot] - first for slot in slots]]
         self._rows += [(rtype, "", "")] * (len(self.positions) - len(self._rows))
-        for slot, rid, text in zip(slots, picked.get_column("id").to_list(), picked.get_column("json").to_list()):
+        for slot, rid, text in zip(slots, picked.get_column("id").to_list(), picked.get_column("json").to_list(), strict=True):
             self._rows[slot] = (rtype, rid, text)
 
     @property
@@ -406,13 +408,13 @@ def _draw(rng: random.Random, sample: list[int], seen: int, n: int, size: int) -
     # (tests/test_perf_conform_round3.py checks the positions against randrange), without the two
     # Python calls per resource that took ~2 s at 1M.
     getrandbits = rng.getrandbits
-    for seen in range(seen + 1, end + 1):
-        k = seen.bit_length()
+    for pos in range(seen + 1, end + 1):
+        k = pos.bit_length()
         j = getrandbits(k)
-        while j >= seen:
+        while j >= pos:
             j = getrandbits(k)
         if j < size:
-            sample[j] = seen - 1
+            sample[j] = pos - 1
     return end
 
 

@@ -20,7 +20,7 @@ from atr_pipeline.conform.findings import Findings
 
 
 @cache
-def model_for(resource_type: str) -> type | None:
+def model_for(resource_type: str) -> type[pydantic.BaseModel] | None:
     """The R4B model class for a resource type, imported on first use (the package is large)."""
     if not resource_type.isalpha():
         return None

@@ -87,7 +87,8 @@ def landed_file(context: dg.AssetExecutionContext, atr: AtrHome) -> LandedFile:
     kinds={"polars"},
     owners=OWNERS,
     check_specs=[dg.AssetCheckSpec("control_totals_match", asset="canonical_rows", blocking=True, partitions_def=PARTITIONS,
-                                   description="Trailer/header record count and hash total equal what was read; the file decoded and had the columns its mapping names.")],
+                                   description=("Trailer/header record count and hash total equal what was read; "
+                                                "the file decoded and had the columns its mapping names."))],
 )
 def canonical_rows(context: dg.AssetExecutionContext, atr: AtrHome, landed_file: LandedFile) -> Iterator:
     """The landed file cut into canonical attribution rows by its YAML mapping (one schema for every payer).
@@ -181,7 +182,8 @@ def attribution_snapshot(context: dg.AssetExecutionContext, atr: AtrHome, valida
     kinds={"fhir", "polars"},
     owners=OWNERS,
     check_specs=[dg.AssetCheckSpec("conformance_passed", asset="fhir_resources", blocking=True, partitions_def=PARTITIONS,
-                                   description="Every resource passes the ATR 2.1.0 rules and reference integrity; R4 structure on all (small runs) or a sample.")],
+                                   description=("Every resource passes the ATR 2.1.0 rules and reference integrity; "
+                                                "R4 structure on all (small runs) or a sample."))],
 )
 def fhir_resources(context: dg.AssetExecutionContext, atr: AtrHome, attribution_snapshot: SnapshotKey) -> Iterator:
     """ATR 2.1.0 Group, Patient, Coverage, RelatedPerson, Practitioner, PractitionerRole and Organization resources.
@@ -231,7 +233,8 @@ def bulk_export(context: dg.AssetExecutionContext, atr: AtrHome, fhir_resources:
     owners=OWNERS,
     retry_policy=IO_RETRY,
     check_specs=[dg.AssetCheckSpec("load_complete", asset="server_load", partitions_def=PARTITIONS,
-                                   description="Every exported resource is on the server: no failed entries, and the server holds at least the exported count per type.")],
+                                   description=("Every exported resource is on the server: "
+                                                "no failed entries, and the server holds at least the exported count per type."))],
 )
 def server_load(context: dg.AssetExecutionContext, fhir_server: FhirServer, bulk_export: str) -> Iterator:
     """The month's export PUT into the FHIR server at ATR_FHIR_URL (by deterministic id: re-runs never duplicate; resumable)."""

@@ -93,7 +93,7 @@ def _check(source_id: str) -> dg.AssetChecksDefinition:
         day = expected_day(source_id)
         today = date.today()
         result = lateness(source_id, day, delivered_months(settings, source_id), today)
-        meta = {
+        meta: dict[str, str | dg.MetadataValue] = {
             "expected_day": dg.MetadataValue.int(day),
             "checked_on": today.isoformat(),
             "first_delivered_month": f"{result.first_month:%Y-%m}" if result.first_month else "none yet",

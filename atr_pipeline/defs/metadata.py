@@ -82,8 +82,8 @@ def mapping_lineage_markdown(spec: MappingSpec) -> str:
         for f in fields:
             elements.setdefault(f, []).append(element)
     rows = ["| source column | canonical field | FHIR elements |", "|---|---|---|"]
-    for name, f in spec.fields.items():
-        src = source_column(f) or (f"constant `{f.constant}`" if f.constant is not None else f"default `{f.default}`")
+    for name, fspec in spec.fields.items():
+        src = source_column(fspec) or (f"constant `{fspec.constant}`" if fspec.constant is not None else f"default `{fspec.default}`")
         carried = ", ".join(f"`{e}`" for e in elements.get(name, [])) or "(not in FHIR)"
         rows.append(f"| {src} | `{name}` | {carried} |")
     return "\n".join(rows)
@@ -254,7 +254,10 @@ def conformance_check(report: Any) -> dg.AssetCheckResult:
     errors = [r for r in report.results if r.severity == "error"]
     table = dg.MetadataValue.table(
         records=[dg.TableRecord({"rule": r.rule, "severity": r.severity, "count": r.count, "examples": ", ".join(r.examples)}) for r in report.results],
-        schema=dg.TableSchema(columns=[dg.TableColumn("rule", "string"), dg.TableColumn("severity", "string"), dg.TableColumn("count", "int"), dg.TableColumn("examples", "string")]),
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("rule", "string"), dg.TableColumn("severity", "string"),
+            dg.TableColumn("count", "int"), dg.TableColumn("examples", "string"),
+        ]),
     )
     return dg.AssetCheckResult(
         check_name="conformance_passed",

@@ -175,6 +175,6 @@ def issues_expr(checks: list[Check], flag_names: list[str]) -> pl.Expr:
         return pl.lit([], dtype=ISSUE_DTYPE).alias(ISSUES_COLUMN)
     items = [
         pl.when(pl.col(flag)).then(pl.struct(field=pl.lit(c.field), rule=pl.lit(c.rule), reason=pl.lit(c.reason)))
-        for c, flag in zip(checks, flag_names)
+        for c, flag in zip(checks, flag_names, strict=True)
     ]
     return pl.concat_list(items).list.drop_nulls().cast(ISSUE_DTYPE).alias(ISSUES_COLUMN)

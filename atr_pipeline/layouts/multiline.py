@@ -69,7 +69,8 @@ class RecordJoiner:
             raise self.refusal
         if self.open is not None:
             rec = self.open
-            raise FileRefused(self.file_name, "unbalanced_quote", f"the quoted field opened on line {rec.first} is not closed by the end of the file", rec.first)
+            raise FileRefused(self.file_name, "unbalanced_quote",
+                              f"the quoted field opened on line {rec.first} is not closed by the end of the file", rec.first)
 
     def join(self, lines: pl.DataFrame) -> pl.DataFrame:
         if self.refusal is not None:

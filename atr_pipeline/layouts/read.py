@@ -48,7 +48,15 @@ from typing import Any, BinaryIO
 
 import polars as pl
 
-from atr_pipeline.canonical import FIELD_BY_NAME, FIELDS, ISSUE_DTYPE, ISSUES_COLUMN, LINEAGE_FIELDS, REJECT_SCHEMA, conform_columns
+from atr_pipeline.canonical import (
+    FIELD_BY_NAME,
+    FIELDS,
+    ISSUE_DTYPE,
+    ISSUES_COLUMN,
+    LINEAGE_FIELDS,
+    REJECT_SCHEMA,
+    conform_columns,
+)
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.layouts import sniff
 from atr_pipeline.layouts.fields import CONTROL_IN_TEXT, field_plan, issues_expr, raw_name
@@ -108,7 +116,9 @@ def _decode(data: bytes, encoding: str, name: str) -> str:
         text = data.decode(codec, errors="strict")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].decode(codec, errors="replace").count("\n") + 1
-        raise FileRefused(name, "encoding", f"bytes at line {line} are not valid {encoding}; resend in {encoding} or fix the mapping's file.encoding", line) from None
+        raise FileRefused(name, "encoding",
+                          f"bytes at line {line} are not valid {encoding}; resend in {encoding} or fix the mapping's file.encoding",
+                          line) from None
     if wide and "\x00" in text:
         raise FileRefused(name, "binary", "NUL characters found: this is not a text file", text.count("\n", 0, text.index("\x00")) + 1)
     return text.removeprefix("\ufeff")  # utf-16-le/-be keep a BOM as a character
@@ -228,7 +238,9 @@ def _decoded_slices(
                 except UnicodeDecodeError as exc:
                     line = feeds + chunk.count(b"\n", 0, exc.start) + 1
                     what = encoding if codec == codecs.lookup(encoding).name else "utf-8 (detected from the file's first non-ASCII text)"
-                    bad = FileRefused(name, "encoding", f"bytes at line {line} are not valid {what}; resend in {encoding} or fix the mapping's file.encoding", line)
+                    bad = FileRefused(name, "encoding",
+                                      f"bytes at line {line} are not valid {what}; resend in {encoding} or fix the mapping's file.encoding",
+                                      line)
                 else:
                     parts = physical_lines(text)
                     del text
@@ -282,7 +294,8 @@ class _Delim:
         value = line.str.extract(pat, 1)
         if self.quote is not None:
             q = self.quote
-            value = pl.when(value.str.starts_with(q)).then(value.str.slice(1, value.str.len_chars() - 2).str.replace_all(q + q, q, literal=True)).otherwise(value)
+            unquoted = value.str.slice(1, value.str.len_chars() - 2).str.replace_all(q + q, q, literal=True)
+            value = pl.when(value.str.starts_with(q)).then(unquoted).otherwise(value)
         return value
 
     def split_one(self, line: str) -> list[str]:
@@ -329,7 +342,10 @@ class _Reader:
         self.path = path
         self.chunk_bytes = max(1, chunk_bytes)
         fmt = spec.format
-        self.delim = _Delim(fmt.delimiter, fmt.quote) if fmt.kind == "delimited" else None
+        self.delim: _Delim | None = None
+        if fmt.kind == "delimited":
+            assert fmt.delimiter is not None  # spec.py requires one for delimited layouts
+            self.delim = _Delim(fmt.delimiter, fmt.quote)
         self.names: list[str] | None = None
         self.absent: set[str] = set()  # ``required: false`` named columns this file lacks
         self.digest = ""
@@ -361,6 +377,7 @@ class _Reader:
         out: dict[str, str | None] = {}
         cells = self.delim.split_one(line) if self.delim else None
         for fname, pos in fields.items():
+            value: str | None
             if pos.is_fixed:
                 value = line[pos.start - 1 : pos.start - 1 + pos.length]  # type: ignore[operator]
             else:
@@ -515,7 +532,7 @@ class _Reader:
         out = self._record_field_values(out, header_vals, trailer_vals)
         reference = self._reference_date(month, header_vals, trailer_vals)
         source_columns = self._source_columns(expected or 0)
-        rejected = rejected.select(REJECT_SCHEMA.names()).cast(dict(REJECT_SCHEMA))
+        rejected = rejected.select(REJECT_SCHEMA.names()).cast(REJECT_SCHEMA)
         return ReadResult(out, rejected, records_read, month, control, source_columns, reference)
 
     def _patch_lineage(self, rows: pl.DataFrame, month: date) -> pl.DataFrame:
@@ -724,7 +741,7 @@ class _Reader:
         sums = frame.select(
             pl.col(raw_name(f)).str.replace_all(r"[^0-9]", "").cast(pl.Decimal(38, 0), strict=False).sum().alias(f) for f in fields
         ).row(0)
-        return {f: int(v or 0) for f, v in zip(fields, sums)}
+        return {f: int(v or 0) for f, v in zip(fields, sums, strict=True)}
 
     def _cut_fixed(self, details: pl.DataFrame, unknown: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
         fmt = self.spec.format
@@ -818,7 +835,7 @@ class _Reader:
             raw, kind = self._ref_value(fspec.record_field, header_vals, trailer_vals)
             as_column = fspec.model_copy(update={"record_field": None, "column": 1})
             plan = field_plan(fname, as_column)
-            one = pl.DataFrame({raw_name(fname): [raw]}, schema={raw_name(fname): pl.String}).select(plan.text)  # type: ignore[arg-type]
+            one = pl.DataFrame({raw_name(fname): [raw]}, schema={raw_name(fname): pl.String}).select(plan.text)
             got = one.select(plan.value, *[c.failed.fill_null(False).alias(c.reason) for c in plan.checks])
             failed = [c.reason for c in plan.checks if got.get_column(c.reason)[0]]
             if failed:
@@ -855,7 +872,7 @@ class _Reader:
             pl.lit(self.month).alias("reporting_month"),
         ]
         assert [e.meta.output_name() for e in lineage] == list(LINEAGE_FIELDS)
-        out = texts.select(*lineage, *[p.value for p in plans], *[c.failed.fill_null(False).alias(n) for c, n in zip(checks, flags)])
+        out = texts.select(*lineage, *[p.value for p in plans], *[c.failed.fill_null(False).alias(n) for c, n in zip(checks, flags, strict=True)])
         # Only rows with a failed check pay for building their issue list.
         failing = pl.any_horizontal(flags) if flags else pl.lit(False)
         bad = out.filter(failing).with_columns(issues_expr(checks, flags))

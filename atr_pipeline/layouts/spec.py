@@ -88,7 +88,7 @@ class FieldSpec(Position):
 
     constant: str | None = None
     default: str | None = None
-    transforms: list[Transform] = Field(default_factory=lambda: ["trim"])
+    transforms: list[Transform] = Field(default_factory=lambda: list[Transform](["trim"]))
     date: str | None = None  # e.g. MM/DD/YYYY, YYYYMMDD or %m/%d/%Y
     # Code map, raw value (after transforms) -> canonical code; a null target maps to empty
     # (e.g. ``"99991231": null`` for an open-ended period).

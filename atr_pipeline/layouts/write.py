@@ -13,24 +13,22 @@ Text longer than a fixed-width slot is cut; nothing else is altered.
 
 from __future__ import annotations
 
-import re
+# The regex parser walks file.pattern; private modules, named re._* since Python 3.11 (our oldest).
+import re._constants as _src
+import re._parser as _sre
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
 from atr_pipeline.canonical import FIELD_BY_NAME
 from atr_pipeline.layouts.spec import FieldSpec, MappingSpec, Position, to_strftime
 
-try:  # Python 3.11+: the regex parser moved here
-    import re._parser as _sre  # type: ignore[import-not-found]
-    import re._constants as _src  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover
-    import sre_constants as _src  # type: ignore[no-redef]
-    import sre_parse as _sre  # type: ignore[no-redef]
+# polars' write_csv quoting modes.
+QuoteStyle = Literal["necessary", "always", "non_numeric", "never"]
 
 NUMBER_DECIMALS = 4
 CHUNK_ROWS = 200_000  # rows rendered at a time by write_rendered / iter_rendered
@@ -137,14 +135,14 @@ def _control_line(spec: MappingSpec, kind: str, values: dict[str, str]) -> str:
     return (spec.format.delimiter or ",").join(cells)
 
 
-def render(spec: MappingSpec, rows: pl.DataFrame, month: date, *, line_ending: str = "\n", quote_style: str = "necessary") -> bytes:
+def render(spec: MappingSpec, rows: pl.DataFrame, month: date, *, line_ending: str = "\n", quote_style: QuoteStyle = "necessary") -> bytes:
     """The bytes of a file in ``spec``'s layout holding ``rows`` (in the given order)."""
     return b"".join(iter_rendered(spec, rows, month, line_ending=line_ending, quote_style=quote_style))
 
 
 def write_rendered(
     spec: MappingSpec, rows: pl.DataFrame, month: date, path: Path, *,
-    line_ending: str = "\n", quote_style: str = "necessary", chunk_rows: int = CHUNK_ROWS,
+    line_ending: str = "\n", quote_style: QuoteStyle = "necessary", chunk_rows: int = CHUNK_ROWS,
 ) -> Path:
     """Write ``render(spec, rows, month)``'s bytes to ``path`` one slice of rows at a time.
 
@@ -159,7 +157,7 @@ def write_rendered(
 
 def iter_rendered(
     spec: MappingSpec, rows: pl.DataFrame, month: date, *,
-    line_ending: str = "\n", quote_style: str = "necessary", chunk_rows: int = CHUNK_ROWS,
+    line_ending: str = "\n", quote_style: QuoteStyle = "necessary", chunk_rows: int = CHUNK_ROWS,
 ) -> Iterator[bytes]:
     """The file's bytes in pieces: header record, the records of each slice of ``chunk_rows``
     rows, trailer record. Joined, they are exactly ``render``'s bytes."""
@@ -190,7 +188,7 @@ def iter_rendered(
     for index, start in enumerate(range(0, max(rows.height, 1), chunk_rows)):
         raw = rows.slice(start, chunk_rows).select(exprs)
         if fixed:
-            parts = [(s, pl.col(f)) for f, s in written.items()]
+            parts: list[tuple[Position, pl.Expr]] = [(s, pl.col(f)) for f, s in written.items()]
             if spec.records:
                 parts.append((spec.records.type_field, pl.lit(spec.records.detail.code)))
             body = raw.select(_fixed_line(parts, spec.format.record_length or 1).str.strip_chars_end().alias("l"))["l"]
@@ -208,7 +206,7 @@ def iter_rendered(
 
 
 def _delimited_body(
-    spec: MappingSpec, raw: pl.DataFrame, written: dict[str, FieldSpec], line_ending: str, quote_style: str, *, include_header: bool = True
+    spec: MappingSpec, raw: pl.DataFrame, written: dict[str, FieldSpec], line_ending: str, quote_style: QuoteStyle, *, include_header: bool = True
 ) -> str:
     fmt = spec.format
     positions: dict[str, Position] = {}
@@ -222,7 +220,7 @@ def _delimited_body(
         names: list[str] = []
         for f, p in positions.items():
             names.append(str(p.column) if isinstance(p.column, str) else f)
-        out = values.select([pl.col(f).alias(n) for f, n in zip(positions, names)])
+        out = values.select([pl.col(f).alias(n) for f, n in zip(positions, names, strict=True)])
     else:
         width = max(int(p.column) for p in positions.values())  # type: ignore[arg-type]
         by_index = {int(p.column): f for f, p in positions.items()}  # type: ignore[arg-type]
@@ -231,7 +229,7 @@ def _delimited_body(
         include_header=fmt.header_row and include_header,
         separator=fmt.delimiter or ",",
         quote_char=fmt.quote or '"',
-        quote_style=quote_style if fmt.quote else "never",  # type: ignore[arg-type]
+        quote_style=quote_style if fmt.quote else "never",
         line_terminator=line_ending,
     )
     return text.removesuffix(line_ending)

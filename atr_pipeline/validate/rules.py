@@ -345,7 +345,7 @@ def _to_reject_schema(rows: pl.DataFrame, records: pl.DataFrame, spec: MappingSp
         lineage.with_columns(records["field"], records["rule"], records["reason"])
         .with_columns(pl.col("source_id").fill_null(spec.source_id))
         .select(list(REJECT_SCHEMA))
-        .cast(dict(REJECT_SCHEMA))
+        .cast(REJECT_SCHEMA)
         .unique(maintain_order=True)
         .sort("line_number", "field", "rule", "reason")
     )
