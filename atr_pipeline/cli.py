@@ -105,6 +105,7 @@ def run(
     from atr_pipeline.config import load_settings
     from atr_pipeline.layouts.spec import load_mappings
     from atr_pipeline.errors import FileRefused
+    from atr_pipeline.home import ensure_home
     from atr_pipeline.pipeline import land_path, process_landed
     from atr_pipeline.sources.landing import Ledger, scan_inbox
 
@@ -131,6 +132,7 @@ def run(
     if not files:
         console.print(f"no files for source {spec.source_id} in {inbox_dir}" + (f" for {month}" if month else ""))
         raise typer.Exit(0)
+    ensure_home(settings)  # a home of a newer release is refused, an older one upgraded, before any file
     ledger = Ledger.for_landing(settings.landing_dir)
     tally = {"processed": 0, "refused": 0, "skipped": 0, "failed": 0}
     for path in files:
@@ -152,7 +154,7 @@ def run(
                 tally["skipped"] += 1
                 console.print(f"[dim]skipped[/dim]  {path.name}: reports {landed.month:%Y-%m}, not {month}")
                 continue
-            outcome = process_landed(landed, spec, settings, out_dir=out, progress=lambda m: err.print(f"[dim]  ... {m}[/dim]"))
+            outcome = process_landed(landed, spec, settings, out_dir=out, progress=lambda m: err.print(f"[dim]  ... {m}[/dim]"), reprocess=reprocess)
         except Exception as exc:  # noqa: BLE001 - a bug or an unreadable file must not stop the rest
             # The type only: an exception's text may quote file content (PHI). The file stays
             # "landed" (or in the inbox), so the next run tries it again.
@@ -160,13 +162,16 @@ def run(
             console.print(f"[red]failed[/red]   {path.name}: internal error ({type(exc).__name__}); the other files were still processed")
             continue
         _print_outcome(outcome)
-        tally["refused" if outcome.status == "refused" else "processed"] += 1
+        tally[outcome.status if outcome.status in ("refused", "skipped") else "processed"] += 1
     console.print(f"{len(files)} file(s): " + ", ".join(f"{n} {k}" for k, n in tally.items() if n or k in ("processed", "refused")))
     raise typer.Exit(REFUSED if tally["refused"] or tally["failed"] else 0)
 
 
 def _print_outcome(o) -> None:
     """One file's outcome: counts, rules, change types, and where its outputs are (no values)."""
+    if o.status == "skipped":  # another run processed it while this one waited for it
+        console.print(f"[dim]skipped[/dim]  {o.file_name}: {o.message}")
+        return
     if o.status == "refused":
         console.print(f"[red]refused[/red]  {o.file_name}: {o.message}")
         if o.records_read:

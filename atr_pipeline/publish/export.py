@@ -49,6 +49,7 @@ ERROR_TYPE = "OperationOutcome"
 # Belongs in systems.py; kept here until that shared module grows it.
 _GZIP_LEVEL = 6  # fixed so the bytes never depend on a library default
 _PARTIAL_MARK = ".partial-"
+PARTIAL_MARK = _PARTIAL_MARK  # hidden working folders are named .<name>.partial-<pid>-<random>
 
 
 class ManifestFile(BaseModel):
@@ -208,6 +209,49 @@ def _sweep_stale_partials(out_dir: Path) -> None:
             pass  # a live process of another user: not ours to remove
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a live process of another user
+    return True
+
+
+def sweep_leftovers(root: Path) -> list[Path]:
+    """Remove the working folders killed runs left under ``root`` and its sub-folders.
+
+    ``root`` is the exports folder (``<source>/.<month>.partial-<pid>-...``) or an ``--out``
+    folder of one source. A ``.partial-<pid>-`` folder goes when its pid is dead (a live writer's
+    is left alone); an ``.old-`` folder of an interrupted two-rename swap is put back when its
+    export is missing and removed otherwise. Staged builds (``.<month>.staged``) are kept: a
+    resumed Dagster run publishes them, and the next build of the month replaces them.
+    Returns what was removed or restored.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    touched: list[Path] = []
+    folders = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    for folder in folders:
+        for candidate in sorted(folder.glob(".*")):
+            name = candidate.name
+            if _PARTIAL_MARK in name:
+                pid_text = name.split(_PARTIAL_MARK, 1)[1].split("-", 1)[0]
+                if pid_text.isdigit() and not _alive(int(pid_text)):
+                    shutil.rmtree(candidate, ignore_errors=True)
+                    touched.append(candidate)
+            elif ".old-" in name:
+                export = folder / name[1:].split(".old-", 1)[0]
+                if export.exists():
+                    shutil.rmtree(candidate, ignore_errors=True)
+                else:
+                    os.rename(candidate, export)
+                touched.append(candidate)
+    return touched
+
+
 _RENAME_EXCHANGE = 2
 
 
@@ -236,7 +280,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _publish(partial: Path, out_dir: Path) -> None:
+def publish_folder(partial: Path, out_dir: Path) -> None:
+    """Swap a finished folder into ``out_dir`` (atomically where the platform can)."""
     if out_dir.exists():
         if _exchange(partial, out_dir):
             shutil.rmtree(partial)  # now holds the previous export
@@ -373,7 +418,7 @@ def publish_staged(
         os.fsync(fh.fileno())
     (folder / _TOKEN_NAME).unlink()
     _fsync_dir(folder)
-    _publish(folder, staged.out_dir)
+    publish_folder(folder, staged.out_dir)
     return manifest
 
 
