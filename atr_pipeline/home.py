@@ -51,9 +51,20 @@ def stored_format(home: Path) -> int | None:
         if not text.isdigit():
             raise AtrError(f"{marker}: not a home format number ({text[:20]!r})")
         return int(text)
-    if (Path(home) / "landing" / "ledger.sqlite").exists() or (Path(home) / "history.duckdb").exists():
+    if (Path(home) / "history.duckdb").exists() or _ledger_rows(Path(home) / "landing" / "ledger.sqlite"):
         return 1
     return None
+
+
+def _ledger_rows(ledger: Path) -> int:
+    # An empty ledger (created by a command that then found nothing to land) is no state yet.
+    if not ledger.exists():
+        return 0
+    with closing(sqlite3.connect(ledger, timeout=60)) as con:
+        try:
+            return con.execute("SELECT count(*) FROM landed").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
 
 
 def ensure_home(settings: Settings) -> None:

@@ -24,7 +24,7 @@ from atr_pipeline.errors import AtrError, FileRefused
 from atr_pipeline.history.hashes import contract_content_hashes
 from atr_pipeline.layouts.read import ReadResult, read_file
 from atr_pipeline.layouts.spec import MappingSpec
-from atr_pipeline.publish.export import StagedResources
+from atr_pipeline.publish.export import StagedResources, crash_point
 from atr_pipeline.sources.landing import LandedFile
 
 log = logging.getLogger("atr_pipeline")
@@ -391,16 +391,6 @@ def rebuild_stale_months(spec: MappingSpec, settings: Settings, *, progress: Pro
             crash_point("rebuilt")
             rebuilt.append(month)
     return rebuilt
-
-
-def crash_point(name: str) -> None:
-    """Test hook: ``ATR_CRASH_AT=<name>`` kills this process here with SIGKILL, as ``kill -9``
-    would, so the crash tests can stop a run between two exact steps."""
-    import os
-    import signal
-
-    if os.environ.get("ATR_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def publish_month(

@@ -209,6 +209,15 @@ def _sweep_stale_partials(out_dir: Path) -> None:
             pass  # a live process of another user: not ours to remove
 
 
+def crash_point(name: str) -> None:
+    """Test hook: ``ATR_CRASH_AT=<name>`` kills this process here with SIGKILL, as ``kill -9``
+    would, so the crash tests stop a run between two exact steps (tests/test_crash_recovery.py)."""
+    if os.environ.get("ATR_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -360,6 +369,7 @@ def stage_resources(
                 del frame
                 files[resource_type] = items
                 pending.update(sums)
+                crash_point("partial")
         token = uuid.uuid4().hex
         (building / _TOKEN_NAME).write_text(token)
         _fsync_dir(building)
