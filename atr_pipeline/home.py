@@ -42,7 +42,7 @@ class NewerHome(AtrError):
     """The home was written by a newer release."""
 
 
-def stored_format(home: Path) -> int | None:
+def stored_format(home: Path, history_path: Path | None = None) -> int | None:
     """The home's format: the number in ``home_format``; 1 for a home with state but no file;
     None for a home with no state yet."""
     marker = Path(home) / FORMAT_FILE
@@ -51,20 +51,37 @@ def stored_format(home: Path) -> int | None:
         if not text.isdigit():
             raise AtrError(f"{marker}: not a home format number ({text[:20]!r})")
         return int(text)
-    if (Path(home) / "history.duckdb").exists() or _ledger_rows(Path(home) / "landing" / "ledger.sqlite"):
+    # No marker: format 1 when something in it is as the previous release wrote it. An empty
+    # ledger, or a history store a command of this release created, is no old state.
+    if _absolute_ledger_paths(Path(home) / "landing" / "ledger.sqlite") or _history_schema(history_path or Path(home) / "history.duckdb") == 1:
         return 1
     return None
 
 
-def _ledger_rows(ledger: Path) -> int:
-    # An empty ledger (created by a command that then found nothing to land) is no state yet.
+def _absolute_ledger_paths(ledger: Path) -> int:
     if not ledger.exists():
         return 0
     with closing(sqlite3.connect(ledger, timeout=60)) as con:
         try:
-            return con.execute("SELECT count(*) FROM landed").fetchone()[0]
+            return con.execute("SELECT count(*) FROM landed WHERE path LIKE '/%'").fetchone()[0]
         except sqlite3.OperationalError:
             return 0
+
+
+def _history_schema(db_path: Path) -> int | None:
+    if not db_path.exists():
+        return None
+    import duckdb
+
+    from atr_pipeline.history.locking import file_lock, lock_path_for
+    from atr_pipeline.history.store import stored_schema_version
+
+    with file_lock(lock_path_for(db_path), exclusive=False, timeout=_LOCK_TIMEOUT):
+        con = duckdb.connect(str(db_path), read_only=True)
+        try:
+            return stored_schema_version(con)
+        finally:
+            con.close()
 
 
 def ensure_home(settings: Settings) -> None:
@@ -77,7 +94,7 @@ def ensure_home(settings: Settings) -> None:
     lock = home / LOCKS_DIR / "home.lock"
     lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with file_lock(lock, exclusive=True, timeout=_LOCK_TIMEOUT, what=f"{home}: another atr process is upgrading this home"):
-        found = stored_format(home)
+        found = stored_format(home, settings.history_path)
         if found is not None and found > HOME_FORMAT:
             raise NewerHome(
                 f"ATR_HOME {home} has format {found}, written by a newer release of atr than this one "

@@ -121,6 +121,7 @@ def differences(home: Path, reference: Path, source: str, *, months: list[str] |
     found, expected = published(home, source), published(reference, source)
     if months is not None:
         expected = {m: v for m, v in expected.items() if m in months}
+        found = {m: v for m, v in found.items() if m in months}
     problems = []
     if sorted(found) != sorted(expected):
         problems.append(f"{source}: months {sorted(found)} published, expected {sorted(expected)}")

@@ -65,8 +65,37 @@ def test_killed_during_the_rebuild_of_later_months(tmp_path: Path, reference: Pa
         assert atr(run_args(ACME, month), home).returncode == 0
     killed = atr(run_args(ACME, "2026-09"), home, env={"ATR_CRASH_AT": "published"})
     assert killed.returncode == -signal.SIGKILL
-    # 09 is published but 10 still holds its build on 08: the next run of any month of the
-    # source rebuilds it (here 08 again, already processed: a plain re-run of the inbox).
+    # 09 is published but 10 still holds its build on 08, and the ledger still says 09 is only
+    # landed: the re-run processes 09 again (byte-identical) and then rebuilds 10 on top of it.
     rerun = atr(run_args(ACME, "2026-09"), home)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert differences(home, reference, ACME) == []
+
+
+def test_a_run_after_a_full_disk_completes_once_there_is_room(tmp_path: Path, reference: Path) -> None:
+    """A file-size limit (RLIMIT_FSIZE, what a full disk looks like to a writer: EFBIG/ENOSPC)
+    just above the history's and below the month's Coverage NDJSON (~52 kB) fails 09 while it
+    writes its export; without the limit the same command completes and equals a clean run."""
+    import resource
+    import subprocess
+
+    from overlap_tools import CODE, atr_env
+
+    home = tmp_path / "home"
+    for month in ("2026-08",):
+        assert atr(run_args(ACME, month), home).returncode == 0
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    full = subprocess.run(run_args(ACME, "2026-09"), cwd=CODE, env=atr_env(home), capture_output=True, text=True,
+                          timeout=300, preexec_fn=small_disk)
+    assert full.returncode != 0, full.stdout
+    assert "File too large" in full.stderr or "No space left" in full.stderr, full.stderr[-2000:]
+    assert not (home / "exports" / ACME / "2026-09").exists()  # never half-published
+    for month in ("2026-09", "2026-10"):
+        res = atr(run_args(ACME, month), home)
+        assert res.returncode == 0, res.stdout + res.stderr
+    assert _hidden(home / "exports") == []
+    assert differences(home, reference, ACME) == []
+    assert trend_rows(home, ACME) == trend_rows(reference, ACME)

@@ -113,7 +113,8 @@ def _part_names(resource_type: str, parts: int, gz: bool) -> list[str]:
 
 
 def _open_for_write(path: Path, gz: bool) -> tuple[BinaryIO, BinaryIO]:
-    raw = open(path, "xb")  # noqa: SIM115 - closed by _close
+    # Owner-only (0600) like the folder: a member's NDJSON is PHI whatever the umask.
+    raw = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")  # closed by _close
     if not gz:
         return raw, raw
     # filename="" keeps the original name out of the header; mtime=0 keeps the bytes stable.
@@ -422,7 +423,7 @@ def publish_staged(
         extension={"exportType": ATR_EXPORT_TYPE, "sha256": dict(sorted(digests.items()))},
     )
     # The manifest is written last: a folder with a manifest is a finished export.
-    with open(folder / MANIFEST_NAME, "xb") as fh:
+    with os.fdopen(os.open(folder / MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
         fh.write(manifest.to_json_bytes())
         fh.flush()
         os.fsync(fh.fileno())
