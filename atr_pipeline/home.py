@@ -122,7 +122,7 @@ def migrate(settings: Settings, found: int) -> None:
         if settings.history_path.exists():
             from atr_pipeline.history.store import HistoryStore
 
-            HistoryStore(settings.history_path)  # opening an older store adds what schema 2 has
+            HistoryStore(settings.history_path).upgrade()  # adds published_builds (schema 2)
 
 
 def _relative_ledger_paths(settings: Settings) -> None:

@@ -168,16 +168,10 @@ class HistoryStore:
         if status not in DEFAULT_STATUSES:
             raise AtrError(f"default list status must be one of {', '.join(DEFAULT_STATUSES)}, not {status!r}")
         self.default_status = status
+        self._schema_checked = False
         if not self.path.exists():
             with self._writer():
                 pass  # _writer creates the schema
-            return
-        with self._reader() as con:
-            stored = stored_schema_version(con)
-            _check_schema_version(con)
-        if stored != int(SCHEMA_VERSION):
-            with self._writer():
-                pass  # an older store: _writer adds what is missing (every change so far is additive)
 
     # ------------------------------------------------------------------ connections
 
@@ -198,11 +192,21 @@ class HistoryStore:
             finally:
                 con.close()
 
+    def upgrade(self) -> None:
+        """Bring an older store to ``SCHEMA_VERSION`` (every change so far only adds tables)."""
+        with self._writer():
+            pass  # _writer's _ensure_schema adds what is missing and records the version
+
     @contextmanager
     def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with file_lock(self.lock_path, exclusive=False, timeout=self.lock_timeout):
             con = duckdb.connect(str(self.path), read_only=True)
             try:
+                if not self._schema_checked:
+                    # A newer store is refused on first use; an older one reads as it is (schema 2
+                    # only added tables, which _writer adds when it first writes).
+                    _check_schema_version(con)
+                    self._schema_checked = True
                 # Strings leave DuckDB as Arrow string views, polars' own layout: without this
                 # polars re-copied every string on import (~30% of a 1M-row read, and the RSS).
                 con.execute("SET produce_arrow_string_view = true")
