@@ -388,7 +388,6 @@ def rebuild_stale_months(spec: MappingSpec, settings: Settings, *, progress: Pro
                 errors = []
             built = _build(spec, month, settings, progress)
             _publish_current(built, spec, settings, errors=errors, progress=progress)
-            crash_point("rebuilt")
             rebuilt.append(month)
     return rebuilt
 

@@ -5,8 +5,8 @@ The kill comes from ``ATR_CRASH_AT=<point>`` (publish.export.crash_point sends S
 process itself), so each test stops between two exact steps instead of racing a timer:
 ``partial`` (an export half-written in its hidden folder), ``recorded`` (history has the month,
 nothing built), ``staged`` (built, not published), ``published`` (published, the ledger not yet
-marked), ``copying`` (the ``--out`` copy half-made) and ``rebuilt`` (a late month published,
-the later month's rebuild done but the run killed before the rest).
+marked) and ``copying`` (the ``--out`` copy half-made); then ``published`` in the run of a
+late month, before the later month it makes stale is rebuilt; and a full disk.
 """
 
 from __future__ import annotations
