@@ -22,7 +22,7 @@ import logging
 import shutil
 import sqlite3
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from atr_pipeline.config import Settings
@@ -122,7 +122,14 @@ def migrate(settings: Settings, found: int) -> None:
         if settings.history_path.exists():
             from atr_pipeline.history.store import HistoryStore
 
-            HistoryStore(settings.history_path).upgrade()  # adds published_builds (schema 2)
+            store = HistoryStore(settings.history_path)
+            store.upgrade()  # adds published_builds (schema 2)
+            # The old release's exports: known from now on, so a late earlier month rebuilds them.
+            for export in sorted(settings.exports_dir.glob("*/*/manifest.json")):
+                month_dir = export.parent
+                year, _, month = month_dir.name.partition("-")
+                if year.isdigit() and month.isdigit():
+                    store.adopt_published(month_dir.parent.name, date(int(year), int(month), 1))
 
 
 def _relative_ledger_paths(settings: Settings) -> None:

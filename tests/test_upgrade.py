@@ -69,6 +69,9 @@ def test_a_home_of_the_previous_release_is_upgraded_and_continues(tmp_path: Path
     con = duckdb.connect(str(home / "history.duckdb"), read_only=True)
     try:
         assert con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        # The old release's exports are adopted (a late month would rebuild them), 10 recorded anew.
+        assert [m.isoformat()[:7] for (m,) in con.execute(
+            "SELECT month FROM published_builds WHERE source_id = ? ORDER BY month", [ACME]).fetchall()] == ["2026-08", "2026-09", "2026-10"]
     finally:
         con.close()
 

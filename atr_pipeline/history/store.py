@@ -432,6 +432,28 @@ class HistoryStore:
                 [source_id, month, basis, json.dumps(dict(sorted(versions.items()))), _now()],
             )
 
+    def adopt_published(self, source_id: str, month: date) -> bool:
+        """Record an export published by a release before schema 2 as built on the current
+        history (with its latest Group versions), so a later late month rebuilds it too.
+        False when the month is not recorded or already known."""
+        import json
+
+        month = _first_of_month(month)
+        with self._writer() as con:
+            known = con.execute("SELECT 1 FROM published_builds WHERE source_id = ? AND month = ?", [source_id, month]).fetchone()
+            recorded = con.execute("SELECT 1 FROM snapshots WHERE source_id = ? AND month = ?", [source_id, month]).fetchone()
+            if known or not recorded:
+                return False
+            versions = dict(con.execute(
+                "SELECT contract_id, CAST(max(version) AS VARCHAR) FROM group_versions WHERE source_id = ? AND month = ? GROUP BY 1",
+                [source_id, month],
+            ).fetchall())
+            con.execute(
+                "INSERT INTO published_builds VALUES (?, ?, ?, ?, ?)",
+                [source_id, month, _basis(con, source_id, month), json.dumps(dict(sorted(versions.items()))), _now()],
+            )
+        return True
+
     def published_months(self, source_id: str) -> list[date]:
         with self._writer() as con:  # the writer adds published_builds to a store of schema 1
             return [r[0] for r in con.execute(
