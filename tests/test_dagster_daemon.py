@@ -62,6 +62,11 @@ def test_backfill_requested_newest_first_equals_months_in_order(tmp_path: Path) 
     for f in (FIXTURES / ACME).iterdir():
         shutil.copy2(f, inbox / f.name)
     env = _env(dagster_home, home, inbox)
+    # Create the instance's sqlite storages first: the daemon and `dagster job launch` creating
+    # them at once race on alembic_version ("table alembic_version already exists").
+    instance = DagsterInstance.from_config(str(dagster_home))
+    instance.get_runs()
+    instance.dispose()
     log = (tmp_path / "daemon.log").open("w")
     daemon = subprocess.Popen([_dagster("dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")], cwd=ROOT, env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
