@@ -161,6 +161,7 @@ def run(
     """Every new file of one source in the inbox, through every stage, to a bulk export."""
     from atr_pipeline.config import load_settings
     from atr_pipeline.errors import FileRefused, environment_problem
+    from atr_pipeline.home import ensure_home
     from atr_pipeline.layouts.spec import MappingError, load_mappings
     from atr_pipeline.pipeline import land_path, process_landed
     from atr_pipeline.sources.landing import Ledger, scan_inbox
@@ -188,6 +189,7 @@ def run(
     if not files:
         console.print(escape(f"no files for source {spec.source_id} in {inbox_dir}" + (f" for {month}" if month else "")))
         raise typer.Exit(0)
+    ensure_home(settings)  # a home of a newer release is refused, an older one upgraded, before any file
     ledger = Ledger.for_landing(settings.landing_dir)
     tally = {"processed": 0, "refused": 0, "skipped": 0, "failed": 0}
     for path in files:
@@ -209,7 +211,8 @@ def run(
                 tally["skipped"] += 1
                 console.print(f"[dim]skipped[/dim]  {escape(path.name)}: reports {landed.month:%Y-%m}, not {escape(str(month))}")
                 continue
-            outcome = process_landed(landed, spec, settings, out_dir=out, progress=lambda m: err.print(f"[dim]  ... {escape(m)}[/dim]"))
+            outcome = process_landed(landed, spec, settings, out_dir=out, progress=lambda m: err.print(f"[dim]  ... {escape(m)}[/dim]"),
+                                     reprocess=reprocess)
         except Exception as exc:  # noqa: BLE001 - a bug or an unreadable file must not stop the rest
             if environment_problem(exc, settings.home) is not None:
                 raise  # ATR_HOME itself is unusable (read-only, disk full): main() says so, exit 3
@@ -219,13 +222,16 @@ def run(
             console.print(f"[red]failed[/red]   {escape(path.name)}: internal error ({type(exc).__name__}); the other files were still processed")
             continue
         _print_outcome(outcome)
-        tally["refused" if outcome.status == "refused" else "processed"] += 1
+        tally[outcome.status if outcome.status in ("refused", "skipped") else "processed"] += 1
     console.print(f"{len(files)} file(s): " + ", ".join(f"{n} {k}" for k, n in tally.items() if n or k in ("processed", "refused")))
     raise typer.Exit(REFUSED if tally["refused"] or tally["failed"] else 0)
 
 
 def _print_outcome(o) -> None:
     """One file's outcome: counts, rules, change types, and where its outputs are (no values)."""
+    if o.status == "skipped":  # another run processed it while this one waited for it
+        console.print(f"[dim]skipped[/dim]  {escape(o.file_name)}: {escape(o.message)}")
+        return
     if o.status == "refused":
         console.print(f"[red]refused[/red]  {escape(o.file_name)}: {escape(o.message)}")
         if o.records_read:

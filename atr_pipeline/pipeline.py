@@ -20,11 +20,11 @@ import polars as pl
 
 from atr_pipeline.canonical import MEMBER_ENTRY_KEY, REJECT_SCHEMA
 from atr_pipeline.config import Settings
-from atr_pipeline.errors import FileRefused
+from atr_pipeline.errors import AtrError, FileRefused
 from atr_pipeline.history.hashes import contract_content_hashes
 from atr_pipeline.layouts.read import ReadResult, read_file
 from atr_pipeline.layouts.spec import MappingSpec
-from atr_pipeline.publish.export import StagedResources
+from atr_pipeline.publish.export import StagedResources, crash_point
 from atr_pipeline.sources.landing import LandedFile
 
 log = logging.getLogger("atr_pipeline")
@@ -169,21 +169,26 @@ def write_rejects(validated: ValidatedFile, settings: Settings, spec: MappingSpe
 
 
 def record_history(validated: ValidatedFile, settings: Settings, spec: MappingSpec) -> None:
-    from atr_pipeline.history.store import HistoryStore, SnapshotLineage
+    from atr_pipeline.history.locking import source_lock
+    from atr_pipeline.history.store import SnapshotLineage
 
     landed = validated.landed
-    store = HistoryStore(settings.history_path)
-    store.record_snapshot(
-        validated.accepted,
-        source_id=spec.source_id,
-        month=landed.month,
-        lineage=SnapshotLineage(
-            file_name=landed.original_name,
-            file_sha256=landed.sha256,
-            received_at=landed.received_at,
-            rows=validated.rows_accepted,
-        ),
+    lineage = SnapshotLineage(
+        file_name=landed.original_name, file_sha256=landed.sha256, received_at=landed.received_at, rows=validated.rows_accepted
     )
+    store = _store(settings)
+    # Under the source lock: no build of this source reads history halfway through a month change.
+    with source_lock(settings.home, spec.source_id):
+        store.record_snapshot(validated.accepted, source_id=spec.source_id, month=landed.month, lineage=lineage)
+
+
+def _store(settings: Settings):
+    """The history store of ``settings``, after the home's format was checked (and upgraded)."""
+    from atr_pipeline.history.store import HistoryStore
+    from atr_pipeline.home import ensure_home
+
+    ensure_home(settings)
+    return HistoryStore(settings.history_path)
 
 
 # ---------------------------------------------------------------- FHIR + conformance + export
@@ -196,6 +201,8 @@ class BuiltMonth:
     ``resources`` reads one type at a time back from the staged NDJSON (publish.export.
     StagedResources): the conformance check sees exactly the bytes that will be published, and
     nothing holds the whole month's JSON in memory (or in Dagster's pickled step outputs).
+    ``basis`` names the snapshots the member list was diffed from (``HistoryStore.build_basis``):
+    ``export_month`` rebuilds instead of publishing when history moved on since.
     """
 
     source_id: str
@@ -205,6 +212,7 @@ class BuiltMonth:
     change_types: dict[str, int]
     group_versions: dict[str, int]
     transaction_time: datetime
+    basis: str = ""
 
     @property
     def resources_by_type(self) -> dict[str, int]:
@@ -215,13 +223,28 @@ def export_dir_for(settings: Settings, source_id: str, month: date) -> Path:
     return settings.exports_dir / source_id / month_key(month)
 
 
+# Mappings seen by build_month in this process, so export_month can rebuild months of a source
+# whose mapping file is not in the mappings folder (``atr run --mapping some/where.yaml``).
+_SPECS: dict[str, MappingSpec] = {}
+
+
 def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress: Progress = _quiet) -> BuiltMonth:
     """Member list from history (with change types) -> versioned ATR resources, staged on disk."""
+    from atr_pipeline.history.locking import source_lock
+    from atr_pipeline.publish.export import sweep_leftovers
+
+    _SPECS[spec.source_id] = spec
+    sweep_leftovers(settings.exports_dir)
+    with source_lock(settings.home, spec.source_id):
+        return _build(spec, month, settings, progress)
+
+
+def _build(spec: MappingSpec, month: date, settings: Settings, progress: Progress) -> BuiltMonth:
     from atr_pipeline.fhir.build import BuildContext, iter_prepared, prepare
-    from atr_pipeline.history.store import HistoryStore
     from atr_pipeline.publish.export import stage_resources
 
-    store = HistoryStore(settings.history_path)
+    store = _store(settings)
+    basis = store.build_basis(spec.source_id, month)
     members = store.member_list(spec.source_id, month)
     change_types = dict(sorted(members.group_by("change_type").len().iter_rows())) if members.height else {}
     hashes = contract_content_hashes(members)
@@ -248,6 +271,7 @@ def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress:
     resources = iter_prepared(rows, ctx)
     del rows
     staged = stage_resources(export_dir_for(settings, spec.source_id, month), resources)
+    crash_point("staged")
     return BuiltMonth(
         source_id=spec.source_id,
         month=month,
@@ -256,6 +280,7 @@ def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress:
         change_types=change_types,
         group_versions={c: v.version_id for c, v in versions.items()},
         transaction_time=transaction_time,
+        basis=basis,
     )
 
 
@@ -276,11 +301,55 @@ def check_month(built: BuiltMonth, *, structural: str = "auto", progress: Progre
     return check_ndjson_frames(built.resources, structural=structural, sample_size=sample_size)
 
 
-def export_month(built: BuiltMonth, settings: Settings, *, errors: list[bytes] | None, progress: Progress = _quiet) -> Path:
+def export_month(
+    built: BuiltMonth,
+    settings: Settings,
+    *,
+    errors: list[bytes] | None,
+    progress: Progress = _quiet,
+    spec: MappingSpec | None = None,
+) -> Path:
     """Publish the staged build as the month's bulk export folder (manifest + NDJSON), replacing
-    that month's previous export in one rename. Publishing the same build again is a no-op."""
+    that month's previous export in one rename. Publishing the same build again is a no-op.
+
+    Month order (docs/OPERATIONS.md): under the source's lock, a build whose history moved on
+    since (an earlier month arrived, or another run replaced the staged build) is built again
+    first, and every later published month that is now stale is rebuilt on top of this one.
+    """
+    from atr_pipeline.history.locking import source_lock
+
+    spec = _spec_for(built.source_id, settings, spec)
+    with source_lock(settings.home, built.source_id):
+        export_dir = _publish_current(built, spec, settings, errors=errors, progress=progress)
+        rebuild_stale_months(spec, settings, progress=progress)
+    return export_dir
+
+
+def _spec_for(source_id: str, settings: Settings, spec: MappingSpec | None) -> MappingSpec:
+    from atr_pipeline.layouts.spec import load_mapping
+
+    if spec is not None:
+        return spec
+    return _SPECS.get(source_id) or load_mapping(settings.mappings_dir / f"{source_id}.yaml")
+
+
+def _publish_current(
+    built: BuiltMonth, spec: MappingSpec, settings: Settings, *, errors: list[bytes] | None, progress: Progress
+) -> Path:
+    """Publish ``built``, or a fresh build when it is no longer what history says (lock held)."""
+    from atr_pipeline.errors import AtrError
     from atr_pipeline.publish.export import publish_staged
 
+    store = _store(settings)
+    current = built.resources.is_staged() or built.resources.is_published()
+    if not current or built.basis != store.build_basis(built.source_id, built.month):
+        progress(f"history of {built.source_id} changed since {month_key(built.month)} was built: building it again")
+        built = _build(spec, built.month, settings, progress)
+        report = check_month(built, progress=progress)
+        if not report.ok:
+            built.resources.discard()
+            errors_by_rule = {r.rule: r.count for r in report.results if r.severity == "error"}
+            raise AtrError(f"{built.source_id} {month_key(built.month)}: the rebuild failed conformance {errors_by_rule}; nothing exported")
     export_dir = built.resources.out_dir
     progress(f"publishing bulk export to {export_dir}")
     publish_staged(
@@ -289,7 +358,38 @@ def export_month(built: BuiltMonth, settings: Settings, *, errors: list[bytes] |
         transaction_time=built.transaction_time,
         request=f"atr run --source {built.source_id} --month {month_key(built.month)}",
     )
+    crash_point("published")
+    store.record_published(built.source_id, built.month, built.basis, built.group_versions)
     return export_dir
+
+
+def rebuild_stale_months(spec: MappingSpec, settings: Settings, *, progress: Progress = _quiet) -> list[date]:
+    """Rebuild, in month order, every published month of the source whose export history no
+    longer backs (see ``HistoryStore.months_to_rebuild``); returns the months rebuilt."""
+    from atr_pipeline.history.locking import source_lock
+    from atr_pipeline.publish.export import iter_ndjson
+
+    rebuilt: list[date] = []
+    with source_lock(settings.home, spec.source_id):
+        store = _store(settings)
+        # Each rebuild can make a later month stale (its versions): loop until none is; every
+        # pass rebuilds the earliest stale month, so this ends after at most one pass per month.
+        for _ in range(1000):
+            stale = store.months_to_rebuild(spec.source_id)
+            if not stale:
+                break
+            month = stale[0]
+            progress(f"{spec.source_id} {month_key(month)} was published before an earlier month changed: rebuilding it")
+            export_dir = export_dir_for(settings, spec.source_id, month)
+            # The month's rejects travel with its export (OperationOutcome); keep them as they are.
+            try:
+                errors = list(iter_ndjson(export_dir, "OperationOutcome"))
+            except AtrError:
+                errors = []
+            built = _build(spec, month, settings, progress)
+            _publish_current(built, spec, settings, errors=errors, progress=progress)
+            rebuilt.append(month)
+    return rebuilt
 
 
 def publish_month(
@@ -303,13 +403,16 @@ def publish_month(
 ) -> PublishedMonth:
     """Build, check and export one source x month. Nothing is exported when conformance fails:
     one invalid resource can make a consumer's whole load fail."""
-    built = build_month(spec, month, settings, progress=progress)
-    report = check_month(built, structural=structural, progress=progress)
-    if report.ok:
-        export_dir: Path | None = export_month(built, settings, errors=errors, progress=progress)
-    else:
-        built.resources.discard()
-        export_dir = None
+    from atr_pipeline.history.locking import source_lock
+
+    with source_lock(settings.home, spec.source_id):
+        built = build_month(spec, month, settings, progress=progress)
+        report = check_month(built, structural=structural, progress=progress)
+        if report.ok:
+            export_dir: Path | None = export_month(built, settings, errors=errors, progress=progress, spec=spec)
+        else:
+            built.resources.discard()
+            export_dir = None
     return PublishedMonth(
         source_id=spec.source_id,
         month=month,
@@ -334,9 +437,36 @@ def process_landed(
     out_dir: Path | None = None,
     progress: Progress = _quiet,
     today: date | None = None,
+    reprocess: bool = False,
 ) -> FileOutcome:
-    """Every stage for one landed file. Refusals come back as an outcome, never as a traceback."""
+    """Every stage for one landed file. Refusals come back as an outcome, never as a traceback.
+
+    A second run of the same delivery waits for the first (the delivery's lock) and then
+    reports it ``skipped`` as already processed, unless ``reprocess``.
+    """
+    from atr_pipeline.history.locking import delivery_lock
+
+    _SPECS[spec.source_id] = spec
+    with delivery_lock(settings.home, landed.sha256):
+        entry = _ledger(settings).get(landed.sha256)
+        if entry is not None and entry.status != "landed" and not reprocess:
+            return FileOutcome(
+                file_name=landed.original_name, source_id=spec.source_id, month=landed.month, status="skipped",
+                message=f"already {entry.status} (use --reprocess to run it again)",
+            )
+        return _process(landed, spec, settings, out_dir=out_dir, progress=progress, today=today)
+
+
+def _process(
+    landed: LandedFile, spec: MappingSpec, settings: Settings, *, out_dir: Path | None, progress: Progress, today: date | None
+) -> FileOutcome:
+    from atr_pipeline.history.locking import source_lock
+    from atr_pipeline.publish.export import sweep_leftovers
+
     ledger = _ledger(settings)
+    sweep_leftovers(settings.exports_dir)
+    if out_dir is not None:
+        sweep_leftovers(out_dir / spec.source_id)
     outcome = FileOutcome(file_name=landed.original_name, source_id=spec.source_id, month=landed.month, status="processed")
     try:
         progress(f"{landed.original_name}: reading and validating")
@@ -358,10 +488,13 @@ def process_landed(
         outcome.message = f"refused ({refused.rule}){where}: {refused.reason}"
         log.info("file refused: %s", refused)
         return outcome
-    progress(f"{landed.original_name}: recording {validated.rows_accepted:,} rows in history")
-    record_history(validated, settings, spec)
-    del validated  # the accepted rows are in history now; the build reads them from there
-    published = publish_month(spec, landed.month, settings, errors=outcomes, progress=progress)
+    # From the diff to the publish (and the rebuild of later months) one run per source at a time.
+    with source_lock(settings.home, spec.source_id):
+        progress(f"{landed.original_name}: recording {validated.rows_accepted:,} rows in history")
+        record_history(validated, settings, spec)
+        del validated  # the accepted rows are in history now; the build reads them from there
+        crash_point("recorded")
+        published = publish_month(spec, landed.month, settings, errors=outcomes, progress=progress)
     if published.export_dir is None:
         outcome.status = "refused"
         outcome.message = f"conformance errors, nothing exported: {published.conformance_errors}"
@@ -370,6 +503,7 @@ def process_landed(
     if out_dir is not None:
         _copy_export(published.export_dir, out_dir / spec.source_id / month_key(landed.month))
         outcome.export_dir = out_dir / spec.source_id / month_key(landed.month)
+        _refresh_copies(settings.exports_dir / spec.source_id, out_dir / spec.source_id)
     else:
         outcome.export_dir = published.export_dir
     outcome.resources_by_type = published.resources_by_type
@@ -378,24 +512,40 @@ def process_landed(
     return outcome
 
 
+def _refresh_copies(exports: Path, copies: Path) -> None:
+    """Copy again every month under ``copies`` whose export was rebuilt since (month order)."""
+    from atr_pipeline.publish.export import MANIFEST_NAME
+
+    for copy in sorted(copies.iterdir()) if copies.is_dir() else []:
+        src = exports / copy.name
+        if copy.name.startswith(".") or not (src / MANIFEST_NAME).is_file():
+            continue
+        mine = copy / MANIFEST_NAME
+        if not mine.is_file() or mine.read_bytes() != (src / MANIFEST_NAME).read_bytes():
+            _copy_export(src, copy)
+
+
 def _copy_export(src: Path, dest: Path) -> None:
-    """Copy an export atomically (temporary sibling + rename), replacing an older copy."""
+    """Copy an export atomically (owner-only temporary sibling + rename), replacing an older copy.
+
+    The temporary names carry the pid, so ``sweep_leftovers`` removes those of a killed run.
+    """
+    import os
     import shutil
+    import uuid
+
+    from atr_pipeline.publish.export import PARTIAL_MARK, publish_folder
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        dest.rename(old)
-        tmp.rename(dest)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(dest)
+    tmp = dest.parent / f".{dest.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.mkdir(tmp, 0o700)
+    os.chmod(tmp, 0o700)  # the NDJSON holds PHI: owner only whatever the umask
+    for item in sorted(src.iterdir()):
+        if item.is_file():
+            shutil.copyfile(item, tmp / item.name)
+            os.chmod(tmp / item.name, 0o600)
+    crash_point("copying")
+    publish_folder(tmp, dest)  # one atomic swap, as for the export itself
 
 
 # ---------------------------------------------------------------- landing and the cross-run gate
@@ -409,8 +559,10 @@ def parse_month(value: str | date) -> date:
 
 
 def _ledger(settings: Settings):
+    from atr_pipeline.home import ensure_home
     from atr_pipeline.sources.landing import Ledger
 
+    ensure_home(settings)  # a home of an older release is upgraded before its ledger is read
     return Ledger.for_landing(settings.landing_dir)
 
 
@@ -513,7 +665,7 @@ def history_summary(spec: MappingSpec, month: date, settings: Settings) -> dict:
     from atr_pipeline.history.store import HistoryStore, trend_markdown, trend_vega_lite
     from atr_pipeline.history.trends import trend_bars
 
-    store = HistoryStore(settings.history_path)
+    store = _store(settings)
     members = store.member_list(spec.source_id, month)
     key_cols = list(MEMBER_ENTRY_KEY)
     duplicates = members.height - members.select(key_cols).unique().height if members.height else 0

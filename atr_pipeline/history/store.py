@@ -15,7 +15,8 @@ month of the same source; a gap month (no delivery) is skipped, not treated as e
 
 Tables: ``snapshot_rows`` (canonical columns; key ``source_id, reporting_month``),
 ``snapshots`` (one row per source x month in effect), ``deliveries`` (every distinct file
-recorded for a month), ``group_versions``, ``list_status``. Frames go in and out through the
+recorded for a month), ``group_versions``, ``list_status``, ``published_builds`` (per published
+month: the snapshots it was diffed from and its Group versions, to find months to rebuild). Frames go in and out through the
 Arrow C stream interface, never row by row (pyarrow is not needed).
 One writer at a time: every write connection holds an exclusive ``flock`` on ``<db>.lock``;
 reads use read-only connections under a shared lock (see ``locking.py``).
@@ -61,7 +62,12 @@ from atr_pipeline.systems import LIST_STATUSES
 # The status a month's list starts in; `atr finalize` moves it to final.
 DEFAULT_STATUS_ENV = "ATR_LIST_STATUS"
 DEFAULT_STATUSES = ("draft", "open")
-SCHEMA_VERSION = "1"
+# 2: ``published_builds`` (what each published month was built on) and month-ordered versions.
+SCHEMA_VERSION = "2"
+
+
+class NewerSchema(AtrError):
+    """The store was written by a newer release than this code knows."""
 
 _DUCK_TYPES: dict[type[pl.DataType], str] = {
     pl.String: "VARCHAR",
@@ -167,6 +173,7 @@ class HistoryStore:
         if status not in DEFAULT_STATUSES:
             raise AtrError(f"default list status must be one of {', '.join(DEFAULT_STATUSES)}, not {status!r}")
         self.default_status = status
+        self._schema_checked = False
         if not self.path.exists() and not read_only:
             with self._writer():
                 pass  # _writer creates the schema
@@ -191,6 +198,11 @@ class HistoryStore:
             finally:
                 con.close()
 
+    def upgrade(self) -> None:
+        """Bring an older store to ``SCHEMA_VERSION`` (every change so far only adds tables)."""
+        with self._writer():
+            pass  # _writer's _ensure_schema adds what is missing and records the version
+
     @contextmanager
     def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         lock = (read_only_lock(self.lock_path, timeout=self.lock_timeout) if self.read_only
@@ -198,6 +210,11 @@ class HistoryStore:
         with lock:
             con = duckdb.connect(str(self.path), read_only=True)
             try:
+                if not self._schema_checked:
+                    # A newer store is refused on first use; an older one reads as it is (schema 2
+                    # only added tables, which _writer adds when it first writes).
+                    _check_schema_version(con)
+                    self._schema_checked = True
                 # Strings leave DuckDB as Arrow string views, polars' own layout: without this
                 # polars re-copied every string on import (~30% of a 1M-row read, and the RSS).
                 con.execute("SET produce_arrow_string_view = true")
@@ -400,6 +417,83 @@ class HistoryStore:
                 raise
         return out
 
+    # ------------------------------------------------------------------ month order
+
+    def build_basis(self, source_id: str, month: date) -> str:
+        """What a build of ``month`` is made of: its snapshot's file and the previous month's.
+
+        Two builds with the same basis list the same members with the same change types; a
+        published month whose basis is no longer current must be rebuilt.
+        """
+        month = _first_of_month(month)
+        with self._reader() as con:
+            return _basis(con, source_id, month)
+
+    def record_published(self, source_id: str, month: date, basis: str, versions: dict[str, str]) -> None:
+        """Remember what the month's published export was built on, and its Group versions."""
+        import json
+
+        month = _first_of_month(month)
+        with self._writer() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO published_builds VALUES (?, ?, ?, ?, ?)",
+                [source_id, month, basis, json.dumps(dict(sorted(versions.items()))), _now()],
+            )
+
+    def adopt_published(self, source_id: str, month: date) -> bool:
+        """Record an export published by a release before schema 2 as built on the current
+        history (with its latest Group versions), so a later late month rebuilds it too.
+        False when the month is not recorded or already known."""
+        import json
+
+        month = _first_of_month(month)
+        with self._writer() as con:
+            known = con.execute("SELECT 1 FROM published_builds WHERE source_id = ? AND month = ?", [source_id, month]).fetchone()
+            recorded = con.execute("SELECT 1 FROM snapshots WHERE source_id = ? AND month = ?", [source_id, month]).fetchone()
+            if known or not recorded:
+                return False
+            versions = dict(con.execute(
+                "SELECT contract_id, CAST(max(version) AS VARCHAR) FROM group_versions WHERE source_id = ? AND month = ? GROUP BY 1",
+                [source_id, month],
+            ).fetchall())
+            con.execute(
+                "INSERT INTO published_builds VALUES (?, ?, ?, ?, ?)",
+                [source_id, month, _basis(con, source_id, month), json.dumps(dict(sorted(versions.items()))), _now()],
+            )
+        return True
+
+    def published_months(self, source_id: str) -> list[date]:
+        with self._writer() as con:  # the writer adds published_builds to a store of schema 1
+            return [r[0] for r in con.execute(
+                "SELECT month FROM published_builds WHERE source_id = ? ORDER BY month", [source_id]
+            ).fetchall()]
+
+    def months_to_rebuild(self, source_id: str) -> list[date]:
+        """Published months, in month order, whose export no longer matches history.
+
+        Stale when the basis changed (the month, or the month it is diffed against, was recorded
+        again or arrived late), or when one of its Groups has a lower version than the same
+        contract in an earlier published month (versions must follow month order).
+        """
+        import json
+
+        stale: list[date] = []
+        top: dict[str, int] = {}  # contract -> highest version published for earlier months
+        with self._writer() as con:
+            rows = con.execute(
+                "SELECT month, basis, versions FROM published_builds WHERE source_id = ? ORDER BY month", [source_id]
+            ).fetchall()
+            recorded = {r[0] for r in con.execute("SELECT month FROM snapshots WHERE source_id = ?", [source_id]).fetchall()}
+            for month, basis, versions_text in rows:
+                versions = {c: int(v) for c, v in json.loads(versions_text).items()}
+                if month not in recorded:
+                    continue
+                if basis != _basis(con, source_id, month) or any(v < top.get(c, 0) for c, v in versions.items()):
+                    stale.append(month)
+                for c, v in versions.items():
+                    top[c] = max(top.get(c, 0), v)
+        return stale
+
     def group_versions(self, source_id: str, contract_id: str | None = None) -> pl.DataFrame:
         """Publication log: contract_id, month, version_id, last_updated, status, content_hash."""
         sql = (
@@ -474,8 +568,32 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
              source_id VARCHAR, contract_id VARCHAR, month DATE, status VARCHAR, set_at TIMESTAMP,
              PRIMARY KEY (source_id, contract_id, month))"""
     )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS published_builds (
+             source_id VARCHAR, month DATE, basis VARCHAR, versions VARCHAR, published_at TIMESTAMP,
+             PRIMARY KEY (source_id, month))"""
+    )
     con.execute("CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    con.execute("INSERT OR IGNORE INTO store_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+    _check_schema_version(con)
+    # Every change from 1 to 2 is an added table (above): the store is upgraded in place.
+    con.execute("INSERT OR REPLACE INTO store_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+
+
+def stored_schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    try:
+        found = con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.CatalogException:
+        return None
+    return int(found[0]) if found else None
+
+
+def _check_schema_version(con: duckdb.DuckDBPyConnection) -> None:
+    stored = stored_schema_version(con)
+    if stored is not None and stored > int(SCHEMA_VERSION):
+        raise NewerSchema(
+            f"the history store has schema version {stored}, newer than this atr knows ({SCHEMA_VERSION}); "
+            "it was written by a newer release: upgrade atr (or restore a backup taken before the upgrade)"
+        )
 
 
 def _checked_rows(accepted: pl.DataFrame, *, source_id: str, month: date) -> pl.DataFrame:
@@ -511,6 +629,19 @@ def _checked_rows(accepted: pl.DataFrame, *, source_id: str, month: date) -> pl.
         pl.lit(source_id, dtype=pl.String).alias("source_id"),
         pl.lit(month, dtype=pl.Date).alias("reporting_month"),
     )
+
+
+def _basis(con: duckdb.DuckDBPyConnection, source_id: str, month: date) -> str:
+    def sha(m: date | None) -> str:
+        if m is None:
+            return "-"
+        found = con.execute(
+            "SELECT file_sha256, recorded_at FROM snapshots WHERE source_id = ? AND month = ?", [source_id, m]
+        ).fetchone()
+        return "-" if found is None else f"{found[0]}@{found[1].isoformat()}"
+
+    previous = _previous_month(con, source_id, month)
+    return f"{month:%Y-%m}={sha(month)};{previous:%Y-%m}={sha(previous)}" if previous else f"{month:%Y-%m}={sha(month)}"
 
 
 def _require_month(con: duckdb.DuckDBPyConnection, source_id: str, month: date) -> None:
@@ -669,8 +800,15 @@ def _publish_one(
             [source_id, contract_id, *params],
         ).fetchone()
 
+    # Versions follow month order: a version may be reused only when no earlier month of the
+    # contract has a higher one (else an out-of-order arrival would leave month 10 below month 9).
+    floor_row = con.execute(
+        "SELECT coalesce(max(version), 0) FROM group_versions WHERE source_id = ? AND contract_id = ? AND month < ?",
+        [source_id, contract_id, month],
+    ).fetchone()
+    floor = floor_row[0] if floor_row else 0
     for same in (latest("AND month = ?", [month]), latest("", [])):
-        if same and same[1] == digest and same[2] == status:
+        if same and same[1] == digest and same[2] == status and same[0] >= floor:
             version, _, _, last_updated = same
             con.execute(
                 "INSERT INTO group_versions SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ("

@@ -51,6 +51,7 @@ ERROR_TYPE = "OperationOutcome"
 # Belongs in systems.py; kept here until that shared module grows it.
 _GZIP_LEVEL = 6  # fixed so the bytes never depend on a library default
 _PARTIAL_MARK = ".partial-"
+PARTIAL_MARK = _PARTIAL_MARK  # hidden working folders are named .<name>.partial-<pid>-<random>
 
 
 class ManifestFile(BaseModel):
@@ -114,7 +115,8 @@ def _part_names(resource_type: str, parts: int, gz: bool) -> list[str]:
 
 
 def _open_for_write(path: Path, gz: bool) -> tuple[BinaryIO, BinaryIO]:
-    raw = open(path, "xb")  # noqa: SIM115 - closed by _close
+    # Owner-only (0600) like the folder: a member's NDJSON is PHI whatever the umask.
+    raw = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")  # closed by _close
     if not gz:
         return raw, raw
     # filename="" keeps the original name out of the header; mtime=0 keeps the bytes stable.
@@ -210,6 +212,58 @@ def _sweep_stale_partials(out_dir: Path) -> None:
             pass  # a live process of another user: not ours to remove
 
 
+def crash_point(name: str) -> None:
+    """Test hook: ``ATR_CRASH_AT=<name>`` kills this process here with SIGKILL, as ``kill -9``
+    would, so the crash tests stop a run between two exact steps (tests/test_crash_recovery.py)."""
+    if os.environ.get("ATR_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a live process of another user
+    return True
+
+
+def sweep_leftovers(root: Path) -> list[Path]:
+    """Remove the working folders killed runs left under ``root`` and its sub-folders.
+
+    ``root`` is the exports folder (``<source>/.<month>.partial-<pid>-...``) or an ``--out``
+    folder of one source. A ``.partial-<pid>-`` folder goes when its pid is dead (a live writer's
+    is left alone); an ``.old-`` folder of an interrupted two-rename swap is put back when its
+    export is missing and removed otherwise. Staged builds (``.<month>.staged``) are kept: a
+    resumed Dagster run publishes them, and the next build of the month replaces them.
+    Returns what was removed or restored.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    touched: list[Path] = []
+    folders = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    for folder in folders:
+        for candidate in sorted(folder.glob(".*")):
+            name = candidate.name
+            if _PARTIAL_MARK in name:
+                pid_text = name.split(_PARTIAL_MARK, 1)[1].split("-", 1)[0]
+                if pid_text.isdigit() and not _alive(int(pid_text)):
+                    shutil.rmtree(candidate, ignore_errors=True)
+                    touched.append(candidate)
+            elif ".old-" in name:
+                export = folder / name[1:].split(".old-", 1)[0]
+                if export.exists():
+                    shutil.rmtree(candidate, ignore_errors=True)
+                else:
+                    os.rename(candidate, export)
+                touched.append(candidate)
+    return touched
+
+
 _RENAME_EXCHANGE = 2
 
 
@@ -230,7 +284,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _publish(partial: Path, out_dir: Path) -> None:
+def publish_folder(partial: Path, out_dir: Path) -> None:
+    """Swap a finished folder into ``out_dir`` (atomically where the platform can)."""
     if out_dir.exists():
         if _exchange(partial, out_dir):
             shutil.rmtree(partial)  # now holds the previous export
@@ -309,6 +364,7 @@ def stage_resources(
                 del frame
                 files[resource_type] = items
                 pending.update(sums)
+                crash_point("partial")
         token = uuid.uuid4().hex
         (building / _TOKEN_NAME).write_text(token)
         fsync_dir(building)
@@ -361,13 +417,13 @@ def publish_staged(
         extension={"exportType": ATR_EXPORT_TYPE, "sha256": dict(sorted(digests.items()))},
     )
     # The manifest is written last: a folder with a manifest is a finished export.
-    with open(folder / MANIFEST_NAME, "xb") as fh:
+    with os.fdopen(os.open(folder / MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
         fh.write(manifest.to_json_bytes())
         fh.flush()
         os.fsync(fh.fileno())
     (folder / _TOKEN_NAME).unlink()
     fsync_dir(folder)
-    _publish(folder, staged.out_dir)
+    publish_folder(folder, staged.out_dir)
     return manifest
 
 

@@ -9,7 +9,9 @@ Out: ``LandingOutcome``: ``landed`` with a ``LandedFile`` at
 Refused (``FileRefused``): names that are not plain base names, names the mapping does not
      match, and files whose reporting month cannot be read.
 
-Every landed delivery is recorded in the ``Ledger`` (sqlite at ``<landing>/ledger.sqlite``).
+Every landed delivery is recorded in the ``Ledger`` (sqlite at ``<landing>/ledger.sqlite``), its
+path relative to ``ATR_HOME`` (the landing folder's parent), so a home moved or restored to
+another place still finds its landed files.
 The bytes go to a temporary file under ``<landing>/.incoming/`` and reach their final name by
 ``os.replace`` only when complete, so a reader never sees a partial file, and an interrupted
 stream leaves nothing behind; a writer killed outright leaves an unlocked ``.part`` that the
@@ -180,11 +182,34 @@ class Ledger:
         _ensure_wal(con)
         return con
 
-    @staticmethod
-    def _entry(row: tuple) -> LedgerEntry:
+    @property
+    def home(self) -> Path:
+        """ATR_HOME: stored paths are relative to it (the ledger lives in ``<home>/landing/``)."""
+        return self.path.parent.parent
+
+    def stored_path(self, path: Path) -> str:
+        """How a landed file's path is stored: relative to the home when inside it."""
+        try:
+            return Path(path).relative_to(self.home).as_posix()
+        except ValueError:
+            return str(path)
+
+    def resolve(self, stored: str) -> Path:
+        """The landed file a stored path names, in this home wherever it now is.
+
+        Releases before home format 2 stored absolute paths; such a path is read as the same
+        ``<source>/<month>/<name>`` under this home's landing folder when that file exists.
+        """
+        path = Path(stored)
+        if not path.is_absolute():
+            return self.home / path
+        here = self.path.parent.joinpath(*path.parts[-3:])
+        return here if here.exists() or not path.exists() else path
+
+    def _entry(self, row: tuple) -> LedgerEntry:
         sha, name, source, month, size, received, path, status, supersedes, reason = row
         return LedgerEntry(sha, name, source, date.fromisoformat(month), size,
-                           datetime.fromisoformat(received), Path(path), status, supersedes, reason)
+                           datetime.fromisoformat(received), self.resolve(path), status, supersedes, reason)
 
     _COLUMNS = "sha256, original_name, source_id, month, size, received_at, path, status, supersedes, reason"
 
@@ -421,7 +446,7 @@ def _commit(tmp: Path, *, sha: str, size: int, month: date, original_name: str, 
         con.execute(
             "INSERT INTO landed VALUES (?, ?, ?, ?, ?, ?, ?, 'landed', ?, NULL, ?)",
             (sha, original_name, spec.source_id, month.isoformat(), size, received_at.isoformat(),
-             str(final), supersedes, seq),
+             ledger.stored_path(final), supersedes, seq),
         )
         _ensure_dir(landing_dir / spec.source_id)
         _ensure_dir(final_dir)
