@@ -286,9 +286,9 @@ def _build(spec: MappingSpec, month: date, settings: Settings, progress: Progres
 
 def check_month(built: BuiltMonth, *, structural: str = "auto", progress: Progress = _quiet):
     """ATR conformance of what build_month produced (cheap rules on all, structure on all or a sample)."""
-    from atr_pipeline.conform.checker import check_ndjson_frames
-
     import os
+
+    from atr_pipeline.conform.checker import check_ndjson_frames
 
     total = sum(built.resources_by_type.values())
     # Structure (R4B models) costs ~10k resources/s: every resource in small runs, a seeded
@@ -662,7 +662,7 @@ def ensure_current_delivery(landed: LandedFile, settings: Settings) -> None:
 
 def history_summary(spec: MappingSpec, month: date, settings: Settings) -> dict:
     """Counts, lineage and trends of a recorded month, for metadata and checks (no PHI)."""
-    from atr_pipeline.history.store import HistoryStore, trend_markdown, trend_vega_lite
+    from atr_pipeline.history.store import trend_markdown, trend_vega_lite
     from atr_pipeline.history.trends import trend_bars
 
     store = _store(settings)

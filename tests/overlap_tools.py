@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def differences(home: Path, reference: Path, source: str, *, months: list[str] |
             keys = [k for k in expected[month][0] if found[month][0].get(k) != expected[month][0][k]]
             problems.append(f"{source} {month}: export differs from the run in order ({', '.join(map(str, keys))})")
     months = sorted(found)
-    for earlier, later in zip(months, months[1:]):
+    for earlier, later in pairwise(months):
         for group, version in found[later][1].items():
             before = found[earlier][1].get(group)
             if before is not None and int(version) < int(before):

@@ -16,7 +16,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from overlap_tools import atr, differences, in_order_reference, run_args, trend_rows
 
 ACME = "acme_commercial"

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from overlap_tools import FIXTURES, MAPPINGS, ROOT, differences, in_order_reference, trend_rows
 
 pytestmark = pytest.mark.timeout(600)
@@ -85,7 +84,8 @@ def test_backfill_requested_newest_first_equals_months_in_order(tmp_path: Path) 
             done = [r for r in runs if r.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)]
             if len(runs) == 3 and len(done) == 3:
                 break
-            assert time.monotonic() < deadline, f"runs not finished: {[(r.tags.get('dagster/partition'), r.status) for r in runs]}\n" + (tmp_path / "daemon.log").read_text()[-3000:]
+            states = [(r.tags.get("dagster/partition"), r.status) for r in runs]
+            assert time.monotonic() < deadline, f"runs not finished: {states}\n" + (tmp_path / "daemon.log").read_text()[-3000:]
             time.sleep(1)
         # The queue started them newest first.
         starts = sorted(runs, key=lambda r: instance.get_run_record_by_id(r.run_id).start_time or 0)

@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 
 import orjson
 import typer
+from fhir_server_fixture import fhir, fhir_server  # noqa: F401
 from typer.testing import CliRunner
 
 from atr_pipeline.publish.cli import load
 from atr_pipeline.publish.export import write_bulk_export
 from atr_pipeline.publish.loader import REPORT_NAME
 from atr_pipeline.publish.synthetic import synthetic_resources
-from fhir_server_fixture import fhir, fhir_server  # noqa: F401
 
 app = typer.Typer()
 app.command()(load)

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from fhir_server_fixture import FhirTestServer, fhir, fhir_server  # noqa: F401
 
 from atr_pipeline.publish.checkpoint import STATE_DIR
 from atr_pipeline.publish.export import iter_ndjson, write_bulk_export
 from atr_pipeline.publish.loader import REPORT_NAME
 from atr_pipeline.publish.synthetic import synthetic_resources
 from atr_pipeline.systems import LOAD_ORDER
-from fhir_server_fixture import FhirTestServer, fhir, fhir_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 ATR = Path(sys.executable).with_name("atr")

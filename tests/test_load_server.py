@@ -16,6 +16,8 @@ import polars as pl
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from fhir_server_fixture import fhir, fhir_server  # noqa: F401
+from token_server import TokenServer
 
 from atr_pipeline.publish.auth import SmartBackendAuth
 from atr_pipeline.publish.checkpoint import STATE_DIR
@@ -24,8 +26,6 @@ from atr_pipeline.publish.loader import REPORT_NAME, load_export
 from atr_pipeline.publish.server import RetryPolicy, ServerConfig, Timeouts
 from atr_pipeline.publish.synthetic import synthetic_errors, synthetic_resources
 from atr_pipeline.systems import LOAD_ORDER
-from fhir_server_fixture import fhir, fhir_server  # noqa: F401
-from token_server import TokenServer
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 FAST = RetryPolicy(max_attempts=6, max_total_retry_seconds=60, initial_backoff=0.01, max_backoff=0.05)
@@ -330,8 +330,8 @@ def test_smart_auth_fetches_one_token_for_the_whole_load(fhir, tmp_path):
 
 def test_refused_credentials_stop_the_load_at_once(tmp_path):
     """A server that answers 401 to everything: no retries, a stopped report that says why."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Refuse(BaseHTTPRequestHandler):
         """Reads allowed (the metadata preflight passes), every write refused: a read-only token."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from itertools import pairwise
 
 import orjson
 import pytest
@@ -41,7 +42,7 @@ def test_plan_cuts_bundles_by_bytes_and_bundles_stay_under_the_limit():
     assert max(sizes) <= 8_000
     assert sum(len(c.entries) for c in chunks) == 120
     # every bundle but the last is full: one more entry would have crossed the limit
-    for chunk, following in zip(chunks, chunks[1:]):
+    for chunk, following in pairwise(chunks):
         estimate = sum(len(e.body) + 96 for e in chunk.entries) + len(following.entries[0].body) + 96
         assert estimate > 8_000
     assert len(chunks) > 3
@@ -88,7 +89,7 @@ def test_member_slices_respect_the_request_byte_limit():
     (chunk,) = list(_plan(iter(lines), "Group", config))  # 600 members are far above 50 kB: large
     slices = _member_slices(chunk.group, config)
     assert slices[0][0] == 0 and slices[-1][1] == 600
-    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+    assert all(a[1] == b[0] for a, b in pairwise(slices))
     for start, end in slices:
         ops = (b'{"op":"add","path":"/member/-","value":' + chunk.group.split.member(i) + b"}" for i in range(start, end))
         body = b"[" + b",".join(ops) + b"]"

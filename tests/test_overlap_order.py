@@ -14,12 +14,12 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from overlap_tools import FIXTURES, MAPPINGS, atr, differences, in_order_reference, published, run_args, trend_rows
 
 from atr_pipeline import pipeline
 from atr_pipeline.config import load_settings
 from atr_pipeline.history.store import HistoryStore
 from atr_pipeline.layouts.spec import load_mapping
-from overlap_tools import FIXTURES, MAPPINGS, atr, differences, in_order_reference, published, run_args, trend_rows
 
 ACME = "acme_commercial"
 

@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from overlap_tools import differences, in_order_reference, run_args, together, trend_rows
 
 TRIES = int(os.environ.get("ATR_OVERLAP_TRIES", "1"))

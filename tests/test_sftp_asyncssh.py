@@ -362,7 +362,7 @@ def test_file_written_during_download_is_not_landed_nor_archived(sftp_server, tm
         with pytest.raises(RemoteFileChanged) as err:
             src.fetch(NAME, spec=acme_spec, landing_dir=landing, ledger=ledger, expected=judged)
     assert "it is still being written; nothing landed" in str(err.value)
-    assert _landed(landing) == [] and ledger.entries() == []
+    assert landed_files(landing) == [] and ledger.entries() == []
     assert list((sftp_server.root / "archive").iterdir()) == []
     assert path.stat().st_size == len(body) + 10
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from overlap_tools import ROOT, atr, differences, in_order_reference, run_args, trend_rows
 
 # The release before home format 2 (main when this work started).

@@ -38,8 +38,8 @@ from atr_pipeline.systems import (
     EXT_INSURANCE_PRODUCT_TYPE,
     ID_TYPE_DISPLAY,
     ID_TYPE_MEMBER,
-    PROFILE_BY_TYPE,
     PRODUCT_TYPES,
+    PROFILE_BY_TYPE,
 )
 
 _ATT_START = "_cov_attribution_start"

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from duckdb import ColumnExpression, ConstantExpression
 import polars as pl
+from duckdb import ConstantExpression
 
 from atr_pipeline.canonical import CANONICAL_SCHEMA, FIELDS, ISSUES_COLUMN, LINEAGE_FIELDS, MEMBER_ENTRY_KEY
 from atr_pipeline.errors import AtrError
@@ -55,8 +55,8 @@ from atr_pipeline.history.changes import (
     provider_switches,
 )
 from atr_pipeline.history.locking import file_lock, lock_path_for, read_only_lock
-from atr_pipeline.private import private_file, restrict_umask
 from atr_pipeline.history.trends import trend_markdown, trend_vega_lite  # re-exported for callers
+from atr_pipeline.private import private_file, restrict_umask
 from atr_pipeline.systems import LIST_STATUSES
 
 # The status a month's list starts in; `atr finalize` moves it to final.

@@ -60,9 +60,11 @@ def load(
     max_retry_seconds: Annotated[float, typer.Option(help="Total backoff budget of the load; when spent the load stops")] = 900.0,
     max_unreachable_seconds: Annotated[float, typer.Option(help="Stop when the server has not answered at all for this long")] = 60.0,
     timeout: Annotated[float, typer.Option(help="Read/write timeout per request, seconds")] = 120.0,
-    resume: Annotated[bool, typer.Option("--resume/--restart", help="Skip what an earlier run loaded, once the server is seen to hold it (default), or start over")] = True,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--restart", help="Skip what an earlier run loaded, once the server is seen to hold it (default), or start over")] = True,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Send a type even when a type it references failed")] = False,
-    skip_unchanged: Annotated[bool, typer.Option("--skip-unchanged/--always-put", help="Read first and PUT only what differs (no new versions of unchanged resources)")] = True,
+    skip_unchanged: Annotated[bool, typer.Option(
+        "--skip-unchanged/--always-put", help="Read first and PUT only what differs (no new versions of unchanged resources)")] = True,
     verify: Annotated[bool, typer.Option("--verify", help="Load nothing: compare the export with the server, per type")] = False,
     progress_interval: Annotated[float, typer.Option(help="Seconds between progress lines when not on a terminal (and report flushes)")] = 10.0,
 ) -> None:

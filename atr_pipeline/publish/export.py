@@ -40,9 +40,9 @@ import orjson
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from atr_pipeline.private import private_dir
 from atr_pipeline.errors import AtrError
 from atr_pipeline.fsync import fsync_dir
+from atr_pipeline.private import private_dir
 from atr_pipeline.systems import ATR_EXPORT_TYPE, LOAD_ORDER
 
 MANIFEST_NAME = "manifest.json"

@@ -543,7 +543,8 @@ class _Run:
         except ValueError:
             return None
 
-    def _fail(self, result: _ChunkResult, entries: list[_Entry], status: int | None, reason: str, attempts: int, outcome: object = None, reason_detail: str = "") -> None:
+    def _fail(self, result: _ChunkResult, entries: list[_Entry], status: int | None, reason: str, attempts: int,
+              outcome: object = None, reason_detail: str = "") -> None:
         issues = sanitize_outcome(outcome)
         if reason_detail and not issues:
             issues = [SanitizedIssue(severity="error", code="transient", details=[f"last-failure|{reason_detail}"])]

@@ -132,7 +132,8 @@ def preflight(config: ServerConfig, auth: httpx.Auth | None) -> ServerIdentity:
     response = _get_metadata(config, auth)
     where = f"{config.base_url}/metadata"
     if response.status_code in (401, 403):
-        raise NotAFhirServer(f"{where} answered {response.status_code}: the server refused the credentials (set ATR_FHIR_TOKEN or ATR_SMART_*); nothing was sent")
+        raise NotAFhirServer(f"{where} answered {response.status_code}: the server refused the credentials "
+                             "(set ATR_FHIR_TOKEN or ATR_SMART_*); nothing was sent")
     if response.status_code != 200:
         raise NotAFhirServer(
             f"no FHIR server at {config.base_url}: GET metadata answered HTTP {response.status_code}, not a CapabilityStatement "

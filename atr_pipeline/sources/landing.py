@@ -37,12 +37,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
-from atr_pipeline.private import private_dir
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.fsync import fsync_dir
 from atr_pipeline.layouts.files import MappingConflict
 from atr_pipeline.layouts.files import match_mapping as files_match_mapping
 from atr_pipeline.layouts.spec import MappingSpec, to_strftime
+from atr_pipeline.private import private_dir
 
 log = logging.getLogger(__name__)
 
