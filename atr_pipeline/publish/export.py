@@ -26,6 +26,7 @@ import ctypes
 import errno
 import gzip
 import hashlib
+import io
 import os
 import shutil
 import uuid
@@ -114,7 +115,7 @@ def _part_names(resource_type: str, parts: int, gz: bool) -> list[str]:
     return [f"{resource_type}.{i:0{width}d}{suffix}" for i in range(parts)]
 
 
-def _open_for_write(path: Path, gz: bool) -> tuple[BinaryIO, BinaryIO]:
+def _open_for_write(path: Path, gz: bool) -> tuple[io.BufferedIOBase, io.BufferedWriter]:
     # Owner-only (0600) like the folder: a member's NDJSON is PHI whatever the umask.
     raw = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")  # closed by _close
     if not gz:
@@ -123,7 +124,7 @@ def _open_for_write(path: Path, gz: bool) -> tuple[BinaryIO, BinaryIO]:
     return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=_GZIP_LEVEL), raw
 
 
-def _close(writer: BinaryIO, raw: BinaryIO) -> None:
+def _close(writer: io.BufferedIOBase, raw: io.BufferedWriter) -> None:
     if writer is not raw:
         writer.close()
     raw.flush()
@@ -161,7 +162,8 @@ def _write_lines(
             if isinstance(chunk, pl.Series) and len(chunk) and not gz:
                 # polars writes the text column straight from its buffers, one line per row; with
                 # quote_style="never" the bytes are the JSON text itself (no Python strings, no join).
-                pl.DataFrame({"json": chunk}).write_csv(writer, include_header=False, quote_style="never", line_terminator="\n")
+                # Without gz the writer is the raw file itself.
+                pl.DataFrame({"json": chunk}).write_csv(raw, include_header=False, quote_style="never", line_terminator="\n")
             elif isinstance(chunk, pl.Series):
                 writer.write(("\n".join(chunk.to_list()) + "\n").encode("utf-8"))
             else:
@@ -408,10 +410,11 @@ def publish_staged(
         with ThreadPoolExecutor(max_workers=1) as hasher:
             error_items, sums = _write_lines(folder, ERROR_TYPE, error_lines, max_lines_per_file, gz, hasher)
         digests.update({name: future.result() for name, future in sums.items()})
+    # The aliases (populate_by_name accepts either): they are the names mypy sees in __init__.
     manifest = Manifest(
-        transaction_time=instant,
+        transactionTime=instant,
         request=request,
-        requires_access_token=True,
+        requiresAccessToken=True,
         output=[item for items in staged.files.values() for item in items],
         error=error_items,
         extension={"exportType": ATR_EXPORT_TYPE, "sha256": dict(sorted(digests.items()))},

@@ -32,7 +32,7 @@ def _digest_and_lines(path: Path) -> tuple[str, int]:
             digest.update(block)
     lines = 0
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:  # type: ignore[operator]
+    with opener(path, "rb") as fh:
         for line in fh:
             if line.strip(b"\r\n"):
                 lines += 1
