@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.models import CommandInfo, TyperInfo
 
 from atr_pipeline.cli_common import SOURCE_HELP, console_for, escape, mapping_path, month_option
 from atr_pipeline.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, EXIT_USAGE
@@ -415,7 +416,8 @@ def _register_stage_commands() -> None:
     ):
         app.command(name, epilog=_examples(*_STAGE_EXAMPLES[name]))(command)
     # The API module registers its own commands: their examples are added here, beside the others'.
-    for info in [*app.registered_commands, *app.registered_groups]:
+    infos: list[CommandInfo | TyperInfo] = [*app.registered_commands, *app.registered_groups]
+    for info in infos:
         if info.name in _API_EXAMPLES and not info.epilog:
             info.epilog = _examples(*_API_EXAMPLES[info.name])
 

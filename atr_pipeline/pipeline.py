@@ -711,7 +711,7 @@ def load_to_server(export_dir: str | Path, *, server_url: str | None = None, pro
     if not url:
         raise AtrError("no FHIR server configured: set ATR_FHIR_URL (and ATR_FHIR_KIND, ATR_FHIR_TOKEN or ATR_SMART_*)")
     auth = "smart" if os.environ.get("ATR_SMART_TOKEN_URL") else "bearer" if os.environ.get("ATR_FHIR_TOKEN") else "none"
-    config = ServerConfig.for_kind(url, os.environ.get("ATR_FHIR_KIND", "generic"), auth=auth)  # type: ignore[arg-type]
+    config = ServerConfig.for_kind(url, os.environ.get("ATR_FHIR_KIND", "generic"), auth=auth)
     report = load_export(Path(export_dir), config)
     progress(f"load {report.status}: {report.total('created')} created, {report.total('updated')} updated, {report.total('failed')} failed")
     counts: dict[str, int] = {}

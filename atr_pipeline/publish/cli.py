@@ -23,7 +23,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from atr_pipeline.errors import AtrError
@@ -115,7 +115,7 @@ def _resume_command() -> str:
 def _load_with_bars(export_dir: Path, config: ServerConfig, console: Console, resume: bool, keep_going: bool, command: str) -> LoadReport:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[state]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def on_progress(event: LoadProgress) -> None:
             if not event.resource_type:

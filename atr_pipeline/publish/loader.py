@@ -438,9 +438,12 @@ class _Run:
         if not isinstance(response, _Answer) or response.status_code != 200:
             return set()
         try:
-            answers = response.json().get("entry") or []  # type: ignore[union-attr]
-        except (ValueError, AttributeError):
+            body = response.json()
+        except ValueError:
             return set()
+        if not isinstance(body, dict):  # valid JSON but not a Bundle
+            return set()
+        answers = body.get("entry") or []
         if len(answers) != len(entries):
             return set()
         same = set()
@@ -510,9 +513,11 @@ class _Run:
     def _read_bundle_response(self, response: _Answer, pending: list[_Entry], result: _ChunkResult, attempt: int, kind: str) -> tuple[list[_Entry], str]:
         try:
             body = response.json()
-            entries = body.get("entry") or []
-        except (ValueError, AttributeError):
+        except ValueError:
             return pending, "invalid-response"
+        if not isinstance(body, dict):  # valid JSON but not a Bundle
+            return pending, "invalid-response"
+        entries = body.get("entry") or []
         if len(entries) != len(pending):
             return pending, "invalid-response"
         retry: list[_Entry] = []
@@ -666,7 +671,8 @@ class _Run:
                     self._fail(result, [entry], response.status_code, f"http-{response.status_code}", attempt)
                     return False
                 status = response.status_code if isinstance(response, _Answer) else None
-                if status is not None and status not in RETRYABLE_STATUS and status < 500 and status != 412:
+                # isinstance again rather than `status is not None`: the same test, in a form mypy narrows.
+                if isinstance(response, _Answer) and status is not None and status not in RETRYABLE_STATUS and status < 500 and status != 412:
                     self._fail(result, [entry], status, f"http-{status}", attempt, self._outcome(response))
                     return False
                 # Unknown whether the PATCH applied (lost answer, 5xx, or 412 because it did): look.

@@ -152,8 +152,12 @@ def preflight(config: ServerConfig, auth: httpx.Auth | None) -> ServerIdentity:
         raise NotAFhirServer(
             f"the server at {config.base_url} speaks FHIR {version or '(no fhirVersion)'}; ATR 2.1.0 resources need FHIR R4 (4.0.x); nothing was sent"
         )
-    software = body.get("software") if isinstance(body.get("software"), dict) else {}
-    implementation = body.get("implementation") if isinstance(body.get("implementation"), dict) else {}
+    software = body.get("software")
+    if not isinstance(software, dict):
+        software = {}
+    implementation = body.get("implementation")
+    if not isinstance(implementation, dict):
+        implementation = {}
     return ServerIdentity(
         base_url=config.base_url,
         fhir_version=version,

@@ -18,6 +18,7 @@ import codecs
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 import polars as pl
@@ -26,7 +27,6 @@ from atr_pipeline.canonical import REJECT_SCHEMA
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.layouts.spec import MappingSpec
 from atr_pipeline.private import private_dir
-from atr_pipeline.validate.rules import ValidationResult
 
 REJECTS_CSV_COLUMNS: tuple[str, ...] = ("file_name", "line_number", "field", "rule", "reason", "raw_record")
 # Characters that make Excel/LibreOffice treat a cell as a formula (OWASP "CSV injection").
@@ -172,8 +172,18 @@ def rejected_share(rows_rejected: int, rows_read: int) -> float:
     return rows_rejected / rows_read if rows_read else 0.0
 
 
+class RowCounts(Protocol):
+    """What the threshold reads: a ValidationResult, or the pipeline's ValidatedFile."""
+
+    @property
+    def rows_read(self) -> int: ...
+
+    @property
+    def rows_rejected(self) -> int: ...
+
+
 def check_reject_threshold(
-    result: ValidationResult, *, file_name: str, threshold: float, structural_rejected: int = 0, minimum: int = 0
+    result: RowCounts, *, file_name: str, threshold: float, structural_rejected: int = 0, minimum: int = 0
 ) -> None:
     """Refuse the whole file when more than ``threshold`` (0..1) of its rows were rejected AND
     more than ``minimum`` rows were, or when not one row was accepted.
