@@ -7,8 +7,7 @@ bash scripts/setup.sh test
 bash scripts/install/sshd.sh
 bash scripts/install/fhir_server.sh
 bash scripts/install/api_clients.sh
-# Lint gate (ruff + mypy, zero findings). Left off until the tree is clean: the branches merged
-# together still carry findings (see scripts/lint.sh). Orchestrator: after `ruff check --fix`
-# and the mypy fixes across the merged tree, uncomment the next line.
-# bash scripts/lint.sh
+# Lint gate (ruff + mypy, zero findings) before the suite: a finding fails CI (set -e) without
+# waiting for the tests. `bash scripts/lint.sh --fix` fixes what ruff can.
+bash scripts/lint.sh
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
