@@ -277,6 +277,9 @@ class OpenSshServer:
         self.home = workdir / "home"
         self.authorized_keys = workdir / "authorized_keys"
         self.authorized_keys.write_text("")
+        # sshd reads it as the test user: readable whatever the umask (atr_pipeline.private tightens
+        # this process's umask to 077 once any test has loaded settings in-process).
+        self.authorized_keys.chmod(0o644)
         self.host_key_path = workdir / "ssh_host_ed25519_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key_path)], check=True)
         self.log = workdir / "sshd.log"
