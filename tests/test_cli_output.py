@@ -117,3 +117,13 @@ def test_small_files_never_repeat_a_month():
               for m in range(24)]
     for before, after in zip(frames, frames[1:], strict=False):
         assert not before.equals(after)
+
+
+def test_load_prints_a_path_with_markup_characters_as_is(tmp_path):
+    # atr load has its own console (progress bars on a terminal): its lines are literal too.
+    export = tmp_path / "[bold]export"
+    export.mkdir()
+    res = atr("load", str(export), "--server", "http://127.0.0.1:9/fhir")
+    out = res.stdout + res.stderr
+    assert f"{export}: no manifest.json; not a complete bulk export folder" in out, out
+    assert f"atr load: {export} -> http://127.0.0.1:9/fhir" in out, out

@@ -23,6 +23,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -86,7 +87,7 @@ def load(
             skip_unchanged=skip_unchanged,
         )
     except (ValidationError, AtrError) as exc:
-        console.print(f"[red]atr load: invalid settings[/red]: {_short(exc)}")
+        console.print(f"[red]atr load: invalid settings[/red]: {escape(_short(exc))}")
         raise typer.Exit(2) from None
     if verify:
         raise typer.Exit(_verify(export_dir, config, console))
@@ -97,10 +98,10 @@ def load(
         else:
             report = _load_with_lines(export_dir, config, console, resume, keep_going, command, progress_interval)
     except (ServerUnreachable, NotAFhirServer) as exc:
-        console.print(f"[red]atr load[/red]: {exc}")
+        console.print(f"[red]atr load[/red]: {escape(str(exc))}")
         raise typer.Exit(exc.exit_code) from None
     except AtrError as exc:
-        console.print(f"[red]atr load[/red]: {exc}")
+        console.print(f"[red]atr load[/red]: {escape(str(exc))}")
         raise typer.Exit(2) from None
     print_report(report, console, export_dir / REPORT_NAME)
     raise typer.Exit(exit_code(report))
@@ -136,9 +137,11 @@ def _load_with_lines(export_dir: Path, config: ServerConfig, console: Console, r
                 f"{event.confirmed}/{event.total}; {_state(event) or 'no failures'}",
                 soft_wrap=True,
                 highlight=False,
+                markup=False,  # the last error quotes the server's words
             )
 
-    console.print(f"atr load: {export_dir} -> {config.base_url} ({config.mode}, bundles of {config.bundle_size})", soft_wrap=True, highlight=False)
+    console.print(f"atr load: {export_dir} -> {config.base_url} ({config.mode}, bundles of {config.bundle_size})", soft_wrap=True, highlight=False,
+                  markup=False)
     return load_export(export_dir, config, progress=on_progress, resume=resume, keep_going=keep_going, resume_command=command, progress_interval=interval)
 
 
@@ -166,12 +169,12 @@ def _verify(export_dir: Path, config: ServerConfig, console: Console) -> int:
         finally:
             reader.close()
     except (ServerUnreachable, NotAFhirServer) as exc:
-        console.print(f"[red]atr load --verify[/red]: {exc}")
+        console.print(f"[red]atr load --verify[/red]: {escape(str(exc))}")
         return exc.exit_code
     except AtrError as exc:
-        console.print(f"[red]atr load --verify[/red]: {exc}")
+        console.print(f"[red]atr load --verify[/red]: {escape(str(exc))}")
         return 2
-    table = Table(title=f"{export_dir} compared with {config.base_url}")
+    table = Table(title=escape(f"{export_dir} compared with {config.base_url}"))
     for column in ("type", "in export", "on server", "missing", "Groups differing"):
         table.add_column(column, justify="left" if column == "type" else "right")
     for d in diffs:
@@ -179,9 +182,9 @@ def _verify(export_dir: Path, config: ServerConfig, console: Console) -> int:
     console.print(table)
     for d in diffs:
         if d.missing:
-            console.print(f"  {d.resource_type}: {d.missing} missing, e.g. {', '.join(d.missing_ids)}", soft_wrap=True)
+            console.print(f"  {d.resource_type}: {d.missing} missing, e.g. {', '.join(d.missing_ids)}", soft_wrap=True, markup=False)
         for text in d.groups_differing[:10]:
-            console.print(f"  {text}", soft_wrap=True)
+            console.print(f"  {text}", soft_wrap=True, markup=False)
     differing = [d.resource_type for d in diffs if not d.ok]
     console.print(f"verify: {'differs in ' + ', '.join(differing) if differing else 'the server holds every resource of the export'}")
     return 1 if differing else 0
@@ -202,7 +205,7 @@ def _short(exc: Exception) -> str:
 
 
 def print_report(report: LoadReport, console: Console, path: Path) -> None:
-    table = Table(title=f"Load into {report.server_url} ({report.mode}, bundles of {report.bundle_size})")
+    table = Table(title=escape(f"Load into {report.server_url} ({report.mode}, bundles of {report.bundle_size})"))
     for column in ("type", "state", "total", "created", "updated", "unchanged", "failed", "skipped"):
         table.add_column(column, justify="left" if column in ("type", "state") else "right")
     for resource_type, c in report.counts.items():
@@ -210,7 +213,7 @@ def print_report(report: LoadReport, console: Console, path: Path) -> None:
     console.print(table)
     for resource_type, c in report.counts.items():
         if c.note:
-            console.print(f"  {resource_type}: {c.state}: {c.note}", soft_wrap=True, highlight=False)
+            console.print(f"  {resource_type}: {c.state}: {c.note}", soft_wrap=True, highlight=False, markup=False)
     console.print(
         f"status: {report.status}; requests {report.requests}, retries {report.retries} {report.retries_by_reason or ''}; {report.elapsed_seconds:.1f} s",
         soft_wrap=True,
@@ -220,14 +223,14 @@ def print_report(report: LoadReport, console: Console, path: Path) -> None:
         console.print("resumed from the checkpoint of an earlier run")
     for note in (report.checkpoint_note, report.verify_note):
         if note:
-            console.print(note, soft_wrap=True, highlight=False)
+            console.print(note, soft_wrap=True, highlight=False, markup=False)
     if report.stop_reason:
-        console.print(f"[red]stopped[/red]: {report.stop_reason}", soft_wrap=True, highlight=False)
+        console.print(f"[red]stopped[/red]: {escape(report.stop_reason)}", soft_wrap=True, highlight=False)
     for failed in report.failed[:10]:
         codes = ", ".join(f"{i.code}@{'|'.join(i.expression)}" for i in failed.issues) or "-"
-        console.print(f"  failed {failed.resource_type}/{failed.id}: {failed.reason} ({codes})", soft_wrap=True, highlight=False)
+        console.print(f"  failed {failed.resource_type}/{failed.id}: {failed.reason} ({codes})", soft_wrap=True, highlight=False, markup=False)
     if len(report.failed) > 10:
-        console.print(f"  ... {len(report.failed) - 10 + report.failed_truncated} more in {path}")
+        console.print(f"  ... {len(report.failed) - 10 + report.failed_truncated} more in {path}", markup=False)
     if report.status != "complete" and report.resume_command and not report.stop_reason:
-        console.print(f"resume with: {report.resume_command}", soft_wrap=True, highlight=False)
-    console.print(f"report: {path}", soft_wrap=True, highlight=False)
+        console.print(f"resume with: {report.resume_command}", soft_wrap=True, highlight=False, markup=False)
+    console.print(f"report: {path}", soft_wrap=True, highlight=False, markup=False)
