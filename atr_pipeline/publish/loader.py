@@ -37,6 +37,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import orjson
@@ -397,24 +398,17 @@ class _Run:
                 self.report.last_error = reason
             down = self._unreachable_since
             if down is not None and time.monotonic() - down >= policy.max_unreachable_seconds:
-                if not self.stop.is_set():
-                    self.report.stop_reason = (
-                        f"the FHIR server at {self.config.host_port} has not answered for {policy.max_unreachable_seconds:g} s "
-                        f"({self.report.last_error}); stopped with the checkpoint; {self.resume_hint}"
-                    )
-                self.stop.set()
-                raise _Stopped
+                self._stop_with(
+                    f"the FHIR server at {self.config.host_port} has not answered for {policy.max_unreachable_seconds:g} s "
+                    f"({self.report.last_error}); stopped with the checkpoint"
+                )
             if down is not None:
                 # Never sleep past the fail-fast deadline: wake up for one last try just before it.
                 delay = max(0.0, min(delay, down + policy.max_unreachable_seconds - time.monotonic()))
             if self._slept + delay > policy.max_total_retry_seconds:
-                if not self.stop.is_set():
-                    self.report.stop_reason = (
-                        f"retry budget exhausted: {policy.max_total_retry_seconds:g} s of backoff spent "
-                        f"(last failure: {reason}); {self.resume_hint}"
-                    )
-                self.stop.set()
-                raise _Stopped
+                self._stop_with(
+                    f"retry budget exhausted: {policy.max_total_retry_seconds:g} s of backoff spent (last failure: {reason})"
+                )
             self._slept += delay
             self.report.retries += 1
             self.report.retries_by_reason[reason] = self.report.retries_by_reason.get(reason, 0) + 1
@@ -426,6 +420,13 @@ class _Run:
         finally:
             with self._lock:
                 self.retrying -= 1
+
+    def _stop_with(self, why: str) -> NoReturn:
+        """Stop every worker; the first reason is the one reported, with how to resume."""
+        if not self.stop.is_set():
+            self.report.stop_reason = f"{why}; {self.resume_hint}"
+        self.stop.set()
+        raise _Stopped
 
     def _unchanged_ids(self, resource_type: str, entries: list[_Entry]) -> set[str]:
         """Ids whose stored resource equals what we would PUT, read with one batch of GETs by id
