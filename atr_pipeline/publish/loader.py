@@ -729,7 +729,9 @@ def save_report(export_dir: Path, report: LoadReport, lock: threading.Lock | Non
     with lock or threading.Lock():
         data = orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
     path = Path(export_dir) / REPORT_NAME
-    tmp = path.with_name(f".{REPORT_NAME}.{os.getpid()}.tmp")
+    # One temporary name per thread: the progress ticker and the load's own thread both save, and
+    # with one name per process one thread's rename took the other's file away (FileNotFoundError).
+    tmp = path.with_name(f".{REPORT_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
