@@ -3,6 +3,7 @@ and the SFTP inbox sensor wired into the real Definitions (against a real asyncs
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,9 +46,9 @@ def evaluate(name: str, when: datetime) -> tuple[dg.ScheduleDefinition, list[dg.
 @pytest.mark.parametrize(
     ("when", "month", "run_month"),
     [
-        (datetime(2026, 1, 5, 6, 0, tzinfo=UTC), "2025-12-01", "2025-12"),  # January runs December
-        (datetime(2026, 9, 5, 6, 0, tzinfo=UTC), "2026-08-01", "2026-08"),
-        (datetime(2026, 3, 5, 6, 0, tzinfo=UTC), "2026-02-01", "2026-02"),
+        (datetime(2027, 1, 5, 6, 0, tzinfo=UTC), "2026-12-01", "2026-12"),  # January runs December
+        (datetime(2026, 9, 5, 6, 0, tzinfo=UTC), "2026-08-01", "2026-08"),  # the sources' first_month
+        (datetime(2027, 3, 5, 6, 0, tzinfo=UTC), "2027-02-01", "2027-02"),
     ],
 )
 def test_monthly_schedule_requests_the_previous_month(no_sftp_env: None, when: datetime, month: str, run_month: str) -> None:
@@ -65,8 +66,8 @@ def test_schedule_day_from_the_environment(no_sftp_env: None, monkeypatch: pytes
     monkeypatch.setenv("ATR_SCHEDULE_DAY", "12")
     crons = {s.name: s.cron_schedule for s in schedules()}
     assert crons == {f"{s}_monthly_schedule": "0 6 12 * *" for s in SOURCES}
-    _, (request,) = evaluate("acme_commercial_monthly_schedule", datetime(2026, 7, 12, 6, 0, tzinfo=UTC))
-    assert (str(request.partition_key), request.run_key) == ("2026-06-01|acme_commercial", "schedule:acme_commercial:2026-06")
+    _, (request,) = evaluate("acme_commercial_monthly_schedule", datetime(2026, 11, 12, 6, 0, tzinfo=UTC))
+    assert (str(request.partition_key), request.run_key) == ("2026-10-01|acme_commercial", "schedule:acme_commercial:2026-10")
 
 
 @pytest.mark.parametrize("day", ["0", "29", "31"])
@@ -76,12 +77,66 @@ def test_schedule_day_that_some_month_lacks_is_refused(monkeypatch: pytest.Monke
         schedules()
 
 
-def test_scheduled_partitions_exist_in_the_job() -> None:
+def test_a_month_before_the_sources_first_month_is_skipped(no_sftp_env: None) -> None:
+    """Both bundled mappings declare first_month 2026-08: August 2026's tick runs July, which they never delivered."""
+    schedule = build_definitions().resolve_schedule_def("acme_commercial_monthly_schedule")
+    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 8, 5, 6, 0, tzinfo=UTC))
+    data = schedule.evaluate_tick(ctx)
+    assert not data.run_requests
+    assert data.skip_message == ("acme_commercial: 2026-07 is before its first month 2026-08 "
+                                 "(first_month in its mapping, else ATR_PARTITIONS_START)")
+
+
+def test_partitions_start_at_the_first_month_of_the_sources() -> None:
+    """The month dimension starts at the mappings' first_month (2026-08), not years before the first delivery."""
     job = build_definitions().resolve_job_def("attribution_job")
-    keys = set(job.partitions_def.get_partition_keys(current_time=datetime(2026, 11, 20, tzinfo=UTC)))
-    for source in SOURCES:
-        assert f"2026-10-01|{source}" in keys
-        assert f"2026-11-01|{source}" in keys  # end_offset=1: the month being delivered has a partition
+    keys = job.partitions_def.get_partition_keys(current_time=datetime(2026, 11, 20, tzinfo=UTC))
+    assert keys == [f"2026-{m:02d}-01|{s}" for m in (8, 9, 10, 11) for s in SOURCES]  # end_offset=1: November too
+
+
+PARTITIONS_SCRIPT = """
+import json
+from datetime import UTC, datetime
+import dagster as dg
+from atr_pipeline.definitions import defs
+keys = defs.resolve_job_def("attribution_job").partitions_def.get_partition_keys(current_time=datetime(2026, 11, 20, tzinfo=UTC))
+ticks = {}
+for source in ("acme_commercial", "statewide_medicaid"):
+    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 10, 5, 6, 0, tzinfo=UTC),
+                                    repository_def=defs.get_repository_def())
+    data = defs.resolve_schedule_def(source + "_monthly_schedule").evaluate_tick(ctx)
+    ticks[source] = [str(r.partition_key) for r in data.run_requests or []] or data.skip_message
+print(json.dumps({"months": sorted({k.split("|")[0] for k in keys}), "ticks": ticks}))
+"""
+
+
+def partitions_with(tmp_path: Path, first_months: dict[str, str | None], start: str | None) -> dict:
+    """The real definitions loaded in a fresh process (partitions are built at import) over mappings
+    whose first_month lines are replaced: a value sets it, None removes it."""
+    folder = tmp_path / "mappings"
+    folder.mkdir(parents=True)
+    for source, month in first_months.items():
+        text = (ROOT / "mappings" / f"{source}.yaml").read_text()
+        assert "first_month: 2026-08\n" in text
+        (folder / f"{source}.yaml").write_text(text.replace("first_month: 2026-08\n", f"first_month: {month}\n" if month else ""))
+    env = {k: v for k, v in os.environ.items() if k != "ATR_PARTITIONS_START"}
+    env.update({"ATR_MAPPINGS_DIR": str(folder), "PYTHONPATH": str(ROOT)}, **({"ATR_PARTITIONS_START": start} if start else {}))
+    done = subprocess.run([sys.executable, "-c", PARTITIONS_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_each_source_starts_at_its_own_first_month_and_partitions_start_falls_back(tmp_path: Path) -> None:
+    # statewide starts in October: the grid starts at acme's August; statewide's September tick is skipped
+    later = partitions_with(tmp_path / "later", {"acme_commercial": "2026-08", "statewide_medicaid": "2026-10"}, None)
+    assert later["months"] == ["2026-08-01", "2026-09-01", "2026-10-01", "2026-11-01"]
+    assert later["ticks"] == {"acme_commercial": ["2026-09-01|acme_commercial"],
+                              "statewide_medicaid": "statewide_medicaid: 2026-09 is before its first month 2026-10 "
+                                                    "(first_month in its mapping, else ATR_PARTITIONS_START)"}
+    # a mapping without first_month starts at ATR_PARTITIONS_START (YYYY-MM)
+    fallback = partitions_with(tmp_path / "fallback", {"acme_commercial": "2026-08", "statewide_medicaid": None}, "2026-06")
+    assert fallback["months"][0] == "2026-06-01" and len(fallback["months"]) == 6
+    assert fallback["ticks"]["statewide_medicaid"] == ["2026-09-01|statewide_medicaid"]
 
 
 # ---------------------------------------------------------------- retries

@@ -36,6 +36,16 @@ def test_months_before_the_first_delivery_are_never_late() -> None:
     assert not lateness("new_payer", 5, set(), date(2026, 11, 6)).late
 
 
+def test_a_declared_first_month_counts_from_there_even_before_any_delivery() -> None:
+    """first_month in the mapping: a new payer whose first file never came is late; earlier months never are."""
+    never = lateness("new_payer", 5, set(), date(2026, 11, 6), first_month=SEP)
+    assert (never.late, never.first_month, never.latest_due, never.missing, never.days_late) == (True, SEP, OCT, [SEP, OCT], 1)
+    assert not lateness("new_payer", 5, set(), date(2026, 10, 4), first_month=SEP).late  # Sep not due before Oct 5
+    # a delivery before first_month (run by hand) neither starts the count early nor fills a later month
+    early = lateness("acme", 5, {AUG, SEP}, date(2026, 11, 6), first_month=SEP)
+    assert (early.first_month, early.missing, early.late) == (SEP, [OCT], True)
+
+
 def test_expected_day_per_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ATR_EXPECTED_DAY", raising=False)
     monkeypatch.delenv("ATR_SCHEDULE_DAY", raising=False)

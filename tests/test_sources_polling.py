@@ -114,6 +114,21 @@ def test_unmatched_and_header_month_files_are_never_requested(mapping_factory):
     assert cur.observations["readme.txt"] == Observation(5, MT0, 3, T[0].isoformat())
 
 
+def test_months_before_the_mappings_first_month_are_reported_not_requested(mapping_factory):
+    """A mapping's first_month (2026-02 here): an older file is reported once; the first month's file runs."""
+    spec = mapping_factory().model_copy(update={"first_month": date(2026, 2, 1)})
+    jan, feb = RemoteFile(NAME, 200, MT0), RemoteFile("acme_attribution_202602.csv", 50, MT0)
+    cur = SensorCursor()
+    for i in range(2):
+        runs, cur = plan_runs([jan, feb], cur, {"acme": spec}, now=T[i])
+    assert [r.partition_keys for r in runs] == [{"month": "2026-02-01", "source": "acme"}]
+    assert cur.reported == {KEY_200: f"{NAME}: month 2026-01 is before acme's first_month 2026-02 (its mapping); "
+                                     "not requested until first_month covers it"}
+    # without first_month the same January file is requested
+    runs, _ = plan_runs([jan], SensorCursor(cur.observations), {"acme": mapping_factory()}, now=T[2])
+    assert [r.run_key for r in runs] == [KEY_200]
+
+
 def test_done_marker_gates_requests(mappings):
     f = RemoteFile(NAME, 200, MT0)
     marker = RemoteFile(NAME + ".done", 0, MT1)

@@ -8,7 +8,7 @@ from datetime import date, datetime
 import dagster as dg
 
 from atr_pipeline.defs.lateness import delivery_checks
-from atr_pipeline.defs.partitions import partition_key, source_ids
+from atr_pipeline.defs.partitions import first_month, partition_key, source_ids
 
 attribution_job = dg.define_asset_job(
     "attribution_job",
@@ -31,11 +31,19 @@ def previous_month(today: date) -> date:
 
 
 def monthly_schedule(source_id: str, day: int) -> dg.ScheduleDefinition:
-    """Runs on `day` of each month for the month just ended (ATR_SCHEDULE_DAY, default 5)."""
+    """Runs on `day` of each month for the month just ended (ATR_SCHEDULE_DAY, default 5).
 
-    def _requests(context: dg.ScheduleEvaluationContext):
+    A month before the source's first month (its mapping's ``first_month``) is skipped with the
+    reason: a payer being onboarded gets no failed runs for months it never delivered.
+    """
+
+    def _requests(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         when: datetime = context.scheduled_execution_time or datetime.now()
         month = previous_month(when.date())
+        start = first_month(source_id)
+        if month < start:
+            return dg.SkipReason(f"{source_id}: {month:%Y-%m} is before its first month {start:%Y-%m} "
+                                 f"(first_month in its mapping, else ATR_PARTITIONS_START)")
         key = partition_key(month, source_id)
         return dg.RunRequest(run_key=f"schedule:{source_id}:{month:%Y-%m}", partition_key=key)
 

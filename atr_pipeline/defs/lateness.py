@@ -2,8 +2,9 @@
 
 A source's file for month M is due by its expected delivery day of month M+1 (the monthly
 schedule runs on that day for the month just ended). The day is ATR_EXPECTED_DAY_<SOURCE>
-(source id upper-cased), else ATR_EXPECTED_DAY, else ATR_SCHEDULE_DAY, else 5. Months before
-the source's first landed delivery are never late: that is when the source started.
+(source id upper-cased), else ATR_EXPECTED_DAY, else ATR_SCHEDULE_DAY, else 5. Months are counted
+from the source's ``first_month`` (its mapping) when declared, so a new payer whose first file
+never came is late too; without it, from the first landed delivery. Earlier months are never late.
 
 The check fails (red in the UI) when the most recent month already due has no delivery; its
 metadata names the month, the due date, how many days late, and every month since the first
@@ -18,6 +19,7 @@ from datetime import date
 import dagster as dg
 
 from atr_pipeline.defs.partitions import source_ids
+from atr_pipeline.layouts.spec import declared_first_month
 
 CHECK_SUFFIX = "_delivered_on_time"
 
@@ -43,7 +45,7 @@ def due_date(month: date, day: int) -> date:
 class Lateness:
     source_id: str
     expected_day: int
-    first_month: date | None  # first delivered month; None: nothing delivered yet
+    first_month: date | None  # declared first_month, else the first delivered month; None: neither
     latest_due: date | None  # the most recent month whose file is already due
     delivered: bool
     days_late: int
@@ -54,11 +56,16 @@ class Lateness:
         return self.latest_due is not None and not self.delivered
 
 
-def lateness(source_id: str, day: int, delivered_months: set[date], today: date) -> Lateness:
-    """Pure: what is due by ``today`` for a source that delivered ``delivered_months``."""
-    if not delivered_months:
+def lateness(source_id: str, day: int, delivered_months: set[date], today: date,
+             first_month: date | None = None) -> Lateness:
+    """Pure: what is due by ``today`` for a source that delivered ``delivered_months``.
+
+    ``first_month``: the mapping's declared first month (counted from there); None: counted from
+    the first delivery.
+    """
+    if first_month is None and not delivered_months:
         return Lateness(source_id, day, None, None, True, 0)
-    first = min(delivered_months)
+    first = first_month if first_month is not None else min(delivered_months)
     month, latest_due, missing = first, None, []
     while due_date(month, day) <= today:
         latest_due = month
@@ -92,11 +99,15 @@ def _check(source_id: str) -> dg.AssetChecksDefinition:
         settings = context.resources.atr.settings()
         day = expected_day(source_id)
         today = date.today()
-        result = lateness(source_id, day, delivered_months(settings, source_id), today)
+        delivered = delivered_months(settings, source_id)
+        declared = declared_first_month(settings.mappings_dir / f"{source_id}.yaml")
+        result = lateness(source_id, day, delivered, today, declared)
         meta: dict[str, str | dg.MetadataValue] = {
             "expected_day": dg.MetadataValue.int(day),
             "checked_on": today.isoformat(),
-            "first_delivered_month": f"{result.first_month:%Y-%m}" if result.first_month else "none yet",
+            "first_month": f"{result.first_month:%Y-%m}" if result.first_month else "none yet",
+            "counted_from": "first_month in the mapping" if declared else "the first delivery",
+            "first_delivered_month": f"{min(delivered):%Y-%m}" if delivered else "none yet",
             "latest_due_month": f"{result.latest_due:%Y-%m}" if result.latest_due else "none due yet",
             "due_date": due_date(result.latest_due, day).isoformat() if result.latest_due else "",
             "days_late": dg.MetadataValue.int(result.days_late),

@@ -1,12 +1,23 @@
-"""Partitions: one per reporting month x source (mapping id)."""
+"""Partitions: one per reporting month x source (mapping id).
+
+The month dimension starts at the earliest source's first month: each mapping's ``first_month``
+(mappings/<source>.yaml), or ATR_PARTITIONS_START (default 2025-01-01) for a mapping that does not
+declare one. Dagster's multi-partitions are a grid, so a source that starts later than another
+still shows the earlier months as empty cells; its schedule, its SFTP files and its lateness
+check ignore months before its own first month (``first_month`` below).
+"""
 
 from __future__ import annotations
 
 import os
 from datetime import date
-from pathlib import Path
 
 import dagster as dg
+
+from atr_pipeline.config import mappings_dir_for
+from atr_pipeline.layouts.spec import declared_first_month
+
+DEFAULT_PARTITIONS_START = "2025-01-01"
 
 
 def source_ids() -> list[str]:
@@ -15,12 +26,31 @@ def source_ids() -> list[str]:
     A mapping's id is its file name, so a broken YAML keeps its partitions (and asset keys stay
     stable); mapping_errors_sensor reports what is wrong with it.
     """
-    folder = Path(os.environ.get("ATR_MAPPINGS_DIR") or "mappings")
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    return sorted(p.stem for p in mappings_dir_for().glob("*.yaml"))
+
+
+def default_first_month() -> date:
+    """ATR_PARTITIONS_START: the first month of a source whose mapping declares none."""
+    raw = os.environ.get("ATR_PARTITIONS_START") or DEFAULT_PARTITIONS_START
+    try:
+        start = date.fromisoformat(raw if len(raw) > 7 else f"{raw}-01")
+    except ValueError:
+        raise ValueError(f"ATR_PARTITIONS_START is a month (YYYY-MM or YYYY-MM-01), got {raw!r}") from None
+    return start.replace(day=1)
+
+
+def first_month(source_id: str) -> date:
+    """The first month a source has partitions for: its mapping's ``first_month``, else ATR_PARTITIONS_START."""
+    return declared_first_month(mappings_dir_for() / f"{source_id}.yaml") or default_first_month()
+
+
+def months_start() -> date:
+    """The month dimension's first month: the earliest source's first month."""
+    return min((first_month(s) for s in source_ids()), default=default_first_month())
 
 
 MONTHS = dg.MonthlyPartitionsDefinition(
-    start_date=os.environ.get("ATR_PARTITIONS_START", "2025-01-01"),
+    start_date=f"{months_start():%Y-%m-%d}",
     # Payers deliver a month's list during that month: the current month needs a partition now.
     end_offset=1,
 )

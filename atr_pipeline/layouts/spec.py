@@ -297,6 +297,32 @@ class IdentifierSystems(_Strict):
     subscriber_id: str | None = None
 
 
+def parse_first_month(value: object) -> date:
+    """A mapping's ``first_month``: ``2026-08`` (YAML text) or ``2026-08-01`` (a YAML date), the first of a month."""
+    if isinstance(value, date):
+        if value.day != 1:
+            raise ValueError(f"first_month is a month: write {value:%Y-%m}, not {value.isoformat()}")
+        return value
+    m = re.fullmatch(r"(\d{4})-(\d{2})(?:-01)?", str(value).strip())
+    if not m or not 1 <= int(m[2]) <= 12:
+        raise ValueError(f"first_month is a month written YYYY-MM (e.g. 2026-08), got {value!r}")
+    return date(int(m[1]), int(m[2]), 1)
+
+
+def declared_first_month(path: str | Path) -> date | None:
+    """The ``first_month`` a mapping file declares, read on its own: None when absent or unreadable.
+
+    Dagster's partitions are built from this even while another key of the same file is broken
+    (mapping_errors_sensor reports that), so a typo elsewhere never moves a source's months.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = data.get("first_month") if isinstance(data, dict) else None
+        return None if raw is None else parse_first_month(raw)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
 class RecipientIdentifier(_Strict):
     system: str
     value: str
@@ -316,6 +342,15 @@ class MappingSpec(_Strict):
     # ``reject_min_rows`` (or when no row at all is accepted); docs/BAD_INPUT.md says why.
     reject_threshold: float = Field(default=0.05, ge=0.0, le=1.0)
     reject_min_rows: int = Field(default=0, ge=0)
+    # The first reporting month this source delivers (its first Dagster partition; the month the
+    # lateness check starts counting from). None: ATR_PARTITIONS_START, and lateness counts from
+    # the first landed delivery.
+    first_month: date | None = None
+
+    @field_validator("first_month", mode="before")
+    @classmethod
+    def _first_month(cls, v: Any) -> date | None:
+        return None if v is None else parse_first_month(v)
 
     @field_validator("fields")
     @classmethod

@@ -197,9 +197,10 @@ def plan_runs(
     """One poll: which files to request now, and the cursor for the next poll.
 
     The input cursor is not modified. Runs come out sorted by file name. A file that is ready
-    but cannot be requested (bad month, unsafe name, ``partition_exists`` says no) goes into
-    the cursor's ``reported`` with the reason, and is judged again on later polls (a month's
-    partition may appear later); the files beside it are requested as usual.
+    but cannot be requested (bad month, a month before the mapping's ``first_month``, unsafe name,
+    ``partition_exists`` says no) goes into the cursor's ``reported`` with the reason, and is judged
+    again on later polls (a month's partition may appear later); the files beside it are requested
+    as usual.
     """
     if stable_polls < 1:
         raise ValueError("stable_polls must be at least 1")
@@ -228,6 +229,10 @@ def plan_runs(
             reported[key] = f"{printable(f.name)}: {target}; not requested"
             continue
         spec, month = target
+        if spec.first_month is not None and month < spec.first_month:
+            reported[key] = (f"{printable(f.name)}: month {month:%Y-%m} is before {spec.source_id}'s first_month "
+                             f"{spec.first_month:%Y-%m} (its mapping); not requested until first_month covers it")
+            continue
         run = PlannedRun(key, f, spec.source_id, month)
         if partition_exists is not None and not partition_exists(run):
             reported[key] = (f"{printable(f.name)}: month {month:%Y-%m} has no partition (before the first or after "
