@@ -72,6 +72,14 @@ PARTITION_STATUSES = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey:
   assetPartitionStatuses { ... on MultiPartitionStatuses { ranges { primaryDimStartKey primaryDimEndKey
   secondaryDim { ... on DefaultPartitionStatuses { materializedPartitions failedPartitions } } } } } } } }"""
 
+PARTITION_KEYS = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+  partitionKeysByDimension { name partitionKeys } } } }"""
+
+SCHEDULE_DRY_RUN = """mutation($selector: ScheduleSelector!, $timestamp: Float) {
+  scheduleDryRun(selectorData: $selector, timestamp: $timestamp) { __typename
+  ... on DryRunInstigationTick { evaluationResult { skipReason error { message } runRequests { runKey tags { key value } } } }
+  ... on PythonError { message } } }"""
+
 SENSOR_DRY_RUN = """mutation($selector: SensorSelector!) { sensorDryRun(selectorData: $selector, cursor: null) { __typename
   ... on DryRunInstigationTick { evaluationResult { skipReason error { message errorChain { error { message } } } } }
   ... on PythonError { message } } }"""
@@ -487,6 +495,14 @@ def test_late_month_turns_the_sources_delivery_check_red(ui: Webserver) -> None:
     assert missing[0] == "2026-10" and missing[-1] == f"{latest_due:%Y-%m}"
     assert acme["metadata"]["months_missing"] == len(missing)
     assert acme["metadata"]["days_late"] == (today - date.fromisoformat(acme["metadata"]["due_date"])).days
+    assert (acme["metadata"]["first_month"], acme["metadata"]["counted_from"]) == ("2026-08", "first_month in the mapping")
+    # statewide's only file (2026-08) was refused: nothing delivered, yet late from its first_month on
+    statewide = check_results(ui, "landed_file", "statewide_medicaid_delivered_on_time")[None]
+    assert statewide["success"] is False
+    assert statewide["metadata"]["first_delivered_month"] == "none yet"
+    assert statewide["metadata"]["first_month"] == "2026-08"
+    assert statewide["metadata"]["missing_months"].split(", ")[0] == "2026-08"
+    assert statewide["metadata"]["latest_due_month"] == f"{latest_due:%Y-%m}"
 
 
 # ---------------------------------------------------------------- column lineage
@@ -569,3 +585,46 @@ def test_broken_mapping_fails_the_mapping_errors_sensor_tick(ui: Webserver) -> N
             assert "2 valid mapping(s) keep running" in message
     finally:
         broken.unlink()
+
+
+# ---------------------------------------------------------------- partitions and schedules
+
+
+def test_partition_bar_starts_at_the_sources_first_month(ui: Webserver) -> None:
+    """The month axis an analyst sees starts at the mappings' first_month (2026-08), not at a fixed 2025-01."""
+    from datetime import date
+
+    node = ui.graphql(PARTITION_KEYS, {"key": {"path": ["landed_file"]}})["assetNodeOrError"]
+    dims = {d["name"]: d["partitionKeys"] for d in node["partitionKeysByDimension"]}
+    assert dims["source"] == ["acme_commercial", "statewide_medicaid"]
+    today = date.today()
+    months, month = [], date(2026, 8, 1)
+    while month <= today:  # through the current month (its file is being delivered)
+        months.append(f"{month:%Y-%m-%d}")
+        month = date(month.year + month.month // 12, month.month % 12 + 1, 1)
+    assert dims["month"] == months
+
+
+@pytest.mark.parametrize(("tick", "requested"), [
+    ("2026-10-05T06:00:00+00:00", "2026-09-01|{source}"),
+    ("2026-08-05T06:00:00+00:00", None),  # July: before the sources' first month
+])
+def test_test_schedule_in_the_ui_shows_the_month_it_would_run(ui: Webserver, tick: str, requested: str | None) -> None:
+    """The UI's "Test schedule" (scheduleDryRun) for a chosen tick: the previous month of that source, or why not."""
+    from datetime import datetime
+
+    for source in ("acme_commercial", "statewide_medicaid"):
+        selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__",
+                    "scheduleName": f"{source}_monthly_schedule"}
+        result = ui.graphql(SCHEDULE_DRY_RUN, {"selector": selector, "timestamp": datetime.fromisoformat(tick).timestamp()})
+        evaluation = result["scheduleDryRun"]["evaluationResult"]
+        assert evaluation["error"] is None
+        if requested is None:
+            assert evaluation["runRequests"] == []
+            assert evaluation["skipReason"] == (f"{source}: 2026-07 is before its first month 2026-08 "
+                                                "(first_month in its mapping, else ATR_PARTITIONS_START)")
+        else:
+            (request,) = evaluation["runRequests"]
+            tags = {t["key"]: t["value"] for t in request["tags"]}
+            assert tags["dagster/partition"] == requested.format(source=source)
+            assert request["runKey"] == f"schedule:{source}:2026-09"
