@@ -144,6 +144,8 @@ def check_mapping(
     for name, f in spec.fields.items():
         out.print(f"    {escape(_field_line(name, f))}")
     out.print(f"  reject threshold: {spec.reject_threshold:.1%}")
+    first = f"{spec.first_month:%Y-%m}" if spec.first_month else "not set (ATR_PARTITIONS_START; lateness counts from the first file)"
+    out.print(f"  first month: {first}")
     out.print("[green]mapping is valid[/green]")
 
 

@@ -46,6 +46,7 @@ def test_check_mapping_prints_every_setting_literally(tmp_path):
     assert "'18': 'self'" in relationship and "unmapped 'reject'" in relationship
     assert r"pattern 'ACME_ATTRIB_(?P<yyyymm>\d{6})\.csv'" in out  # the regex as written
     assert "identifier systems: member_id 'https://acme-health.example.org/fhir/sid/member-id'" in out
+    assert "  first month: 2026-08" in out.splitlines()  # where the Dagster partitions and lateness start
 
 
 def test_an_error_with_markup_characters_is_printed_as_is(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -55,3 +56,21 @@ def test_definitions_still_load_and_the_sftp_sensor_gets_the_valid_sources(folde
     assert defs.resolve_sensor_def("mapping_errors_sensor").default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_sensor_def("sftp_inbox_sensor") is not None
     assert any("broken_payer.yaml" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("written", "error"), [
+    ("2026-13", "first_month is a month written YYYY-MM (e.g. 2026-08), got '2026-13'"),
+    ("2026-08-15", "first_month is a month: write 2026-08, not 2026-08-15"),
+    ("August", "first_month is a month written YYYY-MM (e.g. 2026-08), got 'August'"),
+])
+def test_a_bad_first_month_is_a_mapping_error_and_another_bad_key_keeps_first_month(folder: Path, written: str, error: str) -> None:
+    from atr_pipeline.layouts.spec import declared_first_month
+
+    path = folder / "acme_commercial.yaml"
+    path.write_text(path.read_text().replace("first_month: 2026-08\n", f"first_month: {written}\n"))
+    _, errors = load_mappings_with_errors(folder)
+    assert "first_month" in errors["acme_commercial.yaml"] and error in errors["acme_commercial.yaml"]
+    # the partitions fall back to ATR_PARTITIONS_START for it (earlier months appear, none vanish);
+    # broken_payer's broken key is reject_threshold: its first_month still counts
+    assert declared_first_month(path) is None
+    assert declared_first_month(folder / "broken_payer.yaml") == date(2026, 8, 1)
