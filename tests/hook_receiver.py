@@ -95,7 +95,8 @@ class Receiver:
             if time.monotonic() > deadline:
                 with self.lock:
                     seen = [(n.kind, n.events_since_start) for n in self.received]
-                raise AssertionError(f"receiver never saw {what}; it got {seen}, refused {self.refused}")
+                raise AssertionError(f"receiver never saw {what}; it got {len(seen)} notification(s), the last: {seen[-12:]}, "
+                                     f"refused {self.refused}")
             time.sleep(0.05)
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import ACME_CONTRACT_SYSTEM, ClientKey, group_ids, live_server, publish, register
+from api_server import ACME_CONTRACT_SYSTEM, ClientKey, atr, group_ids, live_server, publish, register
 from hook_receiver import Receiver
 
 from atr_pipeline.api.fhir_errors import FhirError
@@ -238,6 +238,12 @@ def test_handshake_event_heartbeat_and_a_restart_that_neither_loses_nor_repeats(
         receiver.wait(lambda r: len(r.of_kind("heartbeat")) > after, "a heartbeat after the second restart")
         assert receiver.event_numbers() == ["1", "2"]
         assert receiver.of_kind("heartbeat")[-1].events_since_start == "2"
+        # a list made final is a new Group version too (the same path as an accepted request or a confirm)
+        assert atr(home, "finalize", "--source", "acme_commercial", "--contract", "VBC25-0001").returncode == 0
+        res = atr(home, "publish", "--mapping", "mappings/acme_commercial.yaml", "--month", "2026-10")
+        assert res.returncode == 0, res.stdout + res.stderr
+        receiver.wait(lambda r: r.event_numbers() == ["1", "2", "3"], "event 3 after finalize")
+        assert receiver.of_kind("event-notification")[-1].events()[0]["focus"]["reference"].endswith(f"/Group/{group}/_history/4")
 
 
 def test_receiver_down_is_retried_then_delivered_and_a_full_queue_drops_the_oldest(world, receiver, monkeypatch):
