@@ -46,7 +46,8 @@ def test_capability_statement_instantiates_the_atr_producer_and_lists_only_what_
     assert cs["instantiates"] == ["http://hl7.org/fhir/us/davinci-atr/CapabilityStatement/atr-producer"]
     assert cs["fhirVersion"] == "4.0.1"
     resources = {r["type"]: r for r in cs["rest"][0]["resource"]}
-    assert set(resources) == {"Group", "Patient", "Coverage", "RelatedPerson", "Practitioner", "PractitionerRole", "Organization", "Location"}
+    assert set(resources) == {"Group", "Patient", "Coverage", "RelatedPerson", "Practitioner", "PractitionerRole", "Organization", "Location",
+                              "Subscription"}
     group = resources["Group"]
     assert {i["code"] for i in group["interaction"]} == {"search-type", "read", "vread", "history-instance"}
     assert {p["name"] for p in group["searchParam"]} == {"identifier", "characteristic", "characteristic-value", "name"}

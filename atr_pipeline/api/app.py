@@ -53,6 +53,7 @@ from atr_pipeline.api.jobs import (
     now_instant,
     parse_instant,
 )
+from atr_pipeline.api.notify import Notifier
 from atr_pipeline.api.search import SEARCH_PARAMS, parse_group_query
 from atr_pipeline.api.tokens import (
     ASSERTION_ALGORITHMS,
@@ -86,6 +87,7 @@ class ApiConfig:
     retention: timedelta | None = None
     max_file_bytes: int | None = None
     workers: int = 2
+    allow_http_notifications: bool = False  # rest-hook endpoints over plain http beyond loopback (--allow-http-notifications)
 
 
 @dataclass
@@ -94,6 +96,7 @@ class _Ctx:
     catalog: Catalog
     ledger: JtiLedger
     jobs: JobStore
+    notifier: Notifier
     registered: list[Registered] = field(default_factory=list)
     started: str = field(default_factory=now_instant)
 
@@ -473,6 +476,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _routes(registered: list[Registered]) -> list[Route]:
+    from atr_pipeline.api.subscription_api import subscription_routes  # it uses this module's helpers
+
     group_params = tuple(SEARCH_PARAMS.items())
     table: list[tuple[str, Handler, list[str], list[Registered]]] = [
         ("/fhir/metadata", metadata, ["GET"], []),
@@ -489,6 +494,7 @@ def _routes(registered: list[Registered]) -> list[Route]:
         ("/fhir/bulkstatus/{job}", export_status, ["GET"], []),
         ("/fhir/bulkstatus/{job}", export_delete, ["DELETE"], []),
         ("/fhir/bulkfiles/{job}/{file}", export_file, ["GET"], []),
+        *subscription_routes(),
         ("/fhir/{type}/{id}/_history/{vid}", member_vread, ["GET"], [Registered(t, "vread") for t in RESOURCE_TYPES if t != "Group"]),
         ("/fhir/{type}/{id}/_history", member_history, ["GET"], [Registered(t, "history-instance") for t in RESOURCE_TYPES if t != "Group"]),
         ("/fhir/{type}/{id}", member_read, ["GET"], [Registered(t, "read") for t in RESOURCE_TYPES if t != "Group"]),
@@ -503,12 +509,14 @@ def _routes(registered: list[Registered]) -> list[Route]:
 def create_app(config: ApiConfig) -> Starlette:
     home = Path(config.home)
     exports_dir = home / "exports"
+    catalog = Catalog(exports_dir)
     ctx = _Ctx(
         config=config,
-        catalog=Catalog(exports_dir),
+        catalog=catalog,
         ledger=JtiLedger(home),
         jobs=JobStore(home, workers=config.workers, retention=config.retention or DEFAULT_RETENTION,
                       max_file_bytes=config.max_file_bytes or DEFAULT_FILE_BYTES),
+        notifier=Notifier(home, catalog),
     )
 
     @contextlib.asynccontextmanager
@@ -522,10 +530,14 @@ def create_app(config: ApiConfig) -> Starlette:
                 await run_in_threadpool(ctx.jobs.cleanup)
 
         task = asyncio.create_task(cleanup_loop())
+        notifications = asyncio.create_task(ctx.notifier.run())
         try:
             yield
         finally:
             task.cancel()
+            notifications.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await notifications
             ctx.jobs.shutdown()
 
     app = Starlette(routes=_routes(ctx.registered), exception_handlers={FhirError: _fhir_error, Exception: _unexpected},

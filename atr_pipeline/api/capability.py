@@ -14,6 +14,7 @@ from atr_pipeline.systems import ATR_BASE, PROFILE_BY_TYPE
 ATR_PRODUCER = f"{ATR_BASE}/CapabilityStatement/atr-producer"
 DATA_EXPORT_OPERATION = f"{ATR_BASE}/OperationDefinition/davinci-data-export"
 GROUP_EXPORT_OPERATION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+TOPIC_CANONICAL_EXT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
 SOFTWARE_VERSION = "0.1.0"
 
 
@@ -25,6 +26,8 @@ class Registered:
     interaction: str | None = None  # read, vread, history-instance, search-type
     operation: tuple[str, str] | None = None  # (name, definition canonical)
     search_params: tuple[tuple[str, str], ...] = ()
+    profile: str | None = None  # a supported profile beyond the ATR data profiles (the list-change Subscription)
+    topic: str | None = None  # a SubscriptionTopic canonical this resource type serves (backport capability extension)
 
 
 def capability_statement(registered: list[Registered], base_url: str, token_url: str, date: str) -> dict[str, Any]:
@@ -32,7 +35,12 @@ def capability_statement(registered: list[Registered], base_url: str, token_url:
     for item in registered:
         if item.resource_type is None:
             continue
-        entry = by_type.setdefault(item.resource_type, {"type": item.resource_type, "interaction": [], "searchParam": [], "operation": []})
+        entry = by_type.setdefault(item.resource_type, {"type": item.resource_type, "extension": [], "supportedProfile": [],
+                                                        "interaction": [], "searchParam": [], "operation": []})
+        if item.topic and {"url": TOPIC_CANONICAL_EXT, "valueCanonical": item.topic} not in entry["extension"]:
+            entry["extension"].append({"url": TOPIC_CANONICAL_EXT, "valueCanonical": item.topic})
+        if item.profile and item.profile not in entry["supportedProfile"]:
+            entry["supportedProfile"].append(item.profile)
         if item.interaction and {"code": item.interaction} not in entry["interaction"]:
             entry["interaction"].append({"code": item.interaction})
         for name, kind in item.search_params:
@@ -45,8 +53,9 @@ def capability_statement(registered: list[Registered], base_url: str, token_url:
         if resource_type in PROFILE_BY_TYPE:
             entry["supportedProfile"] = [PROFILE_BY_TYPE[resource_type]]
         if "interaction" in entry:
-            entry["versioning"] = "versioned"
-            entry["readHistory"] = any(i["code"] == "vread" for i in entry["interaction"])
+            versioned = any(i["code"] == "vread" for i in entry["interaction"])
+            entry["versioning"] = "versioned" if versioned else "no-version"
+            entry["readHistory"] = versioned
         resources.append({"type": entry.pop("type"), **entry})
     return {
         "resourceType": "CapabilityStatement",

@@ -34,6 +34,10 @@ def serve(
     ] = False,
     export_workers: Annotated[int, typer.Option(help="export jobs run at once")] = 2,
     access_log: Annotated[bool, typer.Option(help="log each request line")] = False,
+    allow_http_notifications: Annotated[
+        bool,
+        typer.Option("--allow-http-notifications", help="let Subscriptions notify plain http endpoints beyond loopback"),
+    ] = False,
 ) -> None:
     """Serve the published ATR lists: FHIR REST, SMART Backend Services and $davinci-data-export."""
     import uvicorn
@@ -58,7 +62,8 @@ def serve(
         typer.echo(f"error: cannot bind {host}:{port} ({exc.strerror})", err=True)
         raise typer.Exit(2) from None
     bound = sock.getsockname()[1]
-    app = create_app(ApiConfig(home=settings.home, public_url=public_url, workers=export_workers))
+    app = create_app(ApiConfig(home=settings.home, public_url=public_url, workers=export_workers,
+                               allow_http_notifications=allow_http_notifications))
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     public = f" (clients use {public_url})" if public_url else ""
     print(f"serving {settings.home} at http://{shown}:{bound}/fhir{public}", flush=True)
