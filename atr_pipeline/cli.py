@@ -405,9 +405,15 @@ def _register_stage_commands() -> None:
     from atr_pipeline.conform.cli import conform
     from atr_pipeline.history.cli import finalize, trends
     from atr_pipeline.publish.cli import load
+    from atr_pipeline.requests.cli import requests_app
     from atr_pipeline.sources.commands import sftp_check, sftp_pull
 
     register_api(app)  # serve, pull, clients
+    app.add_typer(requests_app, name="requests", epilog=_examples(
+        "atr requests list --source acme_commercial --status queued",
+        "atr requests accept REQUEST_ID",
+        "atr requests reject REQUEST_ID --reason 'member not eligible under this contract'",
+    ))
     for name, command in (
         ("conform", conform),
         ("load", load),

@@ -30,8 +30,12 @@ ACME_CONTRACT_SYSTEM = "https://acme-health.example.org/fhir/sid/contract-id"
 NPI = "http://hl7.org/fhir/sid/us-npi"
 
 
+# Extra variables per home (e.g. ATR_MAPPINGS_DIR of a test's own mappings), for atr and atr serve alike.
+HOME_ENV: dict[str, dict[str, str]] = {}
+
+
 def env_for(home: Path) -> dict[str, str]:
-    env = {**os.environ, "ATR_HOME": str(home), "ATR_ID_KEY": "test-key", "COLUMNS": "200"}
+    env = {**os.environ, "ATR_HOME": str(home), "ATR_ID_KEY": "test-key", "COLUMNS": "200", **HOME_ENV.get(str(home), {})}
     env.pop("ATR_INBOX", None)
     return env
 

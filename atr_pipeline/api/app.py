@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -24,10 +24,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from atr_pipeline.api import reads
+from atr_pipeline.api import member_ops, reads
 from atr_pipeline.api.capability import (
+    ATTRIBUTION_STATUS_OPERATION,
+    CONFIRM_OPERATION,
     DATA_EXPORT_OPERATION,
     GROUP_EXPORT_OPERATION,
+    MEMBER_ADD_OPERATION,
+    MEMBER_REMOVE_OPERATION,
     Registered,
     capability_statement,
 )
@@ -67,6 +71,18 @@ from atr_pipeline.api.tokens import (
     supported_scopes,
     verify_assertion,
 )
+from atr_pipeline.history.store import ListRequest
+from atr_pipeline.requests.adjudicate import (
+    confirm,
+    contract_of,
+    contract_system,
+    create_group,
+    created_group,
+    patient_id,
+    source_for_contract,
+    submit_member_change,
+)
+from atr_pipeline.requests.model import MEMBER_ADD, MEMBER_REMOVE, RequestRefused, Target
 from atr_pipeline.systems import ATR_BASE, ATR_EXPORT_TYPE
 
 log = logging.getLogger(__name__)
@@ -99,6 +115,7 @@ class _Ctx:
     notifier: Notifier
     registered: list[Registered] = field(default_factory=list)
     started: str = field(default_factory=now_instant)
+    _settings: Any = None
 
     def base(self, request: Request) -> str:
         if self.config.public_url:
@@ -114,6 +131,15 @@ class _Ctx:
 
     def client(self, client_id: str) -> Client | None:
         return load_client(self.config.home, client_id)
+
+    @property
+    def settings(self) -> Any:
+        """The pipeline's settings (mappings, id key): request handling calls the pipeline's functions."""
+        if self._settings is None:
+            from atr_pipeline.config import load_settings
+
+            self._settings = load_settings(self.config.home)
+        return self._settings
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None, media: str = FHIR_JSON) -> Response:
@@ -135,6 +161,21 @@ def _ctx(request: Request) -> _Ctx:
 
 
 async def _authorise(request: Request, resource_type: str) -> tuple[Client, Grant]:
+    client, grant = await _bearer(request)
+    if not grant.allows(resource_type):
+        raise forbidden(f"the token's scopes do not cover {resource_type}")
+    return client, grant
+
+
+async def _authorise_write(request: Request) -> Client:
+    client, grant = await _bearer(request)
+    if not grant.allows_write("Group"):
+        raise forbidden("the token's scopes do not allow changes to Group (system/*.write or system/Group.cud)")
+    return client
+
+
+async def _bearer(request: Request) -> tuple[Client, Grant]:
+    """The client behind a valid token, whatever its scopes (the caller checks them)."""
     ctx = _ctx(request)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -144,8 +185,6 @@ async def _authorise(request: Request, resource_type: str) -> tuple[Client, Gran
     client = ctx.client(grant.client_id) if grant else None
     if grant is None or client is None:
         raise unauthorized("the access token is invalid or expired")
-    if not grant.allows(resource_type):
-        raise forbidden(f"the token's scopes do not cover {resource_type}")
     return client, grant
 
 
@@ -469,6 +508,152 @@ async def export_file(request: Request) -> Response:
     return FileResponse(_ctx(request).jobs.folder(job.id) / name, media_type=NDJSON)
 
 
+# ---------------------------------------------------------------------- reconciliation (ATR §4.2-4.6)
+
+
+def _month_of(text: str) -> date:
+    return date.fromisoformat(f"{text}-01")
+
+
+async def _target(request: Request, client: Client) -> tuple[Target, GroupEntry | None]:
+    """The list an operation on Group/[id] is about: its latest published month, or a Group a
+    consumer created (scenario 2) that has no published member yet. 404 when not the client's."""
+    ctx = _ctx(request)
+    group_id = request.path_params["id"]
+    view = await _view(request)
+    if group_id in view.groups:
+        entry = reads.group_entries(view, client, group_id)[-1]
+        contract = await run_in_threadpool(contract_of, ctx.settings, entry.export.source, entry.identifiers)
+        if contract is None:
+            raise not_found(f"Group/{group_id} names no contract id of its source's mapping")
+        return Target(entry.export.source, contract, _month_of(entry.month), group_id), entry
+    created = await run_in_threadpool(created_group, ctx.settings, group_id)
+    if created is None:
+        raise not_found(f"Group/{group_id} is not known, or not a Group this client is party to")
+    system = await run_in_threadpool(contract_system, ctx.settings, created.source_id)
+    if not client.may_see(((system or "", created.contract_id),)):
+        raise not_found(f"Group/{group_id} is not known, or not a Group this client is party to")
+    return Target(created.source_id, created.contract_id, created.month, group_id), None
+
+
+def _refused(refused: RequestRefused) -> FhirError:
+    suffix = f" (request {refused.request_id})" if refused.request_id else ""
+    return FhirError(refused.status, refused.code, refused.reason + suffix)
+
+
+def _request_outcome(record: ListRequest, group_id: str) -> Response:
+    if record.status == "accepted":
+        return _json(operation_outcome("informational", f"request {record.request_id} accepted: Group/{group_id} "
+                                       "has a new version", "information"), 200, {"X-Request-Id": record.request_id})
+    return _json(operation_outcome("informational", f"request {record.request_id} is queued for the payer's review; "
+                                   "the Group gets a new version if it is accepted", "information"),
+                 202, {"X-Request-Id": record.request_id})
+
+
+async def _member_operation(request: Request, operation: str, allowed: tuple[str, ...]) -> Response:
+    ctx = _ctx(request)
+    client = await _authorise_write(request)
+    target, _ = await _target(request, client)
+    raw = await request.body()
+    params = member_ops.parameters(raw, allowed, operation)
+    view = await _view(request)
+    change = await run_in_threadpool(member_ops.member_change, view, target.source_id, operation, params)
+    try:
+        record = await run_in_threadpool(
+            lambda: submit_member_change(ctx.settings, target, change, client_id=client.client_id,
+                                         parameters=raw.decode("utf-8", "replace"),
+                                         provenance=request.headers.get("x-provenance")))
+    except RequestRefused as refused:
+        raise _refused(refused) from None
+    await run_in_threadpool(ctx.catalog.snapshot, True)  # the new version is served from the next request on
+    return _request_outcome(record, target.group_id)
+
+
+async def member_add(request: Request) -> Response:
+    return await _member_operation(request, MEMBER_ADD, member_ops.ADD_PARAMS)
+
+
+async def member_remove(request: Request) -> Response:
+    return await _member_operation(request, MEMBER_REMOVE, member_ops.REMOVE_PARAMS)
+
+
+async def confirm_list(request: Request) -> Response:
+    ctx = _ctx(request)
+    client = await _authorise_write(request)
+    target, _ = await _target(request, client)
+    raw = await request.body()
+    member_ops.parameters(raw, (), "confirm-attribution-list")
+    try:
+        record = await run_in_threadpool(
+            lambda: confirm(ctx.settings, target, client_id=client.client_id, parameters=raw.decode("utf-8", "replace") or "{}",
+                            provenance=request.headers.get("x-provenance")))
+    except RequestRefused as refused:
+        raise _refused(refused) from None
+    await run_in_threadpool(ctx.catalog.snapshot, True)
+    return _json(operation_outcome("informational", f"request {record.request_id}: the attribution list of "
+                                   f"{target.month:%Y-%m} is final", "information"), 201, {"X-Request-Id": record.request_id})
+
+
+async def attribution_status(request: Request) -> Response:
+    ctx = _ctx(request)
+    client, _ = await _authorise(request, "Group")
+    target, entry = await _target(request, client)
+    if request.method == "POST":
+        params = member_ops.parameters(await request.body(), member_ops.STATUS_PARAMS, "attribution-status")
+    else:
+        params = {}
+        for name, value in request.query_params.multi_items():
+            if name not in member_ops.STATUS_PARAMS:
+                raise bad_request(f"unknown $attribution-status parameter {name!r}")
+            system, _, code = value.rpartition("|")
+            params[name] = {"system": system, "value": code} if name == "memberId" else {"reference": value}
+    if ("memberId" in params) == ("patientReference" in params):
+        raise bad_request("$attribution-status needs exactly one of memberId or patientReference")
+    if entry is None:
+        raise not_found("the Group has no published member yet")
+    if "memberId" in params:
+        _, member_id = member_ops._identifier("memberId", params["memberId"])
+        patient = await run_in_threadpool(patient_id, ctx.settings, target.source_id, target.month, member_id)
+        if patient is None:
+            raise not_found("that member is not a member of this Group")
+    else:
+        _, patient = member_ops._reference("patientReference", params["patientReference"], ("Patient",))
+    view = await _view(request)
+    bundle = await run_in_threadpool(member_ops.status_bundle, view, entry, patient, ctx.base(request))
+    return _json(bundle)
+
+
+async def group_create(request: Request) -> Response:
+    """Scenario 2 (ATR §4.6): a consumer creates an empty Group; X-Provenance is kept with it."""
+    ctx = _ctx(request)
+    client = await _authorise_write(request)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise bad_request("the POST body is not JSON") from None
+    if not isinstance(body, dict) or body.get("resourceType") != "Group":
+        raise bad_request("POST /Group takes a Group resource")
+    if body.get("member"):
+        raise bad_request("create the Group empty and add members with $member-add (ATR §4.6)")
+    identifiers = [(i.get("system", ""), i.get("value", "")) for i in body.get("identifier", []) if isinstance(i, dict)]
+    found = await run_in_threadpool(source_for_contract, ctx.settings, identifiers, sorted({m.source for m in (await _view(request)).months}))
+    if found is None:
+        raise FhirError(422, "business-rule", "the Group needs an identifier in a payer's contract id system")
+    source, system, contract = found
+    if not client.may_see(((system, contract),)):
+        raise forbidden("this client is not registered for that contract identifier")
+    try:
+        record = await run_in_threadpool(
+            lambda: create_group(ctx.settings, source, contract, body.get("name"), client_id=client.client_id,
+                                 parameters=orjson.dumps(body).decode(), provenance=request.headers.get("x-provenance")))
+    except RequestRefused as refused:
+        raise _refused(refused) from None
+    created = {"resourceType": "Group", "id": record.group_id, "meta": {"versionId": "0"},
+               "identifier": [{"system": system, "value": contract}], "active": True, "type": "person", "actual": True,
+               **({"name": body["name"]} if isinstance(body.get("name"), str) else {}), "quantity": 0}
+    return _json(created, 201, {"Location": f"{ctx.base(request)}/Group/{record.group_id}", "X-Request-Id": record.request_id})
+
+
 # ---------------------------------------------------------------------- wiring
 
 
@@ -484,9 +669,17 @@ def _routes(registered: list[Registered]) -> list[Route]:
         ("/fhir/.well-known/smart-configuration", smart_configuration, ["GET"], []),
         ("/fhir/auth/token", token, ["POST"], []),
         ("/fhir/Group", group_search, ["GET"], [Registered("Group", "search-type", search_params=group_params)]),
+        ("/fhir/Group", group_create, ["POST"], [Registered("Group", "create")]),
         ("/fhir/Group/_search", group_search, ["POST"], []),
         ("/fhir/Group/{id}/$davinci-data-export", data_export, ["GET", "POST"],
          [Registered("Group", operation=("davinci-data-export", DATA_EXPORT_OPERATION))]),
+        ("/fhir/Group/{id}/$member-add", member_add, ["POST"], [Registered("Group", operation=("member-add", MEMBER_ADD_OPERATION))]),
+        ("/fhir/Group/{id}/$member-remove", member_remove, ["POST"],
+         [Registered("Group", operation=("member-remove", MEMBER_REMOVE_OPERATION))]),
+        ("/fhir/Group/{id}/$confirm-attribution-list", confirm_list, ["POST"],
+         [Registered("Group", operation=("confirm-attribution-list", CONFIRM_OPERATION))]),
+        ("/fhir/Group/{id}/$attribution-status", attribution_status, ["GET", "POST"],
+         [Registered("Group", operation=("attribution-status", ATTRIBUTION_STATUS_OPERATION))]),
         ("/fhir/Group/{id}/$export", data_export, ["GET", "POST"], [Registered("Group", operation=("export", GROUP_EXPORT_OPERATION))]),
         ("/fhir/Group/{id}/_history/{vid}", group_vread, ["GET"], [Registered("Group", "vread")]),
         ("/fhir/Group/{id}/_history", group_history, ["GET"], [Registered("Group", "history-instance")]),

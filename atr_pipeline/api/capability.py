@@ -1,7 +1,7 @@
 """The CapabilityStatement, generated from the interactions the app registered (so it cannot claim more).
 
-It instantiates the ATR producer statement; operations it does not implement ($member-add,
-$member-remove, $attribution-status, $confirm-attribution-list) are not listed.
+It instantiates the ATR producer statement and lists only what is registered (so an operation
+removed from the routes disappears from here too).
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ ATR_PRODUCER = f"{ATR_BASE}/CapabilityStatement/atr-producer"
 DATA_EXPORT_OPERATION = f"{ATR_BASE}/OperationDefinition/davinci-data-export"
 GROUP_EXPORT_OPERATION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
 TOPIC_CANONICAL_EXT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
+MEMBER_ADD_OPERATION = f"{ATR_BASE}/OperationDefinition/member-add"
+MEMBER_REMOVE_OPERATION = f"{ATR_BASE}/OperationDefinition/member-remove"
+CONFIRM_OPERATION = f"{ATR_BASE}/OperationDefinition/confirm-attribution-list"
+ATTRIBUTION_STATUS_OPERATION = f"{ATR_BASE}/OperationDefinition/attribution-status"
 SOFTWARE_VERSION = "0.1.0"
 
 

@@ -58,11 +58,23 @@ class Grant:
                 return True
         return False
 
+    def allows_write(self, resource_type: str) -> bool:
+        """SMART v1 ``.write`` / ``.*``, or a v2 scope granting create, update or delete (``.cud``, ``.c``...)."""
+        for scope in self.scopes:
+            target, _, access = scope.removeprefix("system/").partition(".")
+            if target not in ("*", resource_type):
+                continue
+            if access in ("write", "*") or (access and set(access) <= set("cruds") and set(access) & set("cud")):
+                return True
+        return False
+
 
 def supported_scopes(resource_types: list[str]) -> list[str]:
-    scopes = ["system/*.read", "system/*.rs"]
+    scopes = ["system/*.read", "system/*.rs", "system/*.write", "system/*.cud"]
     for t in resource_types:
         scopes += [f"system/{t}.read", f"system/{t}.rs"]
+    # Writes go to Groups only (the reconciliation operations and scenario 2's POST Group).
+    scopes += ["system/Group.write", "system/Group.cud"]
     return scopes
 
 

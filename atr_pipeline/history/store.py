@@ -39,6 +39,7 @@ from duckdb import ConstantExpression
 
 from atr_pipeline.canonical import CANONICAL_SCHEMA, FIELDS, ISSUES_COLUMN, LINEAGE_FIELDS, MEMBER_ENTRY_KEY
 from atr_pipeline.errors import AtrError
+from atr_pipeline.history.adjustments import ACTION_COLUMN, ORDER_COLUMN, apply_requests
 from atr_pipeline.history.changes import (
     CHANGE_FIELDS,
     CHANGE_TYPE_COLUMN,
@@ -63,7 +64,8 @@ from atr_pipeline.systems import LIST_STATUSES
 DEFAULT_STATUS_ENV = "ATR_LIST_STATUS"
 DEFAULT_STATUSES = ("draft", "open")
 # 2: ``published_builds`` (what each published month was built on) and month-ordered versions.
-SCHEMA_VERSION = "2"
+# 3: ``list_requests`` and ``request_rows`` (providers' member-add / member-remove / confirm).
+SCHEMA_VERSION = "3"
 
 
 class NewerSchema(AtrError):
@@ -124,6 +126,39 @@ class GroupVersion:
     status: str
     content_hash: str
     bumped: bool  # True when this call created the version
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    """A provider's request on one contract's list for one month, as recorded (docs/HISTORY.md).
+
+    ``operation``: member-add | member-remove | confirm | create-group. ``status``: queued |
+    accepted | rejected. ``parameters`` is the request as sent (JSON text); ``provenance`` the
+    X-Provenance header when one came. ``order`` ranks accepted requests in acceptance order.
+    """
+
+    request_id: str
+    source_id: str
+    contract_id: str
+    month: date
+    group_id: str
+    operation: str
+    client_id: str
+    received_at: datetime
+    parameters: str
+    provenance: str | None
+    status: str
+    reason: str | None = None
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    order: int | None = None
+    channel: str = "api"
+
+
+_REQUEST_COLUMNS = ("request_id", "source_id", "contract_id", "month", "group_id", "operation", "client_id",
+                    "received_at", "parameters", "provenance", "status", "reason", "decided_at", "decided_by",
+                    "request_order", "channel")
+REQUEST_STATUSES = ("queued", "accepted", "rejected")
 
 
 class _ArrowStream:
@@ -307,12 +342,22 @@ class HistoryStore:
         with self._reader() as con:
             _require_month(con, source_id, month)
             previous = _previous_month(con, source_id, month)
+            own, before = _accepted_rows(con, source_id, month, contract_id), None
+            if previous is not None:
+                before = _accepted_rows(con, source_id, previous, contract_id)
+            statuses = _statuses(con, source_id, month, self.default_status) if own is not None else {}
             current = _load(con, source_id, month, contract_id, columns, positions=previous is not None)
             if previous is None:
-                return compute_changes(current, None, month=month)
-            codes = _change_codes(con, source_id, month, previous, contract_id)
-            dropped = _dropped(con, source_id, month, previous, contract_id, columns)
-        return _member_list(current, codes, dropped, previous)
+                listed = compute_changes(current, None, month=month)
+            else:
+                codes = _change_codes(con, source_id, month, previous, contract_id)
+                dropped = _dropped(con, source_id, month, previous, contract_id, columns)
+                listed = _member_list(current, codes, dropped, previous)
+        if own is None and before is None:
+            return listed  # no provider request touches this list: the payer's files alone
+        empty = pl.DataFrame(schema={**CANONICAL_SCHEMA, ACTION_COLUMN: pl.String, ORDER_COLUMN: pl.Int64})
+        return apply_requests(listed, month=month, previous_month=previous, own=own if own is not None else empty,
+                              previous=before if before is not None else empty, statuses=statuses)
 
     def lineage(self, source_id: str, month: date) -> list[dict]:
         """Every distinct file recorded for the month, oldest first; ``current`` marks the one in effect."""
@@ -416,6 +461,93 @@ class HistoryStore:
                 con.rollback()
                 raise
         return out
+
+    def set_month_status(self, source_id: str, contract_id: str, month: date, status: str) -> None:
+        """Set one contract's list status for one month (``$confirm-attribution-list``)."""
+        if status not in LIST_STATUSES:
+            raise AtrError(f"list status must be one of {', '.join(LIST_STATUSES)}, not {status!r}")
+        with self._writer() as con:
+            con.execute("INSERT OR REPLACE INTO list_status VALUES (?, ?, ?, ?, ?)",
+                        [source_id, contract_id, _first_of_month(month), status, _now()])
+
+    # ------------------------------------------------------------------ providers' requests
+
+    def record_request(self, request: ListRequest, rows: pl.DataFrame | None = None) -> None:
+        """Record a request (and the entries it adds or removes: canonical rows + ``action``)."""
+        values = [getattr(request, f) for f in ListRequest.__dataclass_fields__]
+        values[3] = _first_of_month(request.month)
+        for i in (7, 12):
+            values[i] = _utc_naive(values[i]) if values[i] is not None else None
+        with self._writer() as con:
+            con.begin()
+            try:
+                con.execute(f"INSERT INTO list_requests VALUES ({', '.join('?' * len(_REQUEST_COLUMNS))})", values)
+                if rows is not None and rows.height:
+                    frame = rows.select(
+                        pl.lit(request.request_id).alias("request_id"),
+                        pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
+                        pl.col(ACTION_COLUMN).cast(pl.String),
+                        *(pl.col(c).cast(t) for c, t in CANONICAL_SCHEMA.items()),
+                    )
+                    con.register("incoming_requests", _ArrowStream(frame))
+                    con.execute("INSERT INTO request_rows BY NAME SELECT * FROM incoming_requests")
+                    con.unregister("incoming_requests")
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+
+    def list_requests(self, source_id: str | None = None, *, status: str | None = None,
+                      group_id: str | None = None) -> list[ListRequest]:
+        """Recorded requests, oldest first (filtered by source, status, Group)."""
+        where, params = ["1 = 1"], []
+        for column, value in (("source_id", source_id), ("status", status), ("group_id", group_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        with self._reader() as con:
+            if not _has_table(con, "list_requests"):
+                return []
+            found = con.execute(
+                f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM list_requests WHERE {' AND '.join(where)}"
+                " ORDER BY received_at, request_id", params).fetchall()
+        return [_request_of(row) for row in found]
+
+    def get_request(self, request_id: str) -> ListRequest | None:
+        with self._reader() as con:
+            if not _has_table(con, "list_requests"):
+                return None
+            row = con.execute(f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM list_requests WHERE request_id = ?",
+                              [request_id]).fetchone()
+        return _request_of(row) if row else None
+
+    def request_rows(self, request_id: str) -> pl.DataFrame:
+        """The entries a request adds or removes: canonical columns + ``action``."""
+        with self._reader() as con:
+            sql = f"SELECT action, {', '.join(_quoted(c) for c in CANONICAL_SCHEMA.names())} FROM request_rows WHERE request_id = ? ORDER BY seq"
+            frame = pl.DataFrame(con.sql(sql, params=[request_id]))
+        if frame.is_empty():
+            return pl.DataFrame(schema={ACTION_COLUMN: pl.String, **CANONICAL_SCHEMA})
+        return frame.select(pl.col(ACTION_COLUMN).cast(pl.String), *(pl.col(c).cast(t) for c, t in CANONICAL_SCHEMA.items()))
+
+    def decide_request(self, request_id: str, status: str, *, reason: str | None = None, decided_by: str) -> ListRequest:
+        """Accept or reject a queued request; an accepted one takes the next acceptance order."""
+        if status not in ("accepted", "rejected"):
+            raise AtrError(f"a request is decided accepted or rejected, not {status!r}")
+        with self._writer() as con:
+            found = con.execute("SELECT status FROM list_requests WHERE request_id = ?", [request_id]).fetchone()
+            if found is None:
+                raise AtrError(f"no request {request_id!r} (see `atr requests list`)")
+            if found[0] != "queued":
+                raise AtrError(f"request {request_id} is already {found[0]}")
+            top = con.execute("SELECT coalesce(max(request_order), 0) FROM list_requests").fetchone()
+            order = (top[0] if top else 0) + 1 if status == "accepted" else None
+            con.execute(
+                "UPDATE list_requests SET status = ?, reason = ?, decided_at = ?, decided_by = ?, request_order = ?"
+                " WHERE request_id = ?", [status, reason, _now(), decided_by, order, request_id])
+        decided = self.get_request(request_id)
+        assert decided is not None
+        return decided
 
     # ------------------------------------------------------------------ month order
 
@@ -573,9 +705,23 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
              source_id VARCHAR, month DATE, basis VARCHAR, versions VARCHAR, published_at TIMESTAMP,
              PRIMARY KEY (source_id, month))"""
     )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS list_requests (
+             request_id VARCHAR PRIMARY KEY, source_id VARCHAR, contract_id VARCHAR, month DATE, group_id VARCHAR,
+             operation VARCHAR, client_id VARCHAR, received_at TIMESTAMP, parameters VARCHAR, provenance VARCHAR,
+             status VARCHAR, reason VARCHAR, decided_at TIMESTAMP, decided_by VARCHAR, request_order BIGINT,
+             channel VARCHAR)"""
+    )
+    con.execute(f"CREATE TABLE IF NOT EXISTS request_rows (\n  request_id VARCHAR, seq BIGINT, action VARCHAR,\n  {columns}\n)")
+    have = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'request_rows'"
+    ).fetchall()}
+    for f in FIELDS:
+        if f.name not in have:
+            con.execute(f"ALTER TABLE request_rows ADD COLUMN {f.name} {_DUCK_TYPES[type(f.dtype)]}")
     con.execute("CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     _check_schema_version(con)
-    # Every change from 1 to 2 is an added table (above): the store is upgraded in place.
+    # Every change from 1 to 3 is an added table (above): the store is upgraded in place.
     con.execute("INSERT OR REPLACE INTO store_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
 
 
@@ -641,7 +787,69 @@ def _basis(con: duckdb.DuckDBPyConnection, source_id: str, month: date) -> str:
         return "-" if found is None else f"{found[0]}@{found[1].isoformat()}"
 
     previous = _previous_month(con, source_id, month)
-    return f"{month:%Y-%m}={sha(month)};{previous:%Y-%m}={sha(previous)}" if previous else f"{month:%Y-%m}={sha(month)}"
+    basis = f"{month:%Y-%m}={sha(month)};{previous:%Y-%m}={sha(previous)}" if previous else f"{month:%Y-%m}={sha(month)}"
+    # Accepted requests of the month or of the one it is diffed against change the list (and
+    # only then is this part added, so a build with none has the basis it always had).
+    counts = [_accepted_count(con, source_id, m) for m in (month, previous) if m is not None]
+    return basis + f";requests={','.join(map(str, counts))}" if any(counts) else basis
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()
+    return bool(found and found[0])
+
+
+def _accepted_count(con: duckdb.DuckDBPyConnection, source_id: str, month: date) -> int:
+    if not _has_table(con, "list_requests"):
+        return 0  # a store of schema 2 opened read-only: no requests yet
+    found = con.execute(
+        "SELECT count(*) FROM list_requests WHERE source_id = ? AND month = ? AND status = 'accepted'"
+        " AND operation IN ('member-add', 'member-remove')", [source_id, month]).fetchone()
+    return int(found[0]) if found else 0
+
+
+def _accepted_rows(con: duckdb.DuckDBPyConnection, source_id: str, month: date, contract_id: str | None) -> pl.DataFrame | None:
+    """Entries of the month's accepted member requests with their acceptance order; None when none."""
+    if not _accepted_count(con, source_id, month):
+        return None
+    columns = ", ".join(f"r.{_quoted(c)}" for c in CANONICAL_SCHEMA.names())
+    where = "" if contract_id is None else f" AND r.contract_id = {ConstantExpression(contract_id)}"
+    sql = f"""SELECT r.action AS {ACTION_COLUMN}, l.request_order * 100000 + r.seq AS {ORDER_COLUMN}, {columns}
+              FROM request_rows r JOIN list_requests l USING (request_id)
+              WHERE l.source_id = {ConstantExpression(source_id)} AND l.month = {ConstantExpression(month)}
+                AND l.status = 'accepted'{where}
+              ORDER BY {ORDER_COLUMN}"""
+    frame = pl.DataFrame(con.sql(sql))
+    if frame.is_empty():
+        return None
+    return frame.select(pl.col(ACTION_COLUMN).cast(pl.String), pl.col(ORDER_COLUMN).cast(pl.Int64),
+                        *(pl.col(c).cast(t) for c, t in CANONICAL_SCHEMA.items()))
+
+
+def _statuses(con: duckdb.DuckDBPyConnection, source_id: str, month: date, default: str) -> dict[str, str]:
+    found = con.execute("SELECT contract_id, status FROM list_status WHERE source_id = ? AND month = ?",
+                        [source_id, month]).fetchall()
+    return _DefaultDict(default, dict(found))
+
+
+class _DefaultDict(dict):
+    """A contract's status: the recorded one, else the store's default."""
+
+    def __init__(self, default: str, values: dict[str, str]):
+        super().__init__(values)
+        self.default = default
+
+    def get(self, key: Any, fallback: Any = None) -> Any:
+        return super().get(key, self.default)
+
+
+def _request_of(row: tuple) -> ListRequest:
+    values = dict(zip(_REQUEST_COLUMNS, row, strict=True))
+    values["order"] = values.pop("request_order")
+    for name in ("received_at", "decided_at"):
+        if values[name] is not None:
+            values[name] = _as_utc(values[name])
+    return ListRequest(**values)
 
 
 def _require_month(con: duckdb.DuckDBPyConnection, source_id: str, month: date) -> None:

@@ -328,6 +328,12 @@ class RecipientIdentifier(_Strict):
     value: str
 
 
+class RequestsSpec(_Strict):
+    # Providers' member-add / member-remove requests (docs/API.md): ``review`` queues them for
+    # `atr requests accept|reject`; ``auto`` accepts every request that passes the list rules.
+    adjudication: Literal["review", "auto"] = "review"
+
+
 class MappingSpec(_Strict):
     source_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,62}$")]
     description: str = ""
@@ -351,6 +357,7 @@ class MappingSpec(_Strict):
     @classmethod
     def _first_month(cls, v: Any) -> date | None:
         return None if v is None else parse_first_month(v)
+    requests: RequestsSpec = Field(default_factory=RequestsSpec)
 
     @field_validator("fields")
     @classmethod
