@@ -139,7 +139,7 @@ def test_iss_of_another_client_is_refused(served):
 def test_unoffered_scope_and_wrong_grant_type_are_refused(served):
     _, base, key, _, _ = served
     url = f"{base}/auth/token"
-    refused(httpx.post(url, data=key.token_form(url, "system/*.write")), "invalid_scope")
+    refused(httpx.post(url, data=key.token_form(url, "system/Patient.write")), "invalid_scope")
     refused(httpx.post(url, data=key.token_form(url) | {"grant_type": "password"}), "unsupported_grant_type")
 
 

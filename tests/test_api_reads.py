@@ -49,11 +49,12 @@ def test_capability_statement_instantiates_the_atr_producer_and_lists_only_what_
     assert set(resources) == {"Group", "Patient", "Coverage", "RelatedPerson", "Practitioner", "PractitionerRole", "Organization", "Location",
                               "Subscription"}
     group = resources["Group"]
-    assert {i["code"] for i in group["interaction"]} == {"search-type", "read", "vread", "history-instance"}
+    assert {i["code"] for i in group["interaction"]} == {"search-type", "read", "vread", "history-instance", "create"}
     assert {p["name"] for p in group["searchParam"]} == {"identifier", "characteristic", "characteristic-value", "name"}
     ops = {o["name"]: o["definition"] for o in group["operation"]}
     assert ops["davinci-data-export"] == "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export"
-    assert "member-add" not in ops  # not implemented, so not claimed
+    assert set(ops) == {"davinci-data-export", "export", "member-add", "member-remove", "confirm-attribution-list",
+                        "attribution-status"}
     assert {i["code"] for i in resources["Patient"]["interaction"]} == {"read", "vread", "history-instance"}
 
 

@@ -3,7 +3,7 @@
 The previous release is built from its git commit (``git archive`` into a temporary folder, run
 with that folder first on PYTHONPATH); it makes a home with two months. This release then runs
 the next month in that home: the home is backed up and upgraded (ledger paths made relative,
-history schema 2), and the new month's export and the trends equal a fresh run of this release.
+history schema up to date), and the new month's export and the trends equal a fresh run of this release.
 A home or history store of a newer format than this code knows is refused with a clear message.
 """
 
@@ -20,6 +20,8 @@ from pathlib import Path
 import duckdb
 import pytest
 from overlap_tools import ROOT, atr, differences, in_order_reference, run_args, trend_rows
+
+from atr_pipeline.history.store import SCHEMA_VERSION
 
 # The release before home format 2 (main when this work started).
 PREVIOUS_RELEASE = "bf5ae19c61553e38ebb725c49defa982697639c9"
@@ -67,7 +69,7 @@ def test_a_home_of_the_previous_release_is_upgraded_and_continues(tmp_path: Path
         assert sorted(p for (p,) in con.execute("SELECT path FROM landed"))[0].startswith("landing/acme_commercial/2026-08/")
     con = duckdb.connect(str(home / "history.duckdb"), read_only=True)
     try:
-        assert con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
         # The old release's exports are adopted (a late month would rebuild them), 10 recorded anew.
         assert [m.isoformat()[:7] for (m,) in con.execute(
             "SELECT month FROM published_builds WHERE source_id = ? ORDER BY month", [ACME]).fetchall()] == ["2026-08", "2026-09", "2026-10"]
@@ -103,4 +105,4 @@ def test_a_newer_history_schema_is_refused(tmp_path: Path) -> None:
     res = atr([sys.executable, "-m", "atr_pipeline.cli", "trends", "--source", ACME], home)
     assert res.returncode != 0
     assert "Traceback" not in res.stderr
-    assert "schema version 7, newer than this atr knows (2)" in res.stdout + res.stderr
+    assert f"schema version 7, newer than this atr knows ({SCHEMA_VERSION})" in res.stdout + res.stderr
