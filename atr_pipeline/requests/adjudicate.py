@@ -97,7 +97,7 @@ def _latest_rows(store: HistoryStore, source_id: str, month: date, where: pl.Exp
     return pl.DataFrame(schema=CANONICAL_SCHEMA)
 
 
-def _contract_row(store: HistoryStore, target: Target, created: ListRequest | None, payer_id: str) -> dict:
+def _contract_row(store: HistoryStore, target: Target, created: ListRequest | None) -> dict:
     rows = _latest_rows(store, target.source_id, target.month, pl.col("contract_id") == target.contract_id)
     if rows.height:
         return {k: rows.row(0, named=True)[k] for k in _CONTRACT_FIELDS}
@@ -127,7 +127,7 @@ def _add_rows(store: HistoryStore, target: Target, change: MemberChange, spec) -
     provider = providers.row(0, named=True)
     row = dict(member)
     row.update({k: provider[k] for k in _PROVIDER_FIELDS})
-    row.update(_contract_row(store, target, created_group_record(store, target.group_id), member["payer_id"]))
+    row.update(_contract_row(store, target, created_group_record(store, target.group_id)))
     row.update({
         "source_id": target.source_id, "reporting_month": target.month, "file_name": None, "file_sha256": None,
         "line_number": None, "attribution_start": change.period_start or target.month,
