@@ -348,6 +348,7 @@ class MappingSpec(_Strict):
     # ``reject_min_rows`` (or when no row at all is accepted); docs/BAD_INPUT.md says why.
     reject_threshold: float = Field(default=0.05, ge=0.0, le=1.0)
     reject_min_rows: int = Field(default=0, ge=0)
+    requests: RequestsSpec = Field(default_factory=RequestsSpec)
     # The first reporting month this source delivers (its first Dagster partition; the month the
     # lateness check starts counting from). None: ATR_PARTITIONS_START, and lateness counts from
     # the first landed delivery.
@@ -357,7 +358,6 @@ class MappingSpec(_Strict):
     @classmethod
     def _first_month(cls, v: Any) -> date | None:
         return None if v is None else parse_first_month(v)
-    requests: RequestsSpec = Field(default_factory=RequestsSpec)
 
     @field_validator("fields")
     @classmethod
