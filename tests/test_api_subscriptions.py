@@ -44,8 +44,11 @@ def subscription(group_id: str, endpoint: str, *, heartbeat: int | None = None, 
             "channel": channel}
 
 
-def auth(base: str, key: ClientKey) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key.token(base)}"}
+WRITE = "system/*.read system/Subscription.write"  # creating, changing, deleting a Subscription is a write
+
+
+def auth(base: str, key: ClientKey, scope: str = WRITE) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key.token(base, scope)}"}
 
 
 def create(base: str, key: ClientKey, body: dict[str, Any]) -> httpx.Response:
@@ -145,7 +148,7 @@ def test_refusals_capability_and_own_subscriptions_only(world, receiver):
         sub_cap = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Subscription")
         assert sub_cap["extension"] == [{"url": f"{BACKPORT}/capabilitystatement-subscriptiontopic-canonical", "valueCanonical": TOPIC}]
         assert sub_cap["supportedProfile"] == ["http://hl7.org/fhir/us/davinci-atr/StructureDefinition/atr-list-change-subscription"]
-        assert {i["code"] for i in sub_cap["interaction"]} == {"create", "read", "delete", "search-type"}
+        assert {i["code"] for i in sub_cap["interaction"]} == {"create", "read", "update", "delete", "search-type"}
         assert sub_cap["operation"] == [{"name": "status", "definition":
                                          "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"}]
 
@@ -160,9 +163,14 @@ def test_refusals_capability_and_own_subscriptions_only(world, receiver):
         assert far.status_code == 400 and "https" in far.json()["issue"][0]["diagnostics"]
         assert create(base, one, subscription(groups["VBC25-0001"], receiver.url, content="full-resource")).status_code == 400
 
+        read_only = auth(base, one, "system/*.read")
+        refused = httpx.post(f"{base}/Subscription", json=subscription(groups["VBC25-0001"], receiver.url), headers=read_only, timeout=30)
+        assert refused.status_code == 403 and "write scope" in refused.json()["issue"][0]["diagnostics"]
         created = create(base, one, subscription(groups["VBC25-0001"], receiver.url))
         assert created.status_code == 201, created.text
         sub = created.json()
+        assert httpx.delete(f"{base}/Subscription/{sub['id']}", headers=read_only, timeout=30).status_code == 403
+        assert httpx.get(f"{base}/Subscription/{sub['id']}", headers=read_only, timeout=30).status_code == 200
         assert sub["status"] == "requested" and created.headers["location"] == f"{base}/Subscription/{sub['id']}"
         receiver.wait(lambda r: len(r.of_kind("handshake")) == 1, "a handshake")
         assert not receiver.refused and httpx.get(f"{base}/Subscription/{sub['id']}").status_code == 401
@@ -191,6 +199,50 @@ def test_handshake_refused_leaves_the_subscription_in_error_after_three_tries(wo
         assert receiver.refused == 3 and not receiver.received
         stored = (home / "api" / "subscriptions" / f"{sub['id']}.json")
         assert stored.stat().st_mode & 0o777 == 0o600
+        # the endpoint is back: an update with status requested tries the handshake again, 3 tries afresh
+        receiver.failing = False
+        again = put(base, one, sub["id"], {**subscription(group_ids(home, "2026-08")["VBC25-0001"], receiver.url), "id": sub["id"]})
+        assert again.status_code == 200 and again.json()["status"] == "requested" and "error" not in again.json()
+        receiver.wait(lambda r: len(r.of_kind("handshake")) == 1, "the handshake after the update")
+        wait_for(lambda: read(base, one, sub["id"])["status"] == "active", "active after the new handshake")
+
+
+def put(base: str, key: ClientKey, sub_id: str, body: dict[str, Any], scope: str = WRITE) -> httpx.Response:
+    return httpx.put(f"{base}/Subscription/{sub_id}", json=body, headers=auth(base, key, scope), timeout=30)
+
+
+def test_update_off_stops_everything_and_on_again_handshakes_without_what_was_missed(world, receiver):
+    home, one, _ = world
+    groups = group_ids(home, "2026-08")
+    with live_server(home) as base:
+        body = subscription(groups["VBC25-0001"], receiver.url, heartbeat=1)
+        sub_id = create(base, one, body).json()["id"]
+        receiver.wait(lambda r: len(r.of_kind("heartbeat")) >= 1, "the handshake and a heartbeat")
+
+        # refusals first: read-only token 403, another id 400, another's Group 401 (ATR §6), unknown status 400
+        assert put(base, one, sub_id, {**body, "id": sub_id, "status": "off"}, "system/*.read").status_code == 403
+        assert put(base, one, sub_id, {**body, "id": "not-this-one", "status": "off"}).status_code == 400
+        theirs = subscription(groups["VBC25-0002"], receiver.url)
+        assert put(base, one, sub_id, {**theirs, "id": sub_id}).status_code == 401
+        assert put(base, one, sub_id, {**body, "id": sub_id, "status": "error"}).status_code == 400
+        assert read(base, one, sub_id)["status"] == "active"
+
+        off = put(base, one, sub_id, {**body, "id": sub_id, "status": "off"})
+        assert off.status_code == 200 and off.json()["status"] == "off"
+        time.sleep(1)  # a heartbeat already in flight when it turned off may still land
+        quiet_from = len(receiver.received)
+        publish(home, "2026-09")  # version 2 while off: seconds, several heartbeat periods
+        time.sleep(2)  # four dispatcher ticks after the publication
+        assert len(receiver.received) == quiet_from, "an off Subscription was sent something"
+        assert read(base, one, sub_id)["status"] == "off"
+
+        on = put(base, one, sub_id, {**body, "id": sub_id, "status": "requested"})
+        assert on.status_code == 200 and on.json()["status"] == "requested"
+        receiver.wait(lambda r: len(r.of_kind("handshake")) == 2, "a second handshake")
+        handshakes = len(receiver.received)
+        receiver.wait(lambda r: len(r.received) > handshakes and r.received[-1].kind == "heartbeat", "a heartbeat after it")
+        # heartbeats go out only with nothing queued: version 2, published while off, is not announced
+        assert receiver.event_numbers() == [] and receiver.received[-1].events_since_start == "0"
 
 
 def test_handshake_event_heartbeat_and_a_restart_that_neither_loses_nor_repeats(world, receiver):

@@ -18,8 +18,8 @@ timeout, refused connection) sets the status to ``error`` and retries with backo
 at most 5 minutes); the next success sets it back to ``active``. The queue holds ``QUEUE_MAX``
 events: past that the oldest are dropped, the status becomes ``error`` with a message saying so,
 and the missing event numbers tell the client to re-read its Group. A new subscription is
-``requested`` until a handshake gets a 2xx (3 tries), ``error`` for good otherwise (delete it and
-create it again). A heartbeat goes out when ``heartbeatPeriod`` passes without any notification.
+``requested`` until a handshake gets a 2xx (3 tries), ``error`` for good otherwise (PUT it with
+status ``requested`` to try again, or delete it). A heartbeat goes out when ``heartbeatPeriod`` passes without any notification.
 Logs and stored errors hold status codes and exception type names only, never an endpoint's
 answer or the request body.
 """
@@ -138,6 +138,12 @@ class Notifier:
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await rt.task
 
+    def restart(self, sub_id: str) -> None:
+        """Forget the retry count and clock of an updated subscription: its next handshake gets 3 tries again."""
+        rt = self._runtime.get(sub_id)
+        if rt is not None:
+            rt.attempts, rt.next_attempt = 0, 0.0
+
     async def tick(self) -> None:
         view = await run_in_threadpool(self.catalog.snapshot)
         subs = await run_in_threadpool(self._record, view)
@@ -199,7 +205,7 @@ class Notifier:
         log.info("subscription %s: handshake failed (%s), attempt %d", sub.id, problem, rt.attempts)
         if rt.attempts >= HANDSHAKE_ATTEMPTS:
             await self._change(sub.id, _set(status="error", handshake_failed=True,
-                                            error=f"handshake failed ({problem}); delete this Subscription and create it again"))
+                                            error=f"handshake failed ({problem}); update it with status requested to try again"))
         else:
             rt.next_attempt = time.monotonic() + backoff(rt.attempts)
 

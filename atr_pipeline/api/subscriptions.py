@@ -152,8 +152,12 @@ def check_endpoint(url: Any, allow_http: bool = False) -> str:
     return url
 
 
-def parse_subscription(body: Any, allow_http: bool = False) -> dict[str, Any]:
-    """The fields of a valid ATR list-change Subscription; a 400 naming the first thing wrong otherwise."""
+def parse_subscription(body: Any, allow_http: bool = False, update: bool = False) -> dict[str, Any]:
+    """The fields of a valid ATR list-change Subscription; a 400 naming the first thing wrong otherwise.
+
+    ``update``: the body replaces a stored Subscription (PUT), whose status may also be ``off``
+    (the backport's way for a consumer to deactivate one it no longer uses).
+    """
     if not isinstance(body, dict) or body.get("resourceType") != "Subscription":
         raise bad_request("the body must be a FHIR Subscription resource")
     if body.get("criteria") != TOPIC:
@@ -164,7 +168,9 @@ def parse_subscription(body: Any, allow_http: bool = False) -> dict[str, Any]:
     match = _GROUP_FILTER.match(filters[0]["valueString"].strip())
     if not match:
         raise bad_request("filter criteria: expected Group/[id] (or Group?_id=[id]) naming one Group")
-    if body.get("status", "requested") not in ("requested", "active"):
+    if update and body.get("status") not in ("requested", "active", "off"):
+        raise bad_request("an updated Subscription's status must be requested or active (handshake again) or off (deactivate)")
+    if not update and body.get("status", "requested") not in ("requested", "active"):
         raise bad_request("a new Subscription's status must be requested (it becomes active after the handshake)")
     channel = body.get("channel")
     if not isinstance(channel, dict) or channel.get("type") != "rest-hook":

@@ -73,8 +73,9 @@ def supported_scopes(resource_types: list[str]) -> list[str]:
     scopes = ["system/*.read", "system/*.rs", "system/*.write", "system/*.cud"]
     for t in resource_types:
         scopes += [f"system/{t}.read", f"system/{t}.rs"]
-    # Writes go to Groups only (the reconciliation operations and scenario 2's POST Group).
-    scopes += ["system/Group.write", "system/Group.cud"]
+    # Writes go to Groups (the reconciliation operations and scenario 2's POST Group) and to the
+    # client's own list-change Subscriptions.
+    scopes += ["system/Group.write", "system/Group.cud", "system/Subscription.write", "system/Subscription.cud"]
     return scopes
 
 
