@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -26,6 +27,9 @@ from atr_pipeline.layouts.read import ReadResult, read_file
 from atr_pipeline.layouts.spec import MappingSpec
 from atr_pipeline.publish.export import StagedResources, crash_point
 from atr_pipeline.sources.landing import LandedFile
+
+if TYPE_CHECKING:  # sources.sftp (paramiko) is imported only when a run uses SFTP
+    from atr_pipeline.sources.sftp import SftpConfig
 
 log = logging.getLogger("atr_pipeline")
 
@@ -602,17 +606,18 @@ def land_path(path: Path, spec: MappingSpec, settings: Settings) -> LandedFile:
 
 
 def land_for_partition(spec: MappingSpec, month: date, settings: Settings, *, remote_name: str | None = None,
-                       remote_expected=None) -> LandedFile:
+                       remote_expected=None, sftp_config: SftpConfig | None = None) -> LandedFile:
     """The delivery for one source x month: from SFTP when the run names a remote file, else the inbox.
 
     Several inbox files for the same month (a correction) -> the most recently modified wins,
-    and it supersedes the earlier one in history.
+    and it supersedes the earlier one in history. ``sftp_config`` (a ``sources.sftp.SftpConfig``;
+    the Dagster asset passes its SftpResource's) defaults to the ATR_SFTP_* environment.
     """
     if remote_name:
         from atr_pipeline.sources.sftp import fetch_for_run
 
         # remote_expected: the size and mtime the sensor judged complete (sources.polling.RemoteFile)
-        return fetch_for_run(remote_name, spec=spec, settings=settings, expected=remote_expected)
+        return fetch_for_run(remote_name, spec=spec, settings=settings, config=sftp_config, expected=remote_expected)
     inbox = settings.inbox_dir
     candidates = []
     if inbox.is_dir():
@@ -730,12 +735,15 @@ def load_to_server(export_dir: str | Path, *, server_url: str | None = None, pro
 # ---------------------------------------------------------------- return path to the sender
 
 
-def return_rejects(csv_path: Path, rows_rejected: int) -> str | None:
+def return_rejects(csv_path: Path, rows_rejected: int, *,
+                   sftp_config: Callable[[], SftpConfig] | None = None) -> str | None:
     """Upload the rejects CSV to the payer's SFTP outbox when ATR_SFTP_OUTBOX is set.
 
     Returns the remote path, or None when there is nothing to send or no outbox is configured.
     Runs after the rejects are written and before any threshold refusal, so a refused file's
-    sender gets them too.
+    sender gets them too. ``sftp_config``: a callable returning the connection's SftpConfig
+    (the Dagster asset passes its SftpResource's), called only when there is something to send;
+    default: the ATR_SFTP_* environment.
     """
     import os
 
@@ -744,5 +752,5 @@ def return_rejects(csv_path: Path, rows_rejected: int) -> str | None:
     outbox = os.environ.get(ENV_OUTBOX)
     if not outbox or rows_rejected == 0:
         return None
-    with SftpSource(config_from_env()) as src:
+    with SftpSource((sftp_config or config_from_env)()) as src:
         return src.upload_rejects(csv_path, outbox)

@@ -3,6 +3,7 @@ from the sensor's run request (real asyncssh server, real Definitions, real job)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -97,3 +98,39 @@ def test_pull_with_run_gives_the_sensor_paths_export(sftp_server, tmp_path: Path
     for home in ("sensor", "pull"):
         [entry] = Ledger.for_landing(tmp_path / home / "landing").entries()
         assert (entry.original_name, entry.status) == (NAME, "processed")
+
+
+def test_assets_connect_with_the_sftp_resource_not_the_environment(sftp_server, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """landed_file downloads, and validated_rows returns the rejects, with the `sftp` resource's settings.
+
+    No ATR_SFTP_* connection variable is set: before the assets took the resource they read the
+    environment (config_from_env) and this run failed with "invalid SFTP settings host (ATR_SFTP_HOST)".
+    """
+    from atr_pipeline.defs import assets
+    from atr_pipeline.defs.resources import AtrHome, SftpResource
+    from atr_pipeline.sources.sftp import ENV_VARS
+
+    bad = ROOT / "fixtures" / "bad" / "bad_values" / NAME  # 3 of 7 rows rejected: rejects go back, then refused
+    shutil.copy2(bad, sftp_server.root / "inbox" / NAME)
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ATR_SFTP_OUTBOX", "/outbox")
+    monkeypatch.setenv("ATR_ID_KEY", "e2e")
+    env = sftp_server.sensor_env(tmp_path)
+    sftp = SftpResource(host="127.0.0.1", port=sftp_server.port, username=sftp_server.username,
+                        password=sftp_server.password, known_hosts=env["ATR_SFTP_KNOWN_HOSTS"], inbox="/inbox")
+    home = tmp_path / "home"
+    atr = AtrHome(home=str(home), inbox=str(tmp_path / "empty_inbox"), mappings_dir=str(ROOT / "mappings"))
+    result = dg.materialize([assets.landed_file, assets.canonical_rows, assets.validated_rows],
+                            resources={"atr": atr, "sftp": sftp}, tags={"atr/remote_file": NAME}, run_config=QUIET,
+                            partition_key=dg.MultiPartitionKey({"month": "2026-08-01", "source": "acme_commercial"}),
+                            raise_on_error=False)
+    [landed] = result.asset_materializations_for_node("landed_file")
+    assert landed.metadata["sha256"].value == hashlib.sha256(bad.read_bytes()).hexdigest()
+    assert [e.original_name for e in Ledger.for_landing(home / "landing").entries()] == [NAME]
+    # validated_rows refused the file (reject threshold) after uploading its rejects with the resource.
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "validated_rows" and "reject_threshold" in str(failure.event_specific_data)
+    assert [p.name for p in (sftp_server.root / "outbox").iterdir()] == ["ACME_ATTRIB_202608.rejects.csv"]

@@ -24,7 +24,7 @@ from atr_pipeline.defs import handles
 from atr_pipeline.defs import metadata as md
 from atr_pipeline.defs.handles import ReadHandle, SnapshotKey, ValidatedHandle
 from atr_pipeline.defs.partitions import PARTITIONS, parse_partition
-from atr_pipeline.defs.resources import AtrHome, FhirServer
+from atr_pipeline.defs.resources import AtrHome, FhirServer, SftpResource
 from atr_pipeline.defs.sftp_sensor import expected_of_tags, failure_for
 from atr_pipeline.errors import FileRefused
 from atr_pipeline.sources.landing import LandedFile
@@ -59,20 +59,22 @@ def _failure(what: str, refused: FileRefused, **numbers: float) -> dg.Failure:
     owners=OWNERS,
     retry_policy=IO_RETRY,
 )
-def landed_file(context: dg.AssetExecutionContext, atr: AtrHome) -> LandedFile:
+def landed_file(context: dg.AssetExecutionContext, atr: AtrHome, sftp: SftpResource) -> LandedFile:
     """The payer's delivered file for this month and source, copied into landing/ with its sha256.
 
     Picks the file from the local inbox (ATR_INBOX) or, when the run came from the SFTP sensor,
-    downloads the named remote file. A delivery whose bytes were already landed under another
-    name is refused as a duplicate.
+    downloads the named remote file with the ``sftp`` resource's settings. A delivery whose bytes
+    were already landed under another name is refused as a duplicate.
     """
     month, source = parse_partition(context)
     settings = atr.settings()
     spec = atr.mapping(source)
     remote = context.run.tags.get("atr/remote_file")
     try:
+        # Only an SFTP run needs the connection settings (a local-inbox run works without ATR_SFTP_*).
         landed = pipeline.land_for_partition(spec, month, settings, remote_name=remote,
-                                             remote_expected=expected_of_tags(context.run.tags))
+                                             remote_expected=expected_of_tags(context.run.tags),
+                                             sftp_config=sftp.sftp_config() if remote else None)
     except FileRefused as refused:
         raise _failure("landing refused", refused) from None
     except SftpError as exc:  # a refused login or changed host key must not be retried (lockouts)
@@ -118,7 +120,8 @@ def canonical_rows(context: dg.AssetExecutionContext, atr: AtrHome, landed_file:
     check_specs=[dg.AssetCheckSpec("rejects_under_threshold", asset="validated_rows", blocking=True, partitions_def=PARTITIONS,
                                    description="The share of rejected rows is at or below the mapping's reject_threshold.")],
 )
-def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, canonical_rows: ReadHandle) -> Iterator:
+def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, sftp: SftpResource,
+                   canonical_rows: ReadHandle) -> Iterator:
     """Rows that passed every rule (NPI check digit, MBI format, dates, codes, uniqueness...).
 
     Every rejected row is written with file, line, field, rule and reason to a rejects CSV for
@@ -130,7 +133,7 @@ def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, canonical_ro
     spec = atr.mapping(landed.source_id)
     validated = pipeline.validate_read(handles.load_read(canonical_rows), landed, spec)
     csv_path, outcomes = pipeline.write_rejects(validated, settings, spec)
-    remote = pipeline.return_rejects(csv_path, validated.rows_rejected)
+    remote = pipeline.return_rejects(csv_path, validated.rows_rejected, sftp_config=sftp.sftp_config)
     if remote:
         context.log.info(f"rejects uploaded to the sender's outbox: {remote}")
     try:

@@ -20,25 +20,18 @@ from atr_pipeline.defs.sftp_sensor import (
 from atr_pipeline.errors import AtrError
 from atr_pipeline.layouts.spec import MappingSpec, load_mapping
 from atr_pipeline.private import protect_dagster_home
-from atr_pipeline.sources.sftp import ENV_VARS
-
-# The SftpResource fields without a default: always read from the environment at run time.
-_REQUIRED_SFTP_FIELDS = ("host", "username", "known_hosts")
-_AT_RUN_TIME = "(read at run time)"
 
 
 def sftp_resource() -> SftpResource:
-    """The SFTP inbox resource, with every setting a ``dg.EnvVar``.
+    """The SFTP inbox resource: every ATR_SFTP_* variable set where the definitions load is a ``dg.EnvVar``.
 
-    The required settings are EnvVars even when unset, so the definitions load on a machine
-    without ATR_SFTP_* (tests, the demo, local files only); the sensor is STOPPED by default,
-    and when it is turned on unconfigured its tick names the missing variable.
+    Unset variables are left out, not made EnvVars: every run requires this resource (landed_file,
+    validated_rows) and Dagster refuses to start a run whose resource names an unset variable, so
+    runs from the local inbox (tests, the demo, payers without SFTP) would fail. Without the
+    settings, an SFTP run and the sensor's tick fail with "invalid SFTP settings host
+    (ATR_SFTP_HOST), ...: Field required".
     """
-    required = [var for var, name in ENV_VARS.items() if name in _REQUIRED_SFTP_FIELDS]
-    # sftp_resource_from_env makes an EnvVar of every variable it sees set; the placeholder only
-    # makes it see the required ones (the EnvVar itself reads the real environment at run time).
-    environ = {**os.environ, **{var: os.environ.get(var) or _AT_RUN_TIME for var in required}}
-    return sftp_resource_from_env(environ)
+    return sftp_resource_from_env()
 
 
 def mappings_folder() -> Path:

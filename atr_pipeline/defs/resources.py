@@ -44,17 +44,23 @@ class SftpResource(dg.ConfigurableResource):
 
     Built by ``sftp_resource_from_env`` with every set ATR_SFTP_* variable as a ``dg.EnvVar``:
     Dagster then stores only the variable's name, so a password or key never reaches run
-    config, the event log or the run database.
+    config, the event log or the run database. The sensor, ``landed_file`` (SFTP runs) and
+    ``validated_rows`` (rejects to ATR_SFTP_OUTBOX) connect with it; the CLI reads the same
+    variables with ``sources.sftp.config_from_env``.
+
+    host, username and known_hosts may be empty: every run requires this resource, and a run
+    from the local inbox must not need SFTP settings. ``sftp_config`` refuses them empty,
+    naming the variable (SftpSettingsError), when a connection is actually opened.
     """
 
-    host: str
+    host: str = ""
     port: int = 22
-    username: str
+    username: str = ""
     password: str | None = None
     private_key: str | None = None  # key text (-----BEGIN ...), never a path
     private_key_file: str | None = None
     private_key_passphrase: str | None = None
-    known_hosts: str
+    known_hosts: str = ""
     inbox: str = "."
     archive: str | None = None
     after_landing: str = "leave"

@@ -38,6 +38,7 @@ from atr_pipeline.sources.sftp import (
     ENV_QUIET_SECONDS,
     ENV_STABLE_POLLS,
     SftpError,
+    SftpSource,
 )
 
 SENSOR_NAME = "sftp_inbox_sensor"
@@ -151,9 +152,12 @@ def build_sftp_sensor(
                                                "settings, then reset the sensor's cursor to resume now)",
                                    cursor=cursor.to_json())
         budget = min(sftp.total_timeout, _SENSOR_BUDGET)
+        # Missing or invalid settings (SftpSettingsError, naming the ATR_SFTP_* variable) fail the
+        # tick, outside the pause below: no login was tried, so no lockout to wait out.
+        config = sftp.sftp_config(retries=_SENSOR_RETRIES, backoff_initial=min(sftp.backoff_initial, 2.0),
+                                  total_timeout=budget)
         try:
-            with sftp.open(retries=_SENSOR_RETRIES, backoff_initial=min(sftp.backoff_initial, 2.0),
-                           total_timeout=budget) as src:
+            with SftpSource(config) as src:
                 listing = src.scan_inbox()
         except SftpError as exc:
             if not exc.permanent:
