@@ -5,7 +5,7 @@ Every parameter combination of the IG, each list-status rule (draft keeps a remo
 inactive, open drops it, final refuses), authorisation on each operation (401 / 403 / 404),
 review mode (`atr requests list|accept|reject`), and the whole loop: payer file month 1 ->
 provider removes one member and adds another -> confirm -> export shows the final list ->
-month 2 file -> the diff and the versions.
+the subscriber is notified of each new version -> month 2 file -> the diff and the versions.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from api_server import (
     publish,
     register,
 )
+from hook_receiver import Receiver
+from test_api_subscriptions import create as create_subscription
+from test_api_subscriptions import subscription
 
 from atr_pipeline.config import load_settings
 from atr_pipeline.history.store import HistoryStore
@@ -148,9 +151,14 @@ def test_full_loop_remove_add_confirm_export_then_next_month(tmp_path_factory):
     key = _client(home, CONTRACT)
     gid = group_ids(home, "2026-08")[CONTRACT]
     patients = _patient_ids(home, "2026-08")
+    hook = Receiver()
     with live_server(home) as base:
         before = _group(base, key, gid)
         assert before["meta"]["versionId"] == "1" and _status(before) == "draft"
+        # the provider subscribes to its Group before it sends any request (a real HTTP receiver)
+        sub = create_subscription(base, key, subscription(gid, hook.url))
+        assert sub.status_code == 201, sub.text
+        hook.wait(lambda r: len(r.of_kind("handshake")) == 1, "the handshake")
 
         removed = _post(base, key, f"Group/{gid}/$member-remove", params(memberId=REMOVED),
                         headers={"X-Provenance": '{"resourceType":"Provenance","agent":[{"who":{"display":"clinic"}}]}'})
@@ -186,6 +194,12 @@ def test_full_loop_remove_add_confirm_export_then_next_month(tmp_path_factory):
         assert new_pid in exported_patients and patients[REMOVED] not in exported_patients
         assert {m["entity"]["reference"].split("/")[1] for m in group_line["member"]} == exported_patients
 
+        # each new version (remove, add, confirm) reached the subscriber, in order, id-only
+        hook.wait(lambda r: r.event_numbers() == ["1", "2", "3"], "events 1-3 (remove, add, confirm)")
+        focus = [e["focus"]["reference"] for n in hook.of_kind("event-notification") for e in n.events()]
+        assert [f.rsplit("/", 3)[-3:] for f in focus] == [[gid, "_history", v] for v in ("2", "3", "4")]
+        assert all(len(n.bundle["entry"]) == 1 for n in hook.of_kind("event-notification"))  # id-only: the status alone
+
         # later requests on the final list are refused with an OperationOutcome
         late = _post(base, key, f"Group/{gid}/$member-add", params(memberId=REMOVED, providerNpi=PCP))
         assert late.status_code == 422 and "final" in late.json()["issue"][0]["diagnostics"]
@@ -211,6 +225,9 @@ def test_full_loop_remove_add_confirm_export_then_next_month(tmp_path_factory):
         history = _get(base, key, f"Group/{gid}/_history").json()
         assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["5", "4"]
         assert _status(history["entry"][1]["resource"]) == "final"
+        hook.wait(lambda r: r.event_numbers() == ["1", "2", "3", "4"], "event 4 (the month 2 delivery)")
+        assert hook.of_kind("event-notification")[-1].events()[0]["focus"]["reference"].endswith(f"/Group/{gid}/_history/5")
+    hook.close()
 
     listed = atr(home, "requests", "list")
     assert listed.returncode == 0, listed.stderr
