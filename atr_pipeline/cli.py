@@ -144,6 +144,10 @@ def check_mapping(
     for name, f in spec.fields.items():
         out.print(f"    {escape(_field_line(name, f))}")
     out.print(f"  reject threshold: {spec.reject_threshold:.1%}")
+    out.print(f"  provider requests: {spec.requests.adjudication}")
+    for layout in spec.requests.files:
+        out.print(f"    request file {escape(layout.file.pattern)} from {escape(layout.provider)} "
+                  f"(contracts {escape(', '.join(layout.contracts))})")
     first = f"{spec.first_month:%Y-%m}" if spec.first_month else "not set (ATR_PARTITIONS_START; lateness counts from the first file)"
     out.print(f"  first month: {first}")
     out.print("[green]mapping is valid[/green]")
@@ -167,6 +171,7 @@ def run(
     from atr_pipeline.home import ensure_home
     from atr_pipeline.layouts.spec import MappingError, load_mappings
     from atr_pipeline.pipeline import land_path, process_landed
+    from atr_pipeline.requests.files import is_request_file, month_of
     from atr_pipeline.sources.landing import Ledger, scan_inbox
 
     spec = _load_mapping_or_exit(mapping)
@@ -184,12 +189,17 @@ def run(
             others = {}
     others[spec.source_id] = spec
     matched, unmatched = scan_inbox(inbox_dir, others)
+    request_files = [p for p in unmatched if is_request_file(p.name, others)]
     for path in unmatched:
-        err.print(f"[yellow]skipped[/yellow] {escape(path.name)}: matches no mapping's file pattern; left where it is")
+        if path not in request_files:
+            err.print(f"[yellow]skipped[/yellow] {escape(path.name)}: matches no mapping's file pattern; left where it is")
+    # a provider's request file of this source: answered after the payer's files (it is about their lists)
+    request_files = [p for p in request_files if spec.requests.file_for(p.name)]
     files = [p for p, s in matched if s.source_id == spec.source_id]
     if wanted:
         files = [p for p in files if spec.month_from_name(p.name) in (wanted, None)]
-    if not files:
+        request_files = [p for p in request_files if month_of(spec.requests.file_for(p.name), p.name) == wanted]
+    if not files and not request_files:
         console.print(escape(f"no files for source {spec.source_id} in {inbox_dir}" + (f" for {month}" if month else "")))
         raise typer.Exit(0)
     ensure_home(settings)  # a home of a newer release is refused, an older one upgraded, before any file
@@ -226,8 +236,35 @@ def run(
             continue
         _print_outcome(outcome)
         tally[outcome.status if outcome.status in ("refused", "skipped") else "processed"] += 1
-    console.print(f"{len(files)} file(s): " + ", ".join(f"{n} {k}" for k, n in tally.items() if n or k in ("processed", "refused")))
+    for path in request_files:
+        tally[_answer_request_file(path, spec, settings)] += 1
+    console.print(f"{len(files) + len(request_files)} file(s): "
+                  + ", ".join(f"{n} {k}" for k, n in tally.items() if n or k in ("processed", "refused")))
     raise typer.Exit(REFUSED if tally["refused"] or tally["failed"] else 0)
+
+
+def _answer_request_file(path: Path, spec, settings) -> str:
+    """Answer one provider request file; prints counts and where the response is (no member data)."""
+    from atr_pipeline.errors import environment_problem
+    from atr_pipeline.requests.files import answer_file
+
+    layout = spec.requests.file_for(path.name)
+    try:
+        answered = answer_file(path, spec, layout, settings, progress=lambda m: err.print(f"[dim]  ... {escape(m)}[/dim]"))
+    except Exception as exc:  # noqa: BLE001 - as for the payer's files: the type only, the rest still run
+        if environment_problem(exc, settings.home) is not None:
+            raise
+        console.print(f"[red]failed[/red]   {escape(path.name)}: internal error ({type(exc).__name__}); send it again to retry")
+        return "failed"
+    if answered.refused:
+        console.print(f"[red]refused[/red]  {escape(path.name)}: request file from {escape(layout.provider)}: "
+                      f"{escape(answered.refused)}")
+    else:
+        counts = answered.outcomes
+        console.print(f"[green]ok[/green]       {escape(path.name)}: {len(answered.answers)} request(s) from "
+                      f"{escape(layout.provider)}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("accepted", "queued", "rejected")))
+    console.print(f"         response: {escape(str(answered.response))}")
+    return "refused" if answered.refused else "processed"
 
 
 def _print_outcome(o) -> None:

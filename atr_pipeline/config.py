@@ -30,6 +30,12 @@ class Settings:
     mappings_dir: Path
     inbox_dir: Path
     id_key: bytes = field(repr=False)  # key of the keyed hash behind every resource id
+    outbox: Path | None = None  # ATR_OUTBOX; None: ATR_HOME/outbox
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Where answers to providers go, one folder per provider (request-file responses)."""
+        return self.outbox or self.home / "outbox"
 
     @property
     def landing_dir(self) -> Path:
@@ -129,6 +135,7 @@ def load_settings(
         mappings_dir=mappings_dir_for(mappings_dir),
         inbox_dir=Path(inbox or _env_or("ATR_INBOX", str(home_path / "inbox"))).resolve(),
         id_key=id_key,
+        outbox=Path(out).resolve() if (out := _env("ATR_OUTBOX")) else None,
     )
 
 

@@ -328,10 +328,76 @@ class RecipientIdentifier(_Strict):
     value: str
 
 
+# The columns of a request file (docs/MAPPINGS.md "Request files"): request field -> column name.
+REQUEST_COLUMNS = ("request_id", "operation", "contract_id", "member_id", "provider_npi", "attribution_start",
+                   "attribution_end", "plan_id")
+_REQUIRED_REQUEST_COLUMNS = ("request_id", "operation", "contract_id")
+RequestOperation = Literal["member-add", "member-remove", "confirm"]
+_DEFAULT_OPERATION_CODES: dict[str, RequestOperation] = {"add": "member-add", "remove": "member-remove", "confirm": "confirm"}
+
+
+class RequestFileSpec(_Strict):
+    """One provider's request file layout: how its file is named and cut, whose it is, what it may change.
+
+    Requests arrive through the source's inbox next to the payer's files; each line goes through
+    the same adjudication as the API's, recorded with ``provider`` as its client and channel
+    ``file``; the answer goes to ``<outbox>/<provider>/``.
+    """
+
+    # Recorded as the requests' client id and names the outbox folder the response goes to.
+    provider: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    # The contract ids whose lists this provider may change (the API's per-Group authorisation).
+    contracts: list[str] = Field(min_length=1)
+    # pattern with (?P<yyyymm>...) or (?P<year>...)(?P<month>...): the reporting month of the list the requests are about
+    file: FileSpec
+    format: FormatSpec
+    columns: dict[str, str]
+    # code in the operation column (compared case-insensitively) -> member-add | member-remove | confirm
+    operations: dict[str, RequestOperation] = Field(default_factory=lambda: dict(_DEFAULT_OPERATION_CODES))
+    date_format: str = "YYYY-MM-DD"
+
+    @field_validator("date_format")
+    @classmethod
+    def _date_format(cls, v: str) -> str:
+        to_strftime(v)
+        return v
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(REQUEST_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown request field(s) {unknown}; known: {', '.join(REQUEST_COLUMNS)}")
+        missing = [c for c in _REQUIRED_REQUEST_COLUMNS if c not in v]
+        if missing:
+            raise ValueError(f"required request field(s) not mapped: {missing}")
+        if len(set(v.values())) != len(v):
+            raise ValueError("two request fields name the same column")
+        return v
+
+    @field_validator("operations")
+    @classmethod
+    def _operations(cls, v: dict[str, RequestOperation]) -> dict[str, RequestOperation]:
+        return {code.strip().lower(): op for code, op in v.items()}
+
+    @model_validator(mode="after")
+    def _layout(self) -> RequestFileSpec:
+        if self.file.month_from != "filename":
+            raise ValueError("file.month_from: a request file's month comes from its name")
+        if self.format.kind != "delimited" or not self.format.header_row:
+            raise ValueError("format: a request file is delimited with a header row (columns are named)")
+        return self
+
+
 class RequestsSpec(_Strict):
     # Providers' member-add / member-remove requests (docs/API.md): ``review`` queues them for
     # `atr requests accept|reject`; ``auto`` accepts every request that passes the list rules.
     adjudication: Literal["review", "auto"] = "review"
+    # Request files from providers without API access (docs/API.md "Request files").
+    files: list[RequestFileSpec] = Field(default_factory=list)
+
+    def file_for(self, name: str) -> RequestFileSpec | None:
+        return next((f for f in self.files if f.file.match(name)), None)
 
 
 class MappingSpec(_Strict):

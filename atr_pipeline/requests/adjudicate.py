@@ -61,8 +61,8 @@ def _lock(settings: Settings, source_id: str):
 
 
 def _new_record(target: Target, operation: str, *, client_id: str, parameters: str, provenance: str | None,
-                channel: str) -> ListRequest:
-    return ListRequest(request_id=str(uuid.uuid4()), source_id=target.source_id, contract_id=target.contract_id,
+                channel: str, request_id: str | None = None) -> ListRequest:
+    return ListRequest(request_id=request_id or str(uuid.uuid4()), source_id=target.source_id, contract_id=target.contract_id,
                        month=target.month, group_id=target.group_id, operation=operation, client_id=client_id,
                        received_at=_now(), parameters=parameters, provenance=provenance, status="queued", channel=channel)
 
@@ -163,16 +163,20 @@ def _resolve(store: HistoryStore, target: Target, change: MemberChange, spec) ->
 
 
 def submit_member_change(settings: Settings, target: Target, change: MemberChange, *, client_id: str, parameters: str,
-                         provenance: str | None = None, channel: str = "api",
+                         provenance: str | None = None, channel: str = "api", request_id: str | None = None,
                          progress: Progress | None = None) -> ListRequest:
-    """Record a member-add / member-remove; refuse it, queue it, or (auto mode) accept and publish it."""
+    """Record a member-add / member-remove; refuse it, queue it, or (auto mode) accept and publish it.
+
+    ``request_id``: the caller's own (a request file derives it from the provider's id, so a file
+    sent twice records each request once); a new one otherwise.
+    """
     if change.operation not in (MEMBER_ADD, MEMBER_REMOVE):
         raise ValueError(change.operation)
     spec = _spec(settings, target.source_id)
     store = _store(settings)
     with _lock(settings, target.source_id):
         record = _new_record(target, change.operation, client_id=client_id, parameters=parameters,
-                             provenance=provenance, channel=channel)
+                             provenance=provenance, channel=channel, request_id=request_id)
         problem = _list_problem(store, target, change.operation)
         if problem:
             raise _refuse(store, record, problem)
@@ -234,7 +238,13 @@ def accept(settings: Settings, request_id: str, *, decided_by: str = "cli", prog
     if record is None:
         raise RequestRefused(f"no request {request_id!r} (see `atr requests list`)", status=404, code="not-found")
     with _lock(settings, record.source_id):
-        return _accept(settings, store, request_id, decided_by, progress)
+        try:
+            decided = _accept(settings, store, request_id, decided_by, progress)
+        except RequestRefused:
+            _answer_file(settings, store.get_request(request_id))  # a re-check that rejected it
+            raise
+    _answer_file(settings, decided)
+    return decided
 
 
 def reject(settings: Settings, request_id: str, reason: str, *, decided_by: str = "cli") -> ListRequest:
@@ -247,11 +257,21 @@ def reject(settings: Settings, request_id: str, reason: str, *, decided_by: str 
         raise RequestRefused(f"no request {request_id!r} (see `atr requests list`)", status=404, code="not-found")
     if record.status != "queued":
         raise RequestRefused(f"request {request_id} is already {record.status}", request_id, status=409, code="conflict")
-    return store.decide_request(request_id, "rejected", reason=reason.strip(), decided_by=decided_by)
+    decided = store.decide_request(request_id, "rejected", reason=reason.strip(), decided_by=decided_by)
+    _answer_file(settings, decided)
+    return decided
+
+
+def _answer_file(settings: Settings, record: ListRequest | None) -> None:
+    """A decision on a request that came in a file updates that file's response in the provider's outbox."""
+    if record is not None and record.channel == "file" and record.status != "queued":
+        from atr_pipeline.requests.files import answer_decision
+
+        answer_decision(settings, record, _spec(settings, record.source_id))
 
 
 def confirm(settings: Settings, target: Target, *, client_id: str, parameters: str = "{}", provenance: str | None = None,
-            channel: str = "api", progress: Progress | None = None) -> ListRequest:
+            channel: str = "api", request_id: str | None = None, progress: Progress | None = None) -> ListRequest:
     """``$confirm-attribution-list``: the list becomes final (as `atr finalize`) and is published again.
 
     Never queued: the consumer states it has no more changes. Requests still queued on the list
@@ -260,7 +280,7 @@ def confirm(settings: Settings, target: Target, *, client_id: str, parameters: s
     store = _store(settings)
     with _lock(settings, target.source_id):
         record = _new_record(target, CONFIRM, client_id=client_id, parameters=parameters, provenance=provenance,
-                             channel=channel)
+                             channel=channel, request_id=request_id)
         problem = _list_problem(store, target, CONFIRM)
         if problem:
             raise _refuse(store, record, problem)
