@@ -14,8 +14,11 @@ import stat
 from pathlib import Path
 
 import orjson
+import pytest
+import yaml
 from api_server import HOME_ENV, ROOT, atr
 
+from atr_pipeline.layouts.spec import MappingError, parse_mapping
 from atr_pipeline.systems import EXT_ATTRIBUTION_LIST_STATUS
 
 CONTRACT = "VBC25-0001"
@@ -182,3 +185,15 @@ def test_review_mode_queues_and_a_decision_rewrites_the_response_and_a_broken_fi
     _run(home, mapping, inbox)
     assert [r[2] for r in _response(home, "ACME_REQ_NORTHSIDE_202608.response.txt")] == ["accepted", "rejected", "rejected"]
     assert len(_requests(home)) == 2
+
+
+def test_a_request_layout_error_names_its_key():
+    data = yaml.safe_load((ROOT / "mappings/acme_commercial.yaml").read_text() + LAYOUT.replace("MODE", "auto"))
+    assert parse_mapping(data).requests.files[0].provider == PROVIDER
+    data["requests"]["files"][0]["columns"].pop("request_id")
+    with pytest.raises(MappingError, match=r"requests\.files\[0\]\.columns: required request field\(s\) not mapped: \['request_id'\]"):
+        parse_mapping(data)
+    data["requests"]["files"][0]["columns"]["request_id"] = "REQ_ID"
+    data["requests"]["files"][0]["format"]["header_row"] = False
+    with pytest.raises(MappingError, match=r"requests\.files\[0\]: format: a request file is delimited with a header row"):
+        parse_mapping(data)
