@@ -754,3 +754,22 @@ def return_rejects(csv_path: Path, rows_rejected: int, *,
         return None
     with SftpSource((sftp_config or config_from_env)()) as src:
         return src.upload_rejects(csv_path, outbox)
+
+
+def return_response(response: Path, provider: str, *,
+                    sftp_config: Callable[[], SftpConfig] | None = None) -> str | None:
+    """Upload a request file's response to ``ATR_SFTP_OUTBOX/<provider>/`` when ATR_SFTP_OUTBOX is
+    set (the folder is made when missing); the same upload as the rejects (hidden temporary name,
+    then renamed, replacing an earlier response). Returns the remote path, or None (no outbox)."""
+    import os
+    import posixpath
+
+    from atr_pipeline.sources.sftp import ENV_OUTBOX, SftpSource, config_from_env
+
+    outbox = os.environ.get(ENV_OUTBOX)
+    if not outbox:
+        return None
+    folder = posixpath.join(outbox, provider)
+    with SftpSource((sftp_config or config_from_env)()) as src:
+        src.make_folder(folder, parent_what="outbox")
+        return src.upload_rejects(response, folder)

@@ -250,6 +250,16 @@ def _target(settings: Settings, spec: MappingSpec, month: date, contract_id: str
 
 def _submit(settings: Settings, spec: MappingSpec, layout: RequestFileSpec, month: date, file_name: str, req: _Line,
             progress: adjudicate.Progress | None) -> Answer:
+    # The "recorded before?" check and the recording are one step under the source's lock (the
+    # one adjudicate takes to record; re-entrant): two runs answering the same file at once (an
+    # `atr run` and an `atr sftp-pull --run`, or two of either) record each request once, and the
+    # second answers from the first's record instead of colliding with it.
+    with adjudicate._lock(settings, spec.source_id):
+        return _submit_locked(settings, spec, layout, month, file_name, req, progress)
+
+
+def _submit_locked(settings: Settings, spec: MappingSpec, layout: RequestFileSpec, month: date, file_name: str,
+                   req: _Line, progress: adjudicate.Progress | None) -> Answer:
     store = adjudicate._store(settings)
     rid = _request_id(spec.source_id, layout.provider, req.provider_request_id)
     said = req.parameters()
@@ -283,11 +293,16 @@ def _submit(settings: Settings, spec: MappingSpec, layout: RequestFileSpec, mont
     return _outcome(record, req.line, req.provider_request_id)
 
 
-def answer_file(path: Path, spec: MappingSpec, layout: RequestFileSpec, settings: Settings, *,
+def answer_file(path: Path, spec: MappingSpec, layout: RequestFileSpec, settings: Settings, *, name: str | None = None,
                 progress: adjudicate.Progress | None = None) -> FileAnswer:
-    """Submit every request of one request file and write its response to the provider's outbox."""
-    out = FileAnswer(path.name, layout.provider, response_path(settings, layout.provider, path.name))
-    month = month_of(layout, path.name)
+    """Submit every request of one request file and write its response to the provider's outbox.
+
+    ``name``: the name the provider sent it under (a file landed from SFTP is stored under
+    ``<sha256[:12]>_<name>``); the month and the response's name come from it. Default: the path's.
+    """
+    name = name or path.name
+    out = FileAnswer(name, layout.provider, response_path(settings, layout.provider, name))
+    month = month_of(layout, name)
     try:
         if month is None:
             raise RequestFileRefused("the file name gives no reporting month")
@@ -299,7 +314,7 @@ def answer_file(path: Path, spec: MappingSpec, layout: RequestFileSpec, settings
     else:
         for item in lines:
             out.answers.append(item if isinstance(item, Answer)
-                               else _submit(settings, spec, layout, month, path.name, item, progress))
+                               else _submit(settings, spec, layout, month, name, item, progress))
     write_response(out.response, out.answers, layout)
     return out
 
@@ -359,6 +374,12 @@ def answer_decision(settings: Settings, record: ListRequest, spec: MappingSpec) 
         answers.append(decided)
     write_response(path, answers, layout)
     return path
+
+
+def landing_spec(spec: MappingSpec, layout: RequestFileSpec) -> MappingSpec:
+    """The source's mapping as landing sees a request file: its name pattern (and month) are the
+    request layout's, so the file lands under ``landing/<source>/<month>/`` in the same ledger."""
+    return spec.model_copy(update={"file": layout.file})
 
 
 def is_request_file(name: str, mappings: dict[str, MappingSpec]) -> tuple[MappingSpec, RequestFileSpec] | None:

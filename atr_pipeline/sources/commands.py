@@ -92,6 +92,8 @@ def sftp_pull(
     Exit 0 when no file had a problem, 1 when any file was skipped with an error, refused or
     not processed (the others are still landed), or the connection failed.
     """
+    from atr_pipeline.requests.files import is_request_file, landing_spec
+
     settings = load_settings(home)
     problems = 0
     counts = {"landed": 0, "duplicate": 0, "unchanged": 0, "waiting": 0, "unmatched": 0}
@@ -123,6 +125,9 @@ def sftp_pull(
             for index, f in enumerate(files):
                 shown = printable(f.name)
                 spec = match_mapping(f.name, mappings)
+                request = is_request_file(f.name, mappings) if spec is None else None
+                if request is not None:
+                    spec = landing_spec(*request)  # a provider's request file: landed the same way
                 if spec is None:
                     counts["unmatched"] += 1
                     typer.echo(f"unmatched {shown}: matches no mapping's file pattern (or several); left where it is")
@@ -138,7 +143,7 @@ def sftp_pull(
                                                                      stable_polls=stable_polls, quiet_seconds=quiet))
                     continue
                 try:
-                    problems += _pull_one(src, f, spec, settings, ledger, counts)
+                    problems += _pull_one(src, f, spec, settings, ledger, counts, request_file=request is not None)
                 except CONNECTION_ERRORS as exc:
                     typer.echo(f"error {shown}: {exc}", err=True)
                     rest = len(files) - index - 1
@@ -156,8 +161,11 @@ def sftp_pull(
     raise typer.Exit(1 if problems else 0)
 
 
-def _pull_one(src: SftpSource, f, spec: MappingSpec, settings: Settings, ledger: Ledger, counts: dict[str, int]) -> int:
-    """Land one ready file and archive/delete it; its outcome line. Returns 1 on a problem."""
+def _pull_one(src: SftpSource, f, spec: MappingSpec, settings: Settings, ledger: Ledger, counts: dict[str, int], *,
+              request_file: bool = False) -> int:
+    """Land one ready file and archive/delete it; its outcome line. Returns 1 on a problem.
+
+    ``request_file``: a provider's request file (``spec`` is then ``requests.files.landing_spec``)."""
     shown = printable(f.name)
     sha = ledger.remote_sha(spec.source_id, f.name, f.size, f.mtime)
     if sha is not None:
@@ -186,6 +194,13 @@ def _pull_one(src: SftpSource, f, spec: MappingSpec, settings: Settings, ledger:
         if outcome.status == "landed" and outcome.file is not None:
             counts["landed"] += 1
             typer.echo(f"landed {shown} -> {printable(outcome.file.path.name)}")
+        elif request_file:
+            # A provider re-sending a request file it has no response for: answered again (from
+            # history, so nothing is recorded twice) by the next --run, under the name it landed with.
+            counts["duplicate"] += 1
+            ledger.mark(sha, "landed")
+            typer.echo(f"duplicate {shown} (same bytes as {printable(outcome.duplicate_of or '')}); "
+                       "its requests are answered again")
         else:
             counts["duplicate"] += 1
             typer.echo(f"duplicate {shown} (same bytes as {printable(outcome.duplicate_of or '')})")
@@ -214,7 +229,9 @@ def _process_landed(settings: Settings, mappings: dict[str, MappingSpec], out: P
     entries = [e for e in Ledger.for_landing(settings.landing_dir).entries("landed") if e.source_id in mappings]
     if not entries:
         typer.echo("nothing landed to process")
-    for entry in entries:
+    # Providers' request files after the payer's files (they are about the payer's lists).
+    requests = [e for e in entries if _request_layout(e, mappings[e.source_id]) is not None]
+    for entry in [e for e in entries if e not in requests]:
         spec = mappings[entry.source_id]
         outcome = process_landed(landed_from_entry(entry), spec, settings, out_dir=out)
         name = printable(outcome.file_name)
@@ -224,4 +241,45 @@ def _process_landed(settings: Settings, mappings: dict[str, MappingSpec], out: P
             continue
         typer.echo(f"processed {name} ({outcome.month:%Y-%m}): {outcome.records_read:,} rows read, "
                    f"{outcome.rows_accepted:,} accepted, {outcome.rows_rejected:,} rejected; export {outcome.export_dir}")
+    for entry in requests:
+        refused += _answer_landed_request(entry, mappings[entry.source_id], settings)
     return refused
+
+
+def _request_layout(entry, spec: MappingSpec):
+    """The request layout a landed file is in, or None for a payer's file."""
+    return None if spec.file.match(entry.original_name) else spec.requests.file_for(entry.original_name)
+
+
+def _answer_landed_request(entry, spec: MappingSpec, settings: Settings) -> int:
+    """Answer one landed request file (``requests.files.answer_file``, as `atr run` does for the
+    local inbox), write its response to ATR_OUTBOX/<provider>/ and upload it to
+    ATR_SFTP_OUTBOX/<provider>/. Returns 1 when the file was refused whole or not answered."""
+    from atr_pipeline.history.locking import delivery_lock
+    from atr_pipeline.pipeline import return_response
+    from atr_pipeline.requests.files import answer_file
+
+    layout = _request_layout(entry, spec)
+    name = printable(entry.original_name)
+    ledger = Ledger.for_landing(settings.landing_dir)
+    with delivery_lock(settings.home, entry.sha256):
+        current = ledger.get(entry.sha256)
+        if current is None or current.status != "landed":
+            return 0  # an overlapping pull answered it meanwhile
+        answered = answer_file(entry.path, spec, layout, settings, name=entry.original_name)
+        try:
+            remote = return_response(answered.response, layout.provider)
+        except AtrError as exc:
+            # Stays "landed": the next --run answers it again (the same answer) and retries the upload.
+            typer.echo(f"answered {name}, response {answered.response}; not uploaded: {exc}", err=True)
+            return 1
+        ledger.mark(entry.sha256, "refused" if answered.refused else "processed",
+                    "request_file" if answered.refused else None)
+    where = f"{answered.response}" + (f", uploaded to {printable(remote)}" if remote else "")
+    if answered.refused:
+        typer.echo(f"refused {name}: request file from {layout.provider}: {answered.refused}; response {where}")
+        return 1
+    counts = answered.outcomes
+    typer.echo(f"answered {name}: {len(answered.answers)} request(s) from {layout.provider}: "
+               + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("accepted", "queued", "rejected")) + f"; response {where}")
+    return 0

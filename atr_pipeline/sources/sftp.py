@@ -664,6 +664,31 @@ class SftpSource:
 
         self._retrying(op, f"check of the {what} folder")
 
+    def make_folder(self, folder: str, *, parent_what: str) -> None:
+        """Make ``folder`` (one level, owner-only) when missing; its parent must exist
+        (``RemoteFolderMissing`` naming it as the ``parent_what`` folder otherwise)."""
+
+        def op() -> None:
+            sftp = self._ensure_connected()
+            try:
+                sftp.stat(folder)
+                return
+            except FileNotFoundError:
+                pass
+            try:
+                sftp.mkdir(folder, mode=0o700)
+            except OSError:
+                try:  # made meanwhile by an overlapping run
+                    sftp.stat(folder)
+                    return
+                except FileNotFoundError:
+                    pass
+                parent = posixpath.dirname(folder.rstrip("/")) or "."
+                self.check_folder(parent, parent_what)  # raises when the parent is what is missing
+                raise RemoteFolderMissing(f"cannot make the remote folder {folder!r} on {self.config.where}") from None
+
+        self._retrying(op, f"mkdir of {printable(folder)}")
+
     def check_folders(self, outbox: str | None = None) -> None:
         """The inbox, the archive (when archiving) and the outbox (when given) all exist."""
         self.check_folder(self.config.inbox, "inbox")
