@@ -57,8 +57,9 @@ def test_sftp_pull_lands_matched_files_and_archives(sftp_server, tmp_path, monke
     assert sorted(os.listdir(sftp_server.root / "inbox")) == ["readme.txt"]
     sha12 = hashlib.sha256(b"a\n").hexdigest()[:12]
     # the duplicate is archived too: its bytes are safe in landing
-    archived = sorted(os.listdir(sftp_server.root / "archive"))
-    assert [(n[:12], n[37:]) for n in archived] == [(sha12, "acme_attribution_202601.csv"), (sha12, "acme_attribution_202602.csv")]
+    # (sorted by the original name: archive names differ by time and random hex, not in name order)
+    archived = os.listdir(sftp_server.root / "archive")
+    assert sorted((n[:12], n[37:]) for n in archived) == [(sha12, "acme_attribution_202601.csv"), (sha12, "acme_attribution_202602.csv")]
 
 
 def test_sftp_check_reports_and_fails_cleanly(sftp_server, tmp_path, monkeypatch):
