@@ -123,3 +123,23 @@ def test_two_runs_answering_one_file_at_once_record_each_request_once(tmp_path):
     assert one == two and [r[2] for r in _rows(one)] == ["accepted", "accepted", "rejected", "rejected"]
     recorded = _requests(home, env)
     assert len(recorded) == 3 and len({r[0] for r in recorded}) == 3
+
+
+def test_a_decision_on_a_request_from_sftp_uploads_the_rewritten_response(sftp_server, tmp_path):
+    inbox, outbox = sftp_server.root / "inbox", sftp_server.root / "outbox"
+    shutil.copy2(ROOT / "fixtures/acme_commercial" / PAYER, inbox / PAYER)
+    (inbox / REQUESTS).write_text(HEADER + f"q1|REMOVE|{CONTRACT}|{REMOVED}||||\n")
+    mappings = _mappings(tmp_path)
+    (mappings / "acme_commercial.yaml").write_text(
+        (mappings / "acme_commercial.yaml").read_text().replace("adjudication: auto", "adjudication: review"))
+    home = tmp_path / "home"
+    env = {**sftp_server.sensor_env(tmp_path), "ATR_MAPPINGS_DIR": str(mappings), "ATR_SFTP_OUTBOX": "/outbox",
+           "ATR_INBOX": str(tmp_path / "empty_inbox")}
+    pulled = atr("sftp-pull", "--settle-seconds", "0", "--run", home=home, env=env)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    ((_, rid, outcome, reason, request_id),) = _rows((outbox / PROVIDER / RESPONSE).read_text())
+    assert (rid, outcome, reason) == ("q1", "queued", "waiting for the payer's review") and request_id
+    accepted = atr("requests", "accept", request_id, home=home, env=env)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert _rows((outbox / PROVIDER / RESPONSE).read_text()) == [("2", "q1", "accepted", "", request_id)]
+    assert (outbox / PROVIDER / RESPONSE).read_text() == (home / "outbox" / PROVIDER / RESPONSE).read_text()

@@ -1,27 +1,30 @@
 """Request files: providers without API access send member-add / member-remove / confirm requests
 as a delimited file, and get a response file back.
 
-In: one file from the source's inbox whose name matches a ``requests.files`` layout of the
-source's mapping (``RequestFileSpec``: provider, contracts it may change, pattern with the list's
-month, columns, operation codes, date format).
+In: one file from the source's inbox (local, or landed from SFTP by `atr sftp-pull`) whose name
+matches a ``requests.files`` layout of the source's mapping (``RequestFileSpec``: provider,
+contracts it may change, pattern with the list's month, columns, operation codes, date format).
 Out: each line submitted through the same functions the API calls (``adjudicate``), recorded
 with the layout's ``provider`` as client and channel ``file``; a response file in the same
 delimiter, one line per request line (line number, the provider's request id, outcome
 accepted | queued | rejected, reason, the payer's request id), written atomically and owner-only
-to ``<outbox>/<provider>/<name>.response<suffix>``.
+to ``<outbox>/<provider>/<name>.response<suffix>`` (and, for a file that came over SFTP, uploaded
+to ``ATR_SFTP_OUTBOX/<provider>/`` by `atr sftp-pull --run` and after each decision).
 Refused whole (nothing submitted, the response says why and where): bytes that are not the
 layout's encoding, no header row, a required column missing from it, a quote left open.
 A bad line is never lost: it is answered ``rejected`` with the line and field that are wrong.
 
 Sending the same file again is safe: a request's id is derived from the provider's own request
 id, so a request already recorded is answered from history (its current outcome), never recorded
-twice; the same id with different content is rejected.
+twice; the same id with different content is rejected. The check and the recording hold the
+source's lock together, so two runs answering the same file at once record each request once.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import uuid
 from collections import Counter
@@ -40,6 +43,7 @@ from atr_pipeline.private import private_dir, private_open
 from atr_pipeline.requests import adjudicate
 from atr_pipeline.requests.model import CONFIRM, MEMBER_ADD, MEMBER_REMOVE, MemberChange, RequestRefused, Target
 
+log = logging.getLogger(__name__)
 CHANNEL = "file"
 RESPONSE_COLUMNS = ("LINE", "PROVIDER_REQUEST_ID", "OUTCOME", "REASON", "REQUEST_ID")
 _NAMESPACE = uuid.UUID("5b0f7d1e-3c1a-4d8e-9a53-7f1c2e6b9d40")  # request-file request ids (uuid5)
@@ -373,7 +377,27 @@ def answer_decision(settings: Settings, record: ListRequest, spec: MappingSpec) 
     else:
         answers.append(decided)
     write_response(path, answers, layout)
+    _upload_if_landed(settings, spec, layout, name, path)
     return path
+
+
+def _upload_if_landed(settings: Settings, spec: MappingSpec, layout: RequestFileSpec, name: str, response: Path) -> None:
+    """A file that came over SFTP (landed: `atr sftp-pull`; the local inbox's are answered in place)
+    gets its rewritten response uploaded to ATR_SFTP_OUTBOX/<provider>/ too. A failed upload does
+    not undo the decision: it is recorded and in ATR_OUTBOX, and the warning says so."""
+    from atr_pipeline.errors import AtrError
+    from atr_pipeline.pipeline import return_response
+    from atr_pipeline.sources.landing import LEDGER_NAME, Ledger
+
+    if not (settings.landing_dir / LEDGER_NAME).is_file():
+        return
+    if Ledger.for_landing(settings.landing_dir).latest_by_name(spec.source_id, name) is None:
+        return
+    try:
+        return_response(response, layout.provider)
+    except (AtrError, OSError) as exc:
+        log.warning("the response to %s is rewritten in %s but not uploaded to the SFTP "
+                                            "outbox: %s", name, response.parent, exc)
 
 
 def landing_spec(spec: MappingSpec, layout: RequestFileSpec) -> MappingSpec:

@@ -6,7 +6,9 @@ every remote folder the settings name (inbox, archive, outbox), and report the i
 enough (observations are kept between pulls in ``landing/sftp_pull_state.json``, so a pull
 every few minutes from cron judges stability like the sensor does), then archive or delete
 it; ``--run`` then takes every landed, unprocessed file through every stage, with the same
-functions as ``atr run``. Each file gets its own outcome line; one bad file never stops the
+functions as ``atr run``; a provider's request file (a ``requests.files`` name) is landed the
+same way and answered after the payer's files, its response uploaded to
+``ATR_SFTP_OUTBOX/<provider>/``. Each file gets its own outcome line; one bad file never stops the
 others. Output holds file names (control characters escaped), counts and hashes only.
 """
 
