@@ -659,8 +659,11 @@ def ensure_current_delivery(landed: LandedFile, settings: Settings) -> None:
     entry = ledger.get(landed.sha256)
     if entry is None or entry.status == "refused":
         raise FileRefused(landed.original_name, "refused_earlier", "this delivery was refused; it never reaches history")
+    spec = _spec_for(landed.source_id, settings, None)
+    # A provider's request file landed later (atr sftp-pull) is no newer delivery of the payer's list.
     newer = [e for e in ledger.entries() if e.source_id == landed.source_id and e.month == landed.month
-             and e.received_at > landed.received_at and e.status != "refused"]
+             and e.received_at > landed.received_at and e.status != "refused"
+             and spec.request_layout(e.original_name) is None]
     if newer:
         raise FileRefused(landed.original_name, "superseded", f"superseded by {newer[-1].original_name}; re-run the partition from landed_file")
 

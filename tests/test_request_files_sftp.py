@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -83,8 +84,10 @@ def test_a_request_file_on_sftp_is_fetched_answered_and_its_response_uploaded(sf
     assert "no active entry" in rows[3][3] and rows[3][4]
     recorded = _requests(home, env)
     assert len(recorded) == 3 and {(r[7], r[8]) for r in recorded} == {(PROVIDER, "file")}
-    statuses = {e.original_name: e.status for e in Ledger.for_landing(home / "landing").entries()}
-    assert statuses == {PAYER: "processed", REQUESTS: "processed"}
+    entries = {e.original_name: e for e in Ledger.for_landing(home / "landing").entries()}
+    assert {n: e.status for n, e in entries.items()} == {PAYER: "processed", REQUESTS: "processed"}
+    landed = entries[REQUESTS].path  # landed like the payer's file: its month's folder, owner-only
+    assert landed.parent == home / "landing/acme_commercial/2026-08" and stat.S_IMODE(landed.stat().st_mode) == 0o600
 
     # The provider lost its response and uploads the same file again: fetched (a duplicate in the
     # ledger), answered again from history, the same response uploaded, nothing recorded twice.
@@ -143,3 +146,32 @@ def test_a_decision_on_a_request_from_sftp_uploads_the_rewritten_response(sftp_s
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert _rows((outbox / PROVIDER / RESPONSE).read_text()) == [("2", "q1", "accepted", "", request_id)]
     assert (outbox / PROVIDER / RESPONSE).read_text() == (home / "outbox" / PROVIDER / RESPONSE).read_text()
+
+
+def test_a_landed_request_file_is_no_payer_delivery(tmp_path, monkeypatch):
+    """Lateness and supersession count the payer's deliveries only: a request file landed after the
+    payer's file of its month does not supersede it, and one for a month without a payer file
+    does not make that month delivered."""
+    from atr_pipeline.config import load_settings
+    from atr_pipeline.defs.lateness import delivered_months
+    from atr_pipeline.layouts.spec import load_mapping
+    from atr_pipeline.pipeline import ensure_current_delivery
+    from atr_pipeline.requests.files import landing_spec
+    from atr_pipeline.sources.landing import land_local
+
+    mappings = _mappings(tmp_path)
+    monkeypatch.setenv("ATR_MAPPINGS_DIR", str(mappings))
+    settings = load_settings(tmp_path / "home")
+    spec = load_mapping(mappings / "acme_commercial.yaml")
+    ledger = Ledger.for_landing(settings.landing_dir)
+    payer = land_local(ROOT / "fixtures/acme_commercial" / PAYER, spec=spec, landing_dir=settings.landing_dir, ledger=ledger)
+    assert payer.file is not None
+    for name in (REQUESTS, "ACME_REQ_NORTHSIDE_202609.txt"):
+        (tmp_path / name).write_text(LINES + f"x{name[-6:-4]}|CONFIRM|{CONTRACT}|||||\n")
+        landed = land_local(tmp_path / name, spec=landing_spec(spec, spec.requests.files[0]),
+                            landing_dir=settings.landing_dir, ledger=ledger)
+        assert landed.status == "landed"
+    assert {(e.original_name, f"{e.month:%Y-%m}") for e in ledger.entries()} == {
+        (PAYER, "2026-08"), (REQUESTS, "2026-08"), ("ACME_REQ_NORTHSIDE_202609.txt", "2026-09")}
+    ensure_current_delivery(payer.file, settings)  # not "superseded by ACME_REQ_NORTHSIDE_202608.txt"
+    assert {f"{m:%Y-%m}" for m in delivered_months(settings, "acme_commercial")} == {"2026-08"}

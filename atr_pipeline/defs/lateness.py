@@ -80,11 +80,18 @@ def lateness(source_id: str, day: int, delivered_months: set[date], today: date,
 
 
 def delivered_months(settings, source_id: str) -> set[date]:
-    """Months of a source with a landed delivery that was not refused (from the ledger)."""
+    """Months of a source with a landed delivery of the payer that was not refused (from the ledger;
+    providers' request files landed by `atr sftp-pull` are not the payer's delivery)."""
+    from atr_pipeline.layouts.spec import MappingError, load_mapping
     from atr_pipeline.sources.landing import Ledger
 
+    try:
+        spec = load_mapping(settings.mappings_dir / f"{source_id}.yaml")
+    except (MappingError, OSError):
+        spec = None  # a broken mapping: mapping_errors_sensor says so; every landed file counts meanwhile
     ledger = Ledger.for_landing(settings.landing_dir)
-    return {e.month for e in ledger.entries() if e.source_id == source_id and e.status != "refused"}
+    return {e.month for e in ledger.entries() if e.source_id == source_id and e.status != "refused"
+            and (spec is None or spec.request_layout(e.original_name) is None)}
 
 
 def _check(source_id: str) -> dg.AssetChecksDefinition:

@@ -493,6 +493,12 @@ class MappingSpec(_Strict):
         rec = getattr(self.records, kind, None) if self.records and kind in ("header", "trailer") else None
         return rec is not None and name in rec.fields
 
+    def request_layout(self, name: str) -> RequestFileSpec | None:
+        """The provider request layout a file of this source is in; None for the payer's own files
+        (a name the payer's ``file.pattern`` matches is the payer's). Landing and the ledger hold
+        both kinds; lateness and supersession count the payer's only."""
+        return None if self.file.match(name) else self.requests.file_for(name)
+
     def month_from_name(self, name: str) -> date | None:
         m = self.file.match(name)
         if not m:

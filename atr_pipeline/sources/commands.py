@@ -250,7 +250,7 @@ def _process_landed(settings: Settings, mappings: dict[str, MappingSpec], out: P
 
 def _request_layout(entry, spec: MappingSpec):
     """The request layout a landed file is in, or None for a payer's file."""
-    return None if spec.file.match(entry.original_name) else spec.requests.file_for(entry.original_name)
+    return spec.request_layout(entry.original_name)
 
 
 def _answer_landed_request(entry, spec: MappingSpec, settings: Settings) -> int:
