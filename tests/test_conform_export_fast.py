@@ -259,3 +259,25 @@ def test_file_level_damage_gives_the_line_path_report(tmp_path, frames, spy, dam
         assert rules == []
     else:
         assert rule in rules
+
+
+def test_the_export_gets_the_sample_of_the_run_s_own_stage(tmp_path, frames):
+    """Every Patient carries a structure error only the R4B models see: the number found and the
+    examples name exactly the sampled Patients, and the run's check of its frames
+    (check_ndjson_frames, as pipeline.check_month calls it) and check_export of the written
+    export sample the same ones."""
+    patients = frames["Patient"].with_columns(pl.col("json").str.replace(BIRTH.pattern, '"birthDate":"${1}-13'))
+    broken = dict(frames, Patient=patients)
+    exp = export_of(tmp_path / "exp", broken)
+    from atr_pipeline.conform import check_ndjson_frames
+
+    run = check_ndjson_frames(broken, structural="sample", sample_size=SAMPLE)
+    export = check_export(exp, structural="sample", sample_size=SAMPLE)
+    assert export == run
+    picks = sampled(exp)
+    keys = [key for pos, (_, _, key) in enumerate(stream(exp)) if pos in picks and key.startswith("Patient/")]
+    with_birth = patients.filter(pl.col("json").str.contains('"birthDate"'))
+    expected = [k for k in keys if k.removeprefix("Patient/") in set(with_birth["id"].to_list())]
+    assert expected  # the sample holds some Patients with a birthDate
+    assert [(r.rule, r.count) for r in run.results] == [("r4.structure", len(expected))]
+    assert set(run.results[0].examples) <= set(expected)
