@@ -281,3 +281,28 @@ def test_the_export_gets_the_sample_of_the_run_s_own_stage(tmp_path, frames):
     assert expected  # the sample holds some Patients with a birthDate
     assert [(r.rule, r.count) for r in run.results] == [("r4.structure", len(expected))]
     assert set(run.results[0].examples) <= set(expected)
+
+
+def test_groups_checked_in_chunks_give_the_same_report(frames, monkeypatch):
+    """conform/fast.py checks Groups a few hundred MB at a time; with tiny chunks (one Group
+    each) a clean set still takes the column path and a broken member is still reported."""
+    from atr_pipeline.conform import check_ndjson_frames
+
+    group = frames["Group"]
+    gid = group["id"][0]
+    copies = [f"{k:08x}" + gid[8:] for k in range(2)]  # two more Groups, other UUIDs, same members
+    more = pl.DataFrame({"id": copies, "json": [group["json"][0].replace(gid, c, 1) for c in copies]})
+    frames = dict(frames, Group=pl.concat([group, more]).sort("id"))
+    assert len(fast._byte_slices(frames["Group"]["json"], len(group["json"][0]))) == 3
+    whole = check_ndjson_frames(frames, structural="sample", sample_size=SAMPLE)
+    monkeypatch.setattr(fast, "GROUP_CHUNK_BYTES", len(group["json"][0]))  # about one Group a chunk
+    chunked = fast.fast_report(frames, frame_order(frames), structural="sample", sample_size=SAMPLE, seed=0,
+                               assume_profiles=False, resolve_references=True)
+    assert chunked == whole and chunked.ok
+    groups = frames["Group"]
+    last = groups["json"][-1].replace('"valueCode":"nochange"', '"valueCode":"gone"', 1)
+    broken = dict(frames, Group=groups.with_columns(
+        pl.when(pl.int_range(0, pl.len()) == groups.height - 1).then(pl.lit(last)).otherwise(pl.col("json")).alias("json")))
+    quick = check_ndjson_frames(broken, structural="sample", sample_size=SAMPLE)
+    assert quick == check_ndjson_frames(broken, structural="sample", sample_size=SAMPLE, fast=False)
+    assert [r.rule for r in quick.results] == ["group.member.changeType.code"]
