@@ -412,6 +412,7 @@ _STAGE_EXAMPLES = {
     "conform": (
         "atr conform .atr_home/demo/exports/acme_commercial/2026-09",
         "atr conform EXPORT_DIR --json-out > conform.json",
+        "atr conform EXPORT_DIR --full",
     ),
     "load": (
         "atr load .atr_home/demo/exports/acme_commercial/2026-09 --server http://127.0.0.1:8103/fhir/R4 --kind medplum",

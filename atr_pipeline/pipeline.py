@@ -290,17 +290,15 @@ def _build(spec: MappingSpec, month: date, settings: Settings, progress: Progres
 
 def check_month(built: BuiltMonth, *, structural: str = "auto", progress: Progress = _quiet):
     """ATR conformance of what build_month produced (cheap rules on all, structure on all or a sample)."""
-    import os
-
     from atr_pipeline.conform.checker import check_ndjson_frames
+    from atr_pipeline.conform.plan import structural_plan
 
     total = sum(built.resources_by_type.values())
-    # Structure (R4B models) costs ~10k resources/s: every resource in small runs, a seeded
-    # random sample in large ones. Cheap ATR rules always run on every resource.
-    full_max = int(os.environ.get("ATR_CONFORM_FULL_MAX", "50000"))
-    sample_size = int(os.environ.get("ATR_CONFORM_SAMPLE_SIZE", "2000"))
+    # Structure (R4B models) on every resource in small runs, a seeded sample in large ones
+    # (conform/plan.py: `atr conform` applies the same rule). Cheap rules run on every resource.
+    planned, sample_size = structural_plan(total)
     if structural == "auto":
-        structural = "all" if total <= full_max else "sample"
+        structural = planned
     progress(f"checking conformance of {total:,} resources (structural: {structural})")
     return check_ndjson_frames(built.resources, structural=structural, sample_size=sample_size)
 

@@ -192,15 +192,18 @@ def _bulk_check(rtype: str, df: pl.DataFrame) -> pl.Series | None:
 
 
 BULK_SLICE_BYTES = 64 * 2**20
+GROUP_CHUNK_BYTES = 4 * BULK_SLICE_BYTES  # still several slices per chunk: both cores busy
 
 
-def _byte_slices(texts: pl.Series) -> list[tuple[int, int]]:
-    """(offset, length) row ranges of ``texts`` holding about BULK_SLICE_BYTES each, in order."""
+def _byte_slices(texts: pl.Series, size: int | None = None) -> list[tuple[int, int]]:
+    """(offset, length) row ranges of ``texts`` holding about ``size`` (BULK_SLICE_BYTES) bytes
+    each, in order."""
+    size = size or BULK_SLICE_BYTES
     cum = texts.str.len_bytes().cast(pl.Int64).fill_null(0).cum_sum()
     total = int(cum[-1]) if cum.len() else 0
     cuts = [0]
-    for k in range(1, total // BULK_SLICE_BYTES + 1):
-        cut = int(cum.search_sorted(k * BULK_SLICE_BYTES, side="left")) + 1
+    for k in range(1, total // size + 1):
+        cut = int(cum.search_sorted(k * size, side="left")) + 1
         if cuts[-1] < cut < texts.len():
             cuts.append(cut)
     cuts.append(texts.len())
@@ -323,17 +326,15 @@ def _check_type(rtype: str, df: pl.DataFrame, scratch) -> pl.Series | None:
                 return None
         return refs
     if rtype == "Group":
-        split = _split_groups(df)
-        if split is None:
-            return None
-        heads, bodies = split
-        if heads.str.contains("\\", literal=True).any():
-            return None  # escapes anywhere decline the set (the bodies: in _bulk_check)
-        for rid, head in zip(ids.to_list(), heads.to_list(), strict=True):
-            scratch.add_text(head, expected_type=rtype, expected_id=rid)
-        del heads
-        # Member grammar (no null or empty element), escapes and period order.
-        return _bulk_check(rtype, bodies.to_frame("json"))
+        # Groups ~GROUP_CHUNK_BYTES at a time: the header/body split copies the text, and at 1M
+        # members one file holds ~0.6 GB of member arrays (a copy of all of it was the peak).
+        found: list[pl.Series] = []
+        for offset, length in _byte_slices(df.get_column("json"), GROUP_CHUNK_BYTES):
+            refs = _check_groups(df.slice(offset, length), scratch)
+            if refs is None:
+                return None
+            found.append(refs)
+        return pl.concat(found).unique() if found else _NO_REFS
     if df.height <= SCRATCH_LIMIT:
         if df.get_column("json").str.contains("\\", literal=True).any():
             return None
@@ -341,6 +342,21 @@ def _check_type(rtype: str, df: pl.DataFrame, scratch) -> pl.Series | None:
             scratch.add_text(text, expected_type=rtype, expected_id=rid)
         return _NO_REFS  # the scratch checker keeps their references as pending
     return None
+
+
+def _check_groups(df: pl.DataFrame, scratch) -> pl.Series | None:
+    """Group rows: headers (without ``member``) to ``scratch``, member arrays to the grammar."""
+    split = _split_groups(df)
+    if split is None:
+        return None
+    heads, bodies = split
+    if heads.str.contains("\\", literal=True).any():
+        return None  # escapes anywhere decline the set (the bodies: in _bulk_check)
+    for rid, head in zip(df.get_column("id").to_list(), heads.to_list(), strict=True):
+        scratch.add_text(head, expected_type="Group", expected_id=rid)
+    del heads
+    # Member grammar (no null or empty element), escapes and period order.
+    return _bulk_check("Group", bodies.to_frame("json"))
 
 
 def _split_groups(df: pl.DataFrame) -> tuple[pl.Series, pl.Series] | None:
