@@ -684,14 +684,16 @@ def history_summary(spec: MappingSpec, month: date, settings: Settings) -> dict:
     from atr_pipeline.history.trends import trend_bars
 
     store = _store(settings)
-    members = store.member_list(spec.source_id, month)
     key_cols = list(MEMBER_ENTRY_KEY)
+    # Counts only: the key and the change type, not every column (two months of a 1M-member
+    # source were ~3 GB and ~5 s of the Dagster run, for numbers).
+    members = store.member_list(spec.source_id, month, columns=key_cols)
     duplicates = members.height - members.select(key_cols).unique().height if members.height else 0
     dropped_twice = 0
     months = [m for m in store.months(spec.source_id) if m < month]
     previous = months[-1] if months else None
     if previous is not None and members.height:
-        prev = store.member_list(spec.source_id, previous)
+        prev = store.member_list(spec.source_id, previous, columns=key_cols)
         now_dropped = members.filter(pl.col("change_type") == "dropped").select(key_cols)
         prev_dropped = prev.filter(pl.col("change_type") == "dropped").select(key_cols)
         dropped_twice = now_dropped.join(prev_dropped, on=key_cols, how="inner", nulls_equal=True).height
