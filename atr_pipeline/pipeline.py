@@ -244,7 +244,7 @@ def build_month(spec: MappingSpec, month: date, settings: Settings, *, progress:
 
 
 def _build(spec: MappingSpec, month: date, settings: Settings, progress: Progress) -> BuiltMonth:
-    from atr_pipeline.fhir.build import BuildContext, iter_prepared, prepare
+    from atr_pipeline.fhir.build import BuildContext, iter_encoded, prepare
     from atr_pipeline.publish.export import stage_resources
 
     store = _store(settings)
@@ -272,7 +272,7 @@ def _build(spec: MappingSpec, month: date, settings: Settings, progress: Progres
     del members  # the prepared rows hold everything the builders need
     # Each type is written to the staging folder as soon as it is built and then dropped; the
     # generator holds the only reference to the rows, so they go after the last builder.
-    resources = iter_prepared(rows, ctx)
+    resources = iter_encoded(rows, ctx)
     del rows
     staged = stage_resources(export_dir_for(settings, spec.source_id, month), resources)
     crash_point("staged")

@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 import polars as pl
@@ -157,21 +157,60 @@ def _write_lines(
     digests: dict[str, Future[str]] = {}
     for index, name in enumerate(names):
         chunk = lines[index * max_lines : (index + 1) * max_lines]
-        writer, raw = _open_for_write(folder / name, gz)
-        try:
-            if isinstance(chunk, pl.Series) and len(chunk) and not gz:
-                # polars writes the text column straight from its buffers, one line per row; with
-                # quote_style="never" the bytes are the JSON text itself (no Python strings, no join).
-                # Without gz the writer is the raw file itself.
-                pl.DataFrame({"json": chunk}).write_csv(raw, include_header=False, quote_style="never", line_terminator="\n")
-            elif isinstance(chunk, pl.Series):
-                writer.write(("\n".join(chunk.to_list()) + "\n").encode("utf-8"))
-            else:
-                writer.write(b"\n".join(chunk) + b"\n")
-        finally:
-            _close(writer, raw)
-        digests[name] = hasher.submit(_sha256_file, folder / name)
+        digests[name] = _write_part(folder / name, chunk, gz, hasher)
         items.append(ManifestFile(type=resource_type, url=name, count=len(chunk)))
+    return items, digests
+
+
+def _write_part(path: Path, chunk: list[bytes] | pl.Series, gz: bool, hasher: ThreadPoolExecutor) -> Future[str]:
+    """Write one NDJSON part; returns its sha256, computed on ``hasher``."""
+    writer, raw = _open_for_write(path, gz)
+    try:
+        if isinstance(chunk, pl.Series) and len(chunk) and not gz:
+            # polars writes the text column straight from its buffers, one line per row; with
+            # quote_style="never" the bytes are the JSON text itself (no Python strings, no join).
+            # Without gz the writer is the raw file itself.
+            pl.DataFrame({"json": chunk}).write_csv(raw, include_header=False, quote_style="never", line_terminator="\n")
+        elif isinstance(chunk, pl.Series):
+            writer.write(("\n".join(chunk.to_list()) + "\n").encode("utf-8"))
+        else:
+            writer.write(b"\n".join(chunk) + b"\n")
+    finally:
+        _close(writer, raw)
+    return hasher.submit(_sha256_file, path)
+
+
+class ResourceParts(Protocol):
+    """One type's resources made a part at a time (fhir.json.Encoding): ``height`` resources,
+    ``parts(n)`` yields (id, json) frames of at most n rows in id order."""
+
+    @property
+    def height(self) -> int: ...
+
+    def parts(self, rows: int) -> Iterator[pl.DataFrame]: ...
+
+
+def _write_parts(
+    folder: Path, resource_type: str, made: ResourceParts, max_lines: int, gz: bool, hasher: ThreadPoolExecutor
+) -> tuple[list[ManifestFile], dict[str, Future[str]]]:
+    """``_write_lines`` for a type made part by part: the same files, one part's JSON in memory.
+
+    Each part gets ``_checked_frame``'s checks, and ids must rise across parts (unique and in
+    id order over the whole type, as a whole frame's checks and sort would make them).
+    """
+    names = _part_names(resource_type, max(1, -(-made.height // max_lines)), gz)
+    items: list[ManifestFile] = []
+    digests: dict[str, Future[str]] = {}
+    last: str | None = None
+    for name, part in zip(names, made.parts(max_lines), strict=True):
+        part = _checked_frame(resource_type, part)
+        ids = part.get_column("id")
+        if not ids.is_sorted() or (last is not None and ids[0] <= last):
+            raise AtrError(f"{resource_type}: ids out of order or repeated across export parts")
+        last = ids[-1]
+        digests[name] = _write_part(folder / name, part.get_column("json"), gz, hasher)
+        items.append(ManifestFile(type=resource_type, url=name, count=part.height))
+        del part, ids
     return items, digests
 
 
@@ -327,7 +366,7 @@ def write_bulk_export(
 
 def stage_resources(
     out_dir: Path,
-    resources: Mapping[str, pl.DataFrame] | Iterable[tuple[str, pl.DataFrame]],
+    resources: Mapping[str, pl.DataFrame] | Iterable[tuple[str, pl.DataFrame | ResourceParts]],
     *,
     max_lines_per_file: int = 100_000,
     gzip: bool = False,
@@ -336,7 +375,8 @@ def stage_resources(
 
     ``resources`` may be a mapping or an iterable of (type, frame) pairs: with an iterable each
     frame is written and released before the next one is built, so a month's resources never
-    sit in memory all at once. Nothing is visible at ``out_dir`` until ``publish_staged``.
+    sit in memory all at once; a type given as ResourceParts is made and written one part at a
+    time. Nothing is visible at ``out_dir`` until ``publish_staged``.
     Staging again for the same ``out_dir`` replaces the earlier staged build.
     """
     if max_lines_per_file < 1:
@@ -361,8 +401,11 @@ def stage_resources(
                 heights[resource_type] = frame.height
                 if not frame.height:
                     continue
-                frame = _checked_frame(resource_type, frame)
-                items, sums = _write_lines(building, resource_type, _json_in_id_order(frame), max_lines_per_file, gzip, hasher)
+                if isinstance(frame, pl.DataFrame):
+                    frame = _checked_frame(resource_type, frame)
+                    items, sums = _write_lines(building, resource_type, _json_in_id_order(frame), max_lines_per_file, gzip, hasher)
+                else:
+                    items, sums = _write_parts(building, resource_type, frame, max_lines_per_file, gzip, hasher)
                 del frame
                 files[resource_type] = items
                 pending.update(sums)
