@@ -20,7 +20,7 @@ import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
 from atr_pipeline.fhir.coverage import build_coverages, encode_coverages
-from atr_pipeline.fhir.group import build_groups
+from atr_pipeline.fhir.group import GroupEncoding, build_groups, encode_groups
 from atr_pipeline.fhir.json import Encoding, empty_resources
 from atr_pipeline.fhir.organization import build_organizations
 from atr_pipeline.fhir.patient import build_patients, encode_patients
@@ -60,9 +60,10 @@ def build_prepared(rows: pl.DataFrame | None, ctx: BuildContext) -> dict[str, pl
 
 # The largest types (one resource per member), handed on before their text is made: a caller
 # that writes part by part (publish.export.stage_resources) holds one part's JSON at a time.
-ENCODERS: dict[str, Callable[[pl.DataFrame, BuildContext], Encoding]] = {
+ENCODERS: dict[str, Callable[[pl.DataFrame, BuildContext], Encoding | GroupEncoding]] = {
     "Patient": encode_patients,
     "Coverage": encode_coverages,
+    "Group": encode_groups,  # a few Groups' member text at a time; each Group's line whole
 }
 
 
@@ -73,14 +74,14 @@ def iter_prepared(rows: pl.DataFrame | None, ctx: BuildContext) -> Iterator[tupl
     time instead of the whole month's (~2.6 GB at 1M members).
     """
     for resource_type, built in iter_encoded(rows, ctx):
-        yield resource_type, built.to_frame() if isinstance(built, Encoding) else built
+        yield resource_type, built if isinstance(built, pl.DataFrame) else built.to_frame()
 
 
-def iter_encoded(rows: pl.DataFrame | None, ctx: BuildContext) -> Iterator[tuple[str, pl.DataFrame | Encoding]]:
+def iter_encoded(rows: pl.DataFrame | None, ctx: BuildContext) -> Iterator[tuple[str, pl.DataFrame | Encoding | GroupEncoding]]:
     """``iter_prepared``, with the ENCODERS' types as json.Encoding (text made part by part).
 
-    pipeline.build_month stages these: the month's largest JSON (Patient, Coverage: ~1.7 GB
-    of text at 1M members) never sits in memory whole. Same bytes as ``iter_prepared``.
+    pipeline.build_month stages these: the month's largest JSON (Patient, Coverage, Group:
+    ~2.1 GB of text at 1M members) never sits in memory whole. Same bytes as ``iter_prepared``.
     """
     types = [t for t in LOAD_ORDER if t in BUILDERS]
     if rows is None or rows.height == 0:
@@ -88,7 +89,7 @@ def iter_encoded(rows: pl.DataFrame | None, ctx: BuildContext) -> Iterator[tuple
             yield resource_type, empty_resources()
         return
 
-    def built(resource_type: str, rows: pl.DataFrame) -> pl.DataFrame | Encoding:
+    def built(resource_type: str, rows: pl.DataFrame) -> pl.DataFrame | Encoding | GroupEncoding:
         encoder = ENCODERS.get(resource_type)
         return encoder(rows, ctx) if encoder else BUILDERS[resource_type](rows, ctx)
 
