@@ -161,7 +161,7 @@ def run(
     mapping: Annotated[Path, typer.Option("--mapping", "--source", help=SOURCE_HELP, callback=mapping_path)],
     inbox: Annotated[Path | None, typer.Option(help="folder with delivered files (default: $ATR_INBOX or ATR_HOME/inbox)")] = None,
     month: Annotated[str | None, typer.Option(help="only files for this reporting month, YYYY-MM")] = None,
-    out: Annotated[Path | None, typer.Option(help="also copy each bulk export under this folder")] = None,
+    out: Annotated[Path | None, typer.Option(help="also put each bulk export under this folder (hard links on the same file system, else a copy)")] = None,
     home: Annotated[Path | None, typer.Option(help="state folder (default: $ATR_HOME or ./.atr_home)")] = None,
     reprocess: Annotated[bool, typer.Option(help="process files already processed again (same output)")] = False,
 ) -> None:

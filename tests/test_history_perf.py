@@ -59,6 +59,11 @@ def assert_same_list(store: HistoryStore, month: date, contract_id: str | None =
     assert listed.schema == expected.schema
     assert listed.height == expected.height
     assert listed.equals(expected), (month, contract_id)
+    # Narrowed to a few columns (pipeline.history_summary counts on the key only): the same rows
+    # in the same order, the order columns added, the dropped rows' cut end date kept.
+    narrow = store.member_list(SOURCE, month, contract_id, columns=["attribution_end"])
+    kept = [c for c in CANONICAL_SCHEMA.names() if c in {"attribution_end", "line_number", *MEMBER_ENTRY_KEY}]
+    assert narrow.equals(expected.select(*kept, "change_type", "inactive", "previous_month")), (month, contract_id)
     return listed
 
 

@@ -19,18 +19,18 @@ from collections.abc import Callable, Iterator
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.coverage import build_coverages
-from atr_pipeline.fhir.group import build_groups
-from atr_pipeline.fhir.json import empty_resources
+from atr_pipeline.fhir.coverage import build_coverages, encode_coverages
+from atr_pipeline.fhir.group import GroupEncoding, build_groups, encode_groups
+from atr_pipeline.fhir.json import Encoding, empty_resources
 from atr_pipeline.fhir.organization import build_organizations
-from atr_pipeline.fhir.patient import build_patients
+from atr_pipeline.fhir.patient import build_patients, encode_patients
 from atr_pipeline.fhir.practitioner import build_practitioners
 from atr_pipeline.fhir.practitioner_role import build_practitioner_roles
 from atr_pipeline.fhir.related_person import build_related_persons
 from atr_pipeline.fhir.rows import FhirBuildError, prepare
 from atr_pipeline.systems import LOAD_ORDER
 
-__all__ = ["BuildContext", "FhirBuildError", "build_prepared", "build_resources", "iter_prepared", "prepare", "BUILDERS"]
+__all__ = ["BuildContext", "FhirBuildError", "build_prepared", "build_resources", "iter_encoded", "iter_prepared", "prepare", "BUILDERS"]
 
 Builder = Callable[[pl.DataFrame, BuildContext], pl.DataFrame]
 
@@ -58,21 +58,45 @@ def build_prepared(rows: pl.DataFrame | None, ctx: BuildContext) -> dict[str, pl
     return dict(iter_prepared(rows, ctx))
 
 
+# The largest types (one resource per member), handed on before their text is made: a caller
+# that writes part by part (publish.export.stage_resources) holds one part's JSON at a time.
+ENCODERS: dict[str, Callable[[pl.DataFrame, BuildContext], Encoding | GroupEncoding]] = {
+    "Patient": encode_patients,
+    "Coverage": encode_coverages,
+    "Group": encode_groups,  # a few Groups' member text at a time; each Group's line whole
+}
+
+
 def iter_prepared(rows: pl.DataFrame | None, ctx: BuildContext) -> Iterator[tuple[str, pl.DataFrame]]:
     """(type, frame) in systems.LOAD_ORDER, each built only when asked for.
 
-    A caller that writes each frame away before asking for the next (pipeline.build_month)
-    holds one type's JSON at a time instead of the whole month's (~2.6 GB at 1M members).
+    A caller that writes each frame away before asking for the next holds one type's JSON at a
+    time instead of the whole month's (~2.6 GB at 1M members).
+    """
+    for resource_type, built in iter_encoded(rows, ctx):
+        yield resource_type, built if isinstance(built, pl.DataFrame) else built.to_frame()
+
+
+def iter_encoded(rows: pl.DataFrame | None, ctx: BuildContext) -> Iterator[tuple[str, pl.DataFrame | Encoding | GroupEncoding]]:
+    """``iter_prepared``, with the ENCODERS' types as json.Encoding (text made part by part).
+
+    pipeline.build_month stages these: the month's largest JSON (Patient, Coverage, Group:
+    ~2.1 GB of text at 1M members) never sits in memory whole. Same bytes as ``iter_prepared``.
     """
     types = [t for t in LOAD_ORDER if t in BUILDERS]
     if rows is None or rows.height == 0:
         for resource_type in types:
             yield resource_type, empty_resources()
         return
+
+    def built(resource_type: str, rows: pl.DataFrame) -> pl.DataFrame | Encoding | GroupEncoding:
+        encoder = ENCODERS.get(resource_type)
+        return encoder(rows, ctx) if encoder else BUILDERS[resource_type](rows, ctx)
+
     for resource_type in types[:-1]:
         # No local name for the frame: the generator must not keep it alive while the next builds.
-        yield resource_type, BUILDERS[resource_type](rows, ctx)
-    last = BUILDERS[types[-1]](rows, ctx)
+        yield resource_type, built(resource_type, rows)
+    last = built(types[-1], rows)
     # After the last builder the rows are done with: a caller that handed over its only reference
     # (pipeline.build_month) gets them freed before the last frame is written.
     rows = None

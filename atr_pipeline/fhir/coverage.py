@@ -19,7 +19,7 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.json import Json, concept, dumps, opt, period, template, text, to_frame, when
+from atr_pipeline.fhir.json import Encoding, Json, concept, dumps, encode, opt, period, template, text, to_frame, when
 from atr_pipeline.fhir.rows import (
     COVERAGE_ID,
     PATIENT_ID,
@@ -104,12 +104,20 @@ def coverage_json(ctx: BuildContext) -> Json:
     )
 
 
-def build_coverages(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
+def _chosen(rows: pl.DataFrame) -> pl.LazyFrame:
     # grouped and joined on the id's UInt32 rank, not the 36-byte id text
     key = key_of(COVERAGE_ID)
     attribution = rows.group_by(key).agg(
         pl.col("attribution_start").min().alias(_ATT_START),
         pl.when(pl.col("attribution_end").null_count() == 0).then(pl.col("attribution_end").max()).alias(_ATT_END),
     )
-    chosen = representative(rows, COVERAGE_ID).join(attribution.lazy(), on=key, how="left", maintain_order="left")
-    return to_frame(chosen, COVERAGE_ID, coverage_json(ctx))
+    return representative(rows, COVERAGE_ID).join(attribution.lazy(), on=key, how="left", maintain_order="left")
+
+
+def build_coverages(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
+    return to_frame(_chosen(rows), COVERAGE_ID, coverage_json(ctx))
+
+
+def encode_coverages(rows: pl.DataFrame, ctx: BuildContext) -> Encoding:
+    """``build_coverages`` before the text is made (json.Encoding: encoded part by part)."""
+    return encode(_chosen(rows), COVERAGE_ID, coverage_json(ctx))

@@ -24,6 +24,8 @@ never becomes a Python object tree.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -95,8 +97,8 @@ def _small_rank(values: pl.Series) -> pl.Series:
     return values.replace_strict(distinct, ranks, default=distinct.len(), return_dtype=pl.UInt32)
 
 
-def _members(rows: pl.DataFrame) -> pl.DataFrame:
-    """GROUP_ID -> the member array's inner text (entries joined by commas)."""
+def _entries(rows: pl.DataFrame) -> pl.DataFrame:
+    """What the member entries are made from, in the member array's order, Group by Group."""
     # Order: Group, Patient and Coverage ids, attributed provider, period, inactive, change type.
     # The ids sort by their rank columns (rows.key_of) and the others by _small_rank: the same
     # order as sorting the text, without comparing ~1M 36-byte ids per key.
@@ -107,11 +109,14 @@ def _members(rows: pl.DataFrame) -> pl.DataFrame:
     ).collect()
     ranks = [_small_rank(used.get_column(c)).alias(f"_r{i}") for i, c in enumerate(tail)]
     order = [key_of(GROUP_ID), key_of(PATIENT_ID), key_of(COVERAGE_ID), "_r0", "_r1", "_r2", "inactive", "_r3"]
-    entries = (
-        used.with_columns(ranks).lazy().sort(order)
-        .select(GROUP_ID, member_json().alias(_MEMBER_JSON)).collect()
-    )
-    return entries.group_by(GROUP_ID, maintain_order=True).agg(pl.col(_MEMBER_JSON).str.join(","))
+    needed = [GROUP_ID, *member_json().meta.root_names()]
+    return used.with_columns(ranks).lazy().sort(order).select(list(dict.fromkeys(needed))).collect()
+
+
+def _members(entries: pl.DataFrame) -> pl.DataFrame:
+    """GROUP_ID -> the member array's inner text (entries joined by commas), in ``entries``' order."""
+    encoded = entries.lazy().select(GROUP_ID, member_json().alias(_MEMBER_JSON)).collect()
+    return encoded.group_by(GROUP_ID, maintain_order=True).agg(pl.col(_MEMBER_JSON).str.join(","))
 
 
 def _headers(rows: pl.DataFrame) -> pl.DataFrame:
@@ -160,11 +165,58 @@ def _header(h: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
 
 
 def build_groups(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
+    return encode_groups(rows, ctx).to_frame()
+
+
+@dataclass(frozen=True)
+class GroupEncoding:
+    """The Groups before their member text is made: one header per Group (``heads``, in id
+    order) and the member entries' inputs, in member-array order Group by Group. ``parts``
+    makes the lines a few Groups at a time (about ``entries_per_chunk`` entries, never less than
+    one whole Group), so the month's member text (~400 bytes per entry, three copies while
+    joined and spliced) is never made at once; a Group's line is always made whole.
+    """
+
+    heads: pl.DataFrame  # id, _head
+    entries: pl.DataFrame  # GROUP_ID + what member_json reads
+    counts: list[int]  # entries per Group, in ``heads``' order
+    entries_per_chunk: int = 200_000
+
+    @property
+    def height(self) -> int:
+        return self.heads.height
+
+    def parts(self, rows: int) -> Iterator[pl.DataFrame]:
+        """(id, json) frames of at most ``rows`` Groups, in id order."""
+        group, entry = 0, 0
+        while group < len(self.counts):
+            end, size = group, 0
+            while end < len(self.counts) and end - group < rows and (end == group or size + self.counts[end] <= self.entries_per_chunk):
+                size += self.counts[end]
+                end += 1
+            yield self._lines(self.heads.slice(group, end - group), self.entries.slice(entry, size))
+            group, entry = end, entry + size
+
+    def to_frame(self) -> pl.DataFrame:
+        parts = list(self.parts(max(1, self.height)))
+        return pl.concat(parts) if parts else pl.DataFrame(schema={"id": pl.String(), "json": pl.String()})
+
+    @staticmethod
+    def _lines(heads: pl.DataFrame, entries: pl.DataFrame) -> pl.DataFrame:
+        members = _members(entries).rename({GROUP_ID: "id"})
+        joined = heads.join(members, on="id", how="left", maintain_order="left")
+        return joined.select("id", pl.concat_str([pl.col("_head"), pl.col(_MEMBER_JSON), pl.lit("]}")]).alias("json"))
+
+
+def encode_groups(rows: pl.DataFrame, ctx: BuildContext, *, entries_per_chunk: int = 200_000) -> GroupEncoding:
     # Headers are small Python dicts; the member text (~400 bytes per entry) stays in polars and
     # is spliced in by one concat_str: no Python copy of a 500k-member array.
     headers = _headers(rows)
     heads = [dumps(_header(h, ctx))[:-1] + ',"member":[' for h in headers.iter_rows(named=True)]
     frame = headers.select(pl.col(GROUP_ID).alias("id"), pl.Series("_head", heads, dtype=pl.String()))
-    members = _members(rows).rename({GROUP_ID: "id"})
-    joined = frame.join(members, on="id", how="left", maintain_order="left")
-    return joined.select("id", pl.concat_str([pl.col("_head"), pl.col(_MEMBER_JSON), pl.lit("]}")]).alias("json"))
+    entries = _entries(rows)
+    # Entries come Group by Group in the same (id) order as the headers: every Group has rows.
+    sizes = entries.group_by(GROUP_ID, maintain_order=True).len()
+    if sizes.get_column(GROUP_ID).to_list() != frame.get_column("id").to_list():
+        raise AssertionError("Group headers and member entries are not in the same order")
+    return GroupEncoding(frame, entries, sizes.get_column("len").to_list(), entries_per_chunk)

@@ -11,7 +11,20 @@ from __future__ import annotations
 import polars as pl
 
 from atr_pipeline.fhir.context import BuildContext
-from atr_pipeline.fhir.json import Json, arr, dumps, obj, opt, template, text, to_frame, typed_identifier, when
+from atr_pipeline.fhir.json import (
+    Encoding,
+    Json,
+    arr,
+    dumps,
+    encode,
+    obj,
+    opt,
+    template,
+    text,
+    to_frame,
+    typed_identifier,
+    when,
+)
 from atr_pipeline.fhir.rows import PATIENT_ID, representative
 from atr_pipeline.systems import (
     ID_TYPE_MEDICAID,
@@ -92,3 +105,8 @@ def patient_json(ctx: BuildContext) -> Json:
 
 def build_patients(rows: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
     return to_frame(representative(rows, PATIENT_ID), PATIENT_ID, patient_json(ctx))
+
+
+def encode_patients(rows: pl.DataFrame, ctx: BuildContext) -> Encoding:
+    """``build_patients`` before the text is made (json.Encoding: encoded part by part)."""
+    return encode(representative(rows, PATIENT_ID), PATIENT_ID, patient_json(ctx))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -331,14 +331,19 @@ class HistoryStore:
             _require_month(con, source_id, month)
             return _load(con, source_id, month, contract_id, CANONICAL_SCHEMA.names())
 
-    def member_list(self, source_id: str, month: date, contract_id: str | None = None) -> pl.DataFrame:
+    def member_list(
+        self, source_id: str, month: date, contract_id: str | None = None, *, columns: Sequence[str] | None = None
+    ) -> pl.DataFrame:
         """The ATR member list of a recorded month, dropped entries included.
 
         Columns: canonical columns, ``change_type`` (String), ``inactive`` (Boolean) and
         ``previous_month`` (Date: the recorded month it was diffed against, null for the first).
+        ``columns`` narrows the canonical columns to those named (the member entry key and
+        ``line_number``, which order the list, always come too): the same rows in the same order,
+        for callers that only count (a 1M-member list is ~1.5 GB with every column).
         """
         month = _first_of_month(month)
-        columns = CANONICAL_SCHEMA.names()
+        columns = CANONICAL_SCHEMA.names() if columns is None else _with_order_columns(columns)
         with self._reader() as con:
             _require_month(con, source_id, month)
             previous = _previous_month(con, source_id, month)
@@ -893,6 +898,15 @@ def _load(
 # few dropped rows already cut. compute_changes stays the reference (tests compare the two).
 
 _POS = "__pos"
+
+
+def _with_order_columns(columns: Sequence[str]) -> list[str]:
+    """``columns`` plus what puts a member list in order (changes.in_line_order), canonical order."""
+    wanted = {*columns, *MEMBER_ENTRY_KEY, "line_number"}
+    unknown = wanted - set(CANONICAL_SCHEMA.names())
+    if unknown:
+        raise ValueError(f"not canonical columns: {sorted(unknown)}")
+    return [c for c in CANONICAL_SCHEMA.names() if c in wanted]
 
 
 def _quoted(name: str) -> str:

@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 import polars as pl
@@ -157,21 +157,95 @@ def _write_lines(
     digests: dict[str, Future[str]] = {}
     for index, name in enumerate(names):
         chunk = lines[index * max_lines : (index + 1) * max_lines]
-        writer, raw = _open_for_write(folder / name, gz)
-        try:
-            if isinstance(chunk, pl.Series) and len(chunk) and not gz:
-                # polars writes the text column straight from its buffers, one line per row; with
-                # quote_style="never" the bytes are the JSON text itself (no Python strings, no join).
-                # Without gz the writer is the raw file itself.
-                pl.DataFrame({"json": chunk}).write_csv(raw, include_header=False, quote_style="never", line_terminator="\n")
-            elif isinstance(chunk, pl.Series):
-                writer.write(("\n".join(chunk.to_list()) + "\n").encode("utf-8"))
-            else:
-                writer.write(b"\n".join(chunk) + b"\n")
-        finally:
-            _close(writer, raw)
-        digests[name] = hasher.submit(_sha256_file, folder / name)
+        digests[name] = _write_part(folder / name, chunk, gz, hasher)
         items.append(ManifestFile(type=resource_type, url=name, count=len(chunk)))
+    return items, digests
+
+
+def _write_part(path: Path, chunk: list[bytes] | pl.Series, gz: bool, hasher: ThreadPoolExecutor) -> Future[str]:
+    """Write one NDJSON part; returns its sha256, computed on ``hasher``."""
+    writer, raw = _open_for_write(path, gz)
+    try:
+        _append(writer, raw, chunk, gz)
+    finally:
+        _close(writer, raw)
+    return hasher.submit(_sha256_file, path)
+
+
+def _append(writer: io.BufferedIOBase, raw: io.BufferedWriter, chunk: list[bytes] | pl.Series, gz: bool) -> None:
+    if isinstance(chunk, pl.Series) and len(chunk) and not gz:
+        # polars writes the text column straight from its buffers, one line per row; with
+        # quote_style="never" the bytes are the JSON text itself (no Python strings, no join).
+        # Without gz the writer is the raw file itself.
+        pl.DataFrame({"json": chunk}).write_csv(raw, include_header=False, quote_style="never", line_terminator="\n")
+    elif isinstance(chunk, pl.Series):
+        writer.write(("\n".join(chunk.to_list()) + "\n").encode("utf-8"))
+    else:
+        writer.write(b"\n".join(chunk) + b"\n")
+
+
+class ResourceParts(Protocol):
+    """One type's resources made a piece at a time (fhir.json.Encoding, fhir.group.GroupEncoding):
+    ``height`` resources; ``parts(n)`` yields (id, json) frames of at most n rows, in id order."""
+
+    @property
+    def height(self) -> int: ...
+
+    def parts(self, rows: int) -> Iterator[pl.DataFrame]: ...
+
+
+def _write_parts(
+    folder: Path, resource_type: str, made: ResourceParts, max_lines: int, gz: bool, hasher: ThreadPoolExecutor
+) -> tuple[list[ManifestFile], dict[str, Future[str]]]:
+    """``_write_lines`` for a type made piece by piece: the same files, one piece's JSON in memory.
+
+    Each piece gets ``_checked_frame``'s checks, and ids must rise across pieces (unique and in
+    id order over the whole type, as a whole frame's checks and sort would make them). Pieces
+    need not end where a file does: a file is filled to ``max_lines`` lines, then the next opens.
+    """
+    names = iter(_part_names(resource_type, max(1, -(-made.height // max_lines)), gz))
+    items: list[ManifestFile] = []
+    digests: dict[str, Future[str]] = {}
+    last: str | None = None
+    current: tuple[str, io.BufferedIOBase, io.BufferedWriter] | None = None  # the file being filled
+    lines = 0
+
+    def finish(file: tuple[str, io.BufferedIOBase, io.BufferedWriter], count: int) -> None:
+        name, writer, raw = file
+        _close(writer, raw)
+        digests[name] = hasher.submit(_sha256_file, folder / name)
+        items.append(ManifestFile(type=resource_type, url=name, count=count))
+
+    try:
+        for piece in made.parts(max_lines):
+            piece = _checked_frame(resource_type, piece)
+            ids = piece.get_column("id")
+            if not ids.len():
+                continue
+            if not ids.is_sorted() or (last is not None and ids[0] <= last):
+                raise AtrError(f"{resource_type}: ids out of order or repeated across export parts")
+            last = ids[-1]
+            text = piece.get_column("json")
+            del piece, ids
+            while text.len():
+                if current is None:
+                    name = next(names)
+                    current = (name, *_open_for_write(folder / name, gz))
+                take = min(max_lines - lines, text.len())
+                _append(current[1], current[2], text.slice(0, take), gz)
+                text, lines = text.slice(take), lines + take
+                if lines == max_lines:
+                    file, current = current, None
+                    finish(file, lines)
+                    lines = 0
+        if current is not None:
+            file, current = current, None
+            finish(file, lines)
+    finally:
+        if current is not None:  # a piece was refused: close the half-written file (the caller removes it)
+            _close(current[1], current[2])
+    if sum(item.count for item in items) != made.height:
+        raise AtrError(f"{resource_type}: {sum(item.count for item in items)} resources made, {made.height} announced")
     return items, digests
 
 
@@ -327,7 +401,7 @@ def write_bulk_export(
 
 def stage_resources(
     out_dir: Path,
-    resources: Mapping[str, pl.DataFrame] | Iterable[tuple[str, pl.DataFrame]],
+    resources: Mapping[str, pl.DataFrame] | Iterable[tuple[str, pl.DataFrame | ResourceParts]],
     *,
     max_lines_per_file: int = 100_000,
     gzip: bool = False,
@@ -336,7 +410,8 @@ def stage_resources(
 
     ``resources`` may be a mapping or an iterable of (type, frame) pairs: with an iterable each
     frame is written and released before the next one is built, so a month's resources never
-    sit in memory all at once. Nothing is visible at ``out_dir`` until ``publish_staged``.
+    sit in memory all at once; a type given as ResourceParts is made and written one part at a
+    time. Nothing is visible at ``out_dir`` until ``publish_staged``.
     Staging again for the same ``out_dir`` replaces the earlier staged build.
     """
     if max_lines_per_file < 1:
@@ -361,8 +436,11 @@ def stage_resources(
                 heights[resource_type] = frame.height
                 if not frame.height:
                     continue
-                frame = _checked_frame(resource_type, frame)
-                items, sums = _write_lines(building, resource_type, _json_in_id_order(frame), max_lines_per_file, gzip, hasher)
+                if isinstance(frame, pl.DataFrame):
+                    frame = _checked_frame(resource_type, frame)
+                    items, sums = _write_lines(building, resource_type, _json_in_id_order(frame), max_lines_per_file, gzip, hasher)
+                else:
+                    items, sums = _write_parts(building, resource_type, frame, max_lines_per_file, gzip, hasher)
                 del frame
                 files[resource_type] = items
                 pending.update(sums)
