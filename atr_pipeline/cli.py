@@ -372,7 +372,7 @@ def demo(
         console.print(f"[red]{escape(note)}[/red]")
     console.print(f"exports:  {escape(str(home / 'exports'))}")
     console.print(f"rejects:  {escape(str(home / 'rejects'))}")
-    console.print(f"history:  {escape(str(home / 'history.duckdb'))}")
+    console.print(f"history:  {escape(str(home / 'history'))}")
     # One line even on a narrow terminal: it is meant to be copied and pasted whole.
     dagster_cmd = (
         f"DAGSTER_HOME={home / 'dagster'} ATR_HOME={home} ATR_INBOX={home / 'inbox'} .venv/bin/dagster dev -w workspace.yaml"

@@ -1,7 +1,9 @@
 """Settings from the environment (``ATR_*``), with embedded defaults that need no servers.
 
 All state (landing files, the DuckDB history, exports, rejects) lives under ``ATR_HOME``
-(default ``./.atr_home``), never inside the package.
+(default ``./.atr_home``), never inside the package. History is one DuckDB file per source
+(``ATR_HOME/history/<source>.duckdb``, or under ``ATR_HISTORY_DIR``), so partitions of different
+sources never wait for one writer.
 """
 
 from __future__ import annotations
@@ -42,8 +44,17 @@ class Settings:
         return self.home / "landing"
 
     @property
-    def history_path(self) -> Path:
-        return history_path_for(self.home)
+    def history_dir(self) -> Path:
+        return history_dir_for(self.home)
+
+    def history_path(self, source_id: str) -> Path:
+        """The DuckDB file holding ``source_id``'s history (``history.stores.history_store`` opens it)."""
+        return self.history_dir / f"{source_id}.duckdb"
+
+    @property
+    def legacy_history_path(self) -> Path:
+        """Where releases before home format 3 kept every source's history in one file (upgraded away)."""
+        return legacy_history_path_for(self.home)
 
     @property
     def exports_dir(self) -> Path:
@@ -91,8 +102,20 @@ def last_home() -> Path:
     return _last_home if _last_home is not None else resolve_home()
 
 
-def history_path_for(home: Path) -> Path:
-    return Path(_env("ATR_HISTORY_DB") or home / "history.duckdb")
+HISTORY_DIR = "history"
+
+
+def history_dir_for(home: Path) -> Path:
+    """The folder of per-source history files: $ATR_HISTORY_DIR, else ATR_HOME/history."""
+    return Path(_env("ATR_HISTORY_DIR") or Path(home) / HISTORY_DIR).resolve()
+
+
+def legacy_history_path_for(home: Path) -> Path:
+    """The single history file of homes before format 3: $ATR_HISTORY_DB, else ATR_HOME/history.duckdb.
+
+    Read only to upgrade it into per-source files (home.py); nothing writes it any more.
+    """
+    return Path(_env("ATR_HISTORY_DB") or Path(home) / "history.duckdb")
 
 
 def existing_home(home: str | Path | None = None) -> Path:

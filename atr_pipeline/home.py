@@ -9,10 +9,13 @@ Formats:
      history schema 1.
   2. the ledger stores paths relative to the home (a home may be moved or restored elsewhere);
      history schema 2 (``published_builds``: month-ordered rebuilds).
+  3. history in one DuckDB file per source (``history/<source>.duckdb``) instead of one
+     ``history.duckdb`` for all, so partitions of different sources never wait for one writer
+     (history/stores.py). The upgrade splits the old file by ``source_id`` and deletes it.
 
 An older home is upgraded on first use, under ``<home>/locks/home.lock``, after a consistent
-copy of the ledger (sqlite's backup API) and of the history store (checkpointed, copied under its
-writer lock) is written to ``<home>/backups/<UTC time>-format-<old>/``. Landed files, rejects
+copy of the ledger (sqlite's backup API) and of the history (every file checkpointed, copied under
+its writer lock) is written to ``<home>/backups/<UTC time>-format-<old>/``. Landed files, rejects
 and exports are not copied: no upgrade changes them. See docs/OPERATIONS.md.
 """
 
@@ -30,7 +33,7 @@ from atr_pipeline.errors import AtrError
 
 log = logging.getLogger(__name__)
 
-HOME_FORMAT = 2
+HOME_FORMAT = 3
 FORMAT_FILE = "home_format"
 BACKUPS_DIR = "backups"
 _LOCK_TIMEOUT = 600.0
@@ -42,7 +45,7 @@ class NewerHome(AtrError):
     """The home was written by a newer release."""
 
 
-def stored_format(home: Path, history_path: Path | None = None) -> int | None:
+def stored_format(home: Path, legacy_history: Path | None = None) -> int | None:
     """The home's format: the number in ``home_format``; 1 for a home with state but no file;
     None for a home with no state yet."""
     marker = Path(home) / FORMAT_FILE
@@ -53,9 +56,11 @@ def stored_format(home: Path, history_path: Path | None = None) -> int | None:
         return int(text)
     # No marker: format 1 when something in it is as the previous release wrote it. An empty
     # ledger, or a history store a command of this release created, is no old state.
-    if _absolute_ledger_paths(Path(home) / "landing" / "ledger.sqlite") or _history_schema(history_path or Path(home) / "history.duckdb") == 1:
+    legacy = legacy_history or Path(home) / "history.duckdb"
+    if _absolute_ledger_paths(Path(home) / "landing" / "ledger.sqlite") or _history_schema(legacy) == 1:
         return 1
-    return None
+    # A single history file of schema 2 without the marker (e.g. a copied store): format 2, to be split.
+    return 2 if legacy.exists() else None
 
 
 def _absolute_ledger_paths(ledger: Path) -> int:
@@ -94,7 +99,7 @@ def ensure_home(settings: Settings) -> None:
     lock = home / LOCKS_DIR / "home.lock"
     lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with file_lock(lock, exclusive=True, timeout=_LOCK_TIMEOUT, what=f"{home}: another atr process is upgrading this home"):
-        found = stored_format(home, settings.history_path)
+        found = stored_format(home, settings.legacy_history_path)
         if found is not None and found > HOME_FORMAT:
             raise NewerHome(
                 f"ATR_HOME {home} has format {found}, written by a newer release of atr than this one "
@@ -117,12 +122,13 @@ def _write_format(home: Path) -> None:
 
 def migrate(settings: Settings, found: int) -> None:
     """Bring a home of format ``found`` to ``HOME_FORMAT`` (the caller holds the home lock)."""
+    legacy = settings.legacy_history_path
     if found < 2:
         _relative_ledger_paths(settings)
-        if settings.history_path.exists():
+        if legacy.exists():
             from atr_pipeline.history.store import HistoryStore
 
-            store = HistoryStore(settings.history_path)
+            store = HistoryStore(legacy)
             store.upgrade()  # adds published_builds (schema 2)
             # The old release's exports: known from now on, so a late earlier month rebuilds them.
             for export in sorted(settings.exports_dir.glob("*/*/manifest.json")):
@@ -130,6 +136,11 @@ def migrate(settings: Settings, found: int) -> None:
                 year, _, month = month_dir.name.partition("-")
                 if year.isdigit() and month.isdigit():
                     store.adopt_published(month_dir.parent.name, date(int(year), int(month), 1))
+    if found < 3:
+        from atr_pipeline.history.stores import split_legacy_history
+
+        sources = split_legacy_history(legacy, settings.history_dir, lock_timeout=_LOCK_TIMEOUT)
+        log.warning("history split into one file per source under %s (%d source(s))", settings.history_dir, len(sources))
 
 
 def _relative_ledger_paths(settings: Settings) -> None:
@@ -159,9 +170,16 @@ def backup_home(settings: Settings, *, label: str) -> Path:
         # sqlite's online backup: a consistent copy even while another process writes (WAL).
         with closing(sqlite3.connect(ledger, timeout=60)) as src, closing(sqlite3.connect(folder / "landing" / "ledger.sqlite")) as dst:
             src.backup(dst)
-    history = settings.history_path
-    if history.exists():
-        backup_history(history, folder / history.name)
+    from atr_pipeline.history.stores import history_files
+
+    legacy = settings.legacy_history_path
+    if legacy.exists():
+        backup_history(legacy, folder / legacy.name)
+    files = history_files(settings.home)
+    if files:
+        (folder / "history").mkdir(mode=0o700)
+    for path in files:
+        backup_history(path, folder / "history" / path.name)
     for copy in folder.rglob("*"):
         copy.chmod(0o700 if copy.is_dir() else 0o600)
     return folder

@@ -180,19 +180,17 @@ def record_history(validated: ValidatedFile, settings: Settings, spec: MappingSp
     lineage = SnapshotLineage(
         file_name=landed.original_name, file_sha256=landed.sha256, received_at=landed.received_at, rows=validated.rows_accepted
     )
-    store = _store(settings)
+    store = _store(settings, spec.source_id)
     # Under the source lock: no build of this source reads history halfway through a month change.
     with source_lock(settings.home, spec.source_id):
         store.record_snapshot(validated.accepted, source_id=spec.source_id, month=landed.month, lineage=lineage)
 
 
-def _store(settings: Settings):
-    """The history store of ``settings``, after the home's format was checked (and upgraded)."""
-    from atr_pipeline.history.store import HistoryStore
-    from atr_pipeline.home import ensure_home
+def _store(settings: Settings, source_id: str):
+    """The source's history store, after the home's format was checked (and upgraded)."""
+    from atr_pipeline.history.stores import history_store
 
-    ensure_home(settings)
-    return HistoryStore(settings.history_path)
+    return history_store(settings, source_id)
 
 
 # ---------------------------------------------------------------- FHIR + conformance + export
@@ -247,7 +245,7 @@ def _build(spec: MappingSpec, month: date, settings: Settings, progress: Progres
     from atr_pipeline.fhir.build import BuildContext, iter_encoded, prepare
     from atr_pipeline.publish.export import stage_resources
 
-    store = _store(settings)
+    store = _store(settings, spec.source_id)
     basis = store.build_basis(spec.source_id, month)
     members = store.member_list(spec.source_id, month)
     change_types = dict(sorted(members.group_by("change_type").len().iter_rows())) if members.height else {}
@@ -342,7 +340,7 @@ def _publish_current(
     from atr_pipeline.errors import AtrError
     from atr_pipeline.publish.export import publish_staged
 
-    store = _store(settings)
+    store = _store(settings, built.source_id)
     current = built.resources.is_staged() or built.resources.is_published()
     if not current or built.basis != store.build_basis(built.source_id, built.month):
         progress(f"history of {built.source_id} changed since {month_key(built.month)} was built: building it again")
@@ -373,7 +371,7 @@ def rebuild_stale_months(spec: MappingSpec, settings: Settings, *, progress: Pro
 
     rebuilt: list[date] = []
     with source_lock(settings.home, spec.source_id):
-        store = _store(settings)
+        store = _store(settings, spec.source_id)
         # Each rebuild can make a later month stale (its versions): loop until none is; every
         # pass rebuilds the earliest stale month, so this ends after at most one pass per month.
         for _ in range(1000):
@@ -684,7 +682,7 @@ def history_summary(spec: MappingSpec, month: date, settings: Settings) -> dict:
     from atr_pipeline.history.store import trend_markdown, trend_vega_lite
     from atr_pipeline.history.trends import trend_bars
 
-    store = _store(settings)
+    store = _store(settings, spec.source_id)
     key_cols = list(MEMBER_ENTRY_KEY)
     # Counts only: the key and the change type, not every column (two months of a 1M-member
     # source were ~3 GB and ~5 s of the Dagster run, for numbers).

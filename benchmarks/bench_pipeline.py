@@ -132,7 +132,7 @@ def main() -> int:
     with stage("history diff (member list)", sampler):
         from atr_pipeline.history.store import HistoryStore
 
-        diffed = HistoryStore(settings.history_path).member_list(spec.source_id, m2)
+        diffed = HistoryStore(settings.history_path(spec.source_id)).member_list(spec.source_id, m2)
         entries = diffed.height
         del diffed
     with stage("FHIR build + staging (incl. diff read)", sampler):
@@ -191,7 +191,7 @@ def validated_subset_csv(spec, settings, month: date, n: int, out: Path) -> Path
     """The first n accepted canonical rows of the month, as the baseline mapper's CSV input."""
     from atr_pipeline.history.store import HistoryStore
 
-    members = HistoryStore(settings.history_path).member_list(spec.source_id, month).head(n)
+    members = HistoryStore(settings.history_path(spec.source_id)).member_list(spec.source_id, month).head(n)
     members.write_csv(out)
     return out
 

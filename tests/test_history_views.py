@@ -13,16 +13,16 @@ from typer.testing import CliRunner
 from atr_pipeline.canonical import PHI_FIELDS
 from atr_pipeline.config import load_settings
 from atr_pipeline.history import cli
-from atr_pipeline.history.store import HistoryStore
+from atr_pipeline.history.stores import history_store
 from atr_pipeline.history.trends import trend_markdown, trend_vega_lite
 
 
 @pytest.fixture()
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv("ATR_HISTORY_DB", raising=False)
+    monkeypatch.delenv("ATR_HISTORY_DIR", raising=False)
     monkeypatch.delenv("ATR_LIST_STATUS", raising=False)
     home = tmp_path / "home"
-    store = HistoryStore(load_settings(home).history_path)
+    store = history_store(load_settings(home), SOURCE)
     for month in (M1, M2, M3):
         df = MONTHS[month]()
         store.record_snapshot(df, source_id=SOURCE, month=month, lineage=lineage_for(df))
@@ -46,7 +46,7 @@ def app() -> typer.Typer:
 
 
 def test_vega_lite_spec(home: Path) -> None:
-    spec = trend_vega_lite(HistoryStore(load_settings(home).history_path).trends(SOURCE))
+    spec = trend_vega_lite(history_store(load_settings(home), SOURCE).trends(SOURCE))
     assert spec["$schema"] == "https://vega.github.io/schema/vega-lite/v5.json"
     values = spec["data"]["values"]
     assert len(values) == 2 * 3 * 3  # contracts x months x (members, new, dropped)
@@ -62,7 +62,7 @@ def test_vega_lite_spec(home: Path) -> None:
 
 
 def test_markdown_table(home: Path) -> None:
-    md = trend_markdown(HistoryStore(load_settings(home).history_path).trends(SOURCE))
+    md = trend_markdown(history_store(load_settings(home), SOURCE).trends(SOURCE))
     lines = md.splitlines()
     assert lines[0] == "### Contract `C1`"
     assert lines[2] == "| month | previous_month | entries | members | new | changed | nochange | dropped | provider_switches |"
@@ -90,7 +90,7 @@ def test_cli_finalize(home: Path) -> None:
     result = CliRunner().invoke(app(), ["finalize", "--source", SOURCE, "--contract", "C2", "--home", str(home)])
     assert result.exit_code == 0, result.output
     assert "contract C2: list for 2026-03 is now final" in result.output
-    store = HistoryStore(load_settings(home).history_path)
+    store = history_store(load_settings(home), SOURCE)
     assert (store.list_status(SOURCE, "C2", M3), store.list_status(SOURCE, "C1", M3)) == ("final", "draft")
     bad = CliRunner().invoke(app(), ["finalize", "--source", SOURCE, "--contract", "NOPE", "--home", str(home)])
     assert bad.exit_code == 2

@@ -18,7 +18,7 @@ from overlap_tools import FIXTURES, MAPPINGS, atr, differences, in_order_referen
 
 from atr_pipeline import pipeline
 from atr_pipeline.config import load_settings
-from atr_pipeline.history.store import HistoryStore
+from atr_pipeline.history.stores import history_store
 from atr_pipeline.layouts.spec import load_mapping
 
 ACME = "acme_commercial"
@@ -77,7 +77,7 @@ def test_a_build_staged_before_an_earlier_month_arrived_is_rebuilt_at_publish(tm
     export_dir = pipeline.export_month(stale_build, settings, errors=[])
     assert export_dir == settings.exports_dir / ACME / "2026-10"
     assert differences(settings.home, reference, ACME) == []
-    store = HistoryStore(settings.history_path)
+    store = history_store(settings, ACME)
     assert store.months_to_rebuild(ACME) == []
     built = json.loads((export_dir / "manifest.json").read_text())
     assert built["request"] == f"atr run --source {ACME} --month 2026-10"

@@ -109,7 +109,7 @@ def _tree(root: Path, *, include_root: bool) -> list[Path]:
 
 def test_the_run_wrote_what_needs_protecting(layout: Layout) -> None:
     home = layout.home
-    assert (home / "history.duckdb").is_file()
+    assert (home / "history" / "acme_commercial.duckdb").is_file()
     assert (home / "secrets" / "id_key").is_file()
     assert len([p for p in (home / "landing").rglob("*") if p.suffix in (".csv", ".txt")]) == 3  # the delivered files
     assert list((home / "rejects").rglob("ACME_ATTRIB_202609.rejects.csv"))

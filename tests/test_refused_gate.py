@@ -47,7 +47,7 @@ def test_threshold_refused_file_is_stopped_now_and_in_later_runs(env):
     assert checks == {"control_totals_match": True, "rejects_under_threshold": False}
     materialized = {e.asset_key.to_user_string() for e in res.get_asset_materialization_events()}
     assert "attribution_snapshot" not in materialized and "fhir_resources" not in materialized
-    assert not (home / "history.duckdb").exists()
+    assert not (home / "history" / "acme_commercial.duckdb").exists()
     # The sender still gets the rejects CSV.
     assert (home / "rejects" / "acme_commercial" / "2026-08" / "ACME_ATTRIB_202608.rejects.csv").exists()
 
@@ -66,7 +66,7 @@ def test_threshold_refused_file_is_stopped_now_and_in_later_runs(env):
     assert not later.success
     failure = next(e for e in later.all_events if e.event_type_value == "STEP_FAILURE")
     assert "validated_rows" in failure.event_specific_data.error.message  # type: ignore[union-attr]
-    assert not (home / "history.duckdb").exists()
+    assert not (home / "history" / "acme_commercial.duckdb").exists()
 
 
 def test_ledger_gate_refuses_a_delivery_marked_refused(env, tmp_path):

@@ -16,23 +16,18 @@ import typer
 from rich.table import Table
 
 from atr_pipeline.cli_common import SOURCE_HELP, console_for, escape, source_id_option
-from atr_pipeline.config import existing_home, history_path_for, load_settings
+from atr_pipeline.config import existing_home, load_settings
 from atr_pipeline.errors import EXIT_USAGE, AtrError
 from atr_pipeline.history.store import HistoryStore
+from atr_pipeline.history.stores import history_store, read_only_history_store, recorded_sources
 from atr_pipeline.history.trends import TABLE_COLUMNS, trend_markdown, trend_vega_lite
 
 _console = console_for()
 _err = console_for(stderr=True)
 
 
-def _store(home: Path | None) -> HistoryStore:
-    return HistoryStore(load_settings(home).history_path)
-
-
-def _read_only_store(home: Path | None) -> HistoryStore | None:
-    """The history of an existing ATR_HOME, opened without writing anything; None when none was recorded."""
-    path = history_path_for(existing_home(home))
-    return HistoryStore(path, read_only=True) if path.exists() else None
+def _store(home: Path | None, source: str) -> HistoryStore:
+    return history_store(load_settings(home), source, create=False)
 
 
 def trends(
@@ -43,10 +38,12 @@ def trends(
     vega_lite: Annotated[Path | None, typer.Option("--vega-lite", help="Also write a Vega-Lite v5 chart spec here")] = None,
 ) -> None:
     """Members, new, changed, nochange, dropped and provider switches per contract per month (read-only)."""
-    store = _read_only_store(home)
+    # Read-only: an existing ATR_HOME, nothing created or written in it.
+    found = existing_home(home)
+    store = read_only_history_store(found, source)
     try:
         frame = store.trends(source, contract) if store else None
-        recorded = store.sources() if store else []
+        recorded = recorded_sources(found)
         if store and contract and source in recorded and (frame is None or frame.is_empty()):
             contracts = sorted(set(store.trends(source)["contract_id"].to_list()))
             known = f"; contracts of {source}: {', '.join(contracts)}"
@@ -85,8 +82,8 @@ def finalize(
     home: Annotated[Path | None, typer.Option("--home", help="ATR_HOME (default: $ATR_HOME or ./.atr_home)")] = None,
 ) -> None:
     """Mark the contract's latest monthly attribution list final (the next publish bumps its Group)."""
-    store = _store(home)
     try:
+        store = _store(home, source)
         store.set_list_status(source, contract, "final")
         months = store.months(source)
     except AtrError as exc:
