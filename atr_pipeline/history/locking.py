@@ -1,8 +1,10 @@
-"""One writer at a time on the history DuckDB file: an ``fcntl.flock`` on ``<db>.lock``.
+"""One writer at a time on a history DuckDB file: an ``fcntl.flock`` on ``<db>.lock``.
 
 DuckDB lets one process write a database file, and while it does, other processes cannot even
 open it read-only. Writers take the lock exclusively, readers take it shared, so a reader waits
-for a writer instead of failing, and two writers queue instead of one crashing.
+for a writer instead of failing, and two writers queue instead of one crashing. History is one
+file per source (``history/<source>.duckdb``, see stores.py), so this lock, like ``source_lock``,
+is per source: writers of different sources never wait for each other.
 Refused: a lock not obtained within ``timeout`` seconds raises ``HistoryLocked``.
 
 ``source_lock`` is the second lock: one per source under ``ATR_HOME/locks/``, held from the
@@ -78,7 +80,7 @@ def _acquire(fd: int, lock_path: Path, *, exclusive: bool, timeout: float, what:
                 kind = "write" if exclusive else "read"
                 raise HistoryLocked(
                     what or f"history store {lock_path.name}: {kind} lock not obtained within {timeout:g} s; "
-                    "another atr process is writing (Dagster: put writing steps in a pool of 1)"
+                    "another atr process is writing this source's history"
                 ) from None
             time.sleep(_POLL_SECONDS)
 
