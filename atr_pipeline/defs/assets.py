@@ -33,8 +33,6 @@ from atr_pipeline.sources.sftp import SftpError
 OWNERS = ["team:data-engineering"]
 # I/O can fail transiently (SFTP, disk, server): retry with backoff and jitter. Pure stages don't retry.
 IO_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
-# DuckDB allows one writer process: history writes share a pool of one slot.
-HISTORY_POOL = "atr_history_writer"
 # Check specs carry the asset's partitions so each result is stored against its month x source
 # (without it the UI shows a partitioned asset's check results with no partition at all).
 # Dagster 1.13 calls that a preview feature and warns once per spec at import.
@@ -155,7 +153,8 @@ def validated_rows(context: dg.AssetExecutionContext, atr: AtrHome, sftp: SftpRe
     group_name="history",
     kinds={"duckdb"},
     owners=OWNERS,
-    pool=HISTORY_POOL,
+    # No concurrency pool: history is one DuckDB file per source (history/stores.py) behind that
+    # source's locks, so a pool of one writer would only make other sources' partitions wait.
     check_specs=[dg.AssetCheckSpec("history_consistent", asset="attribution_snapshot", blocking=True, partitions_def=PARTITIONS,
                                    description="No member entry twice in the month's list; a dropped entry is emitted only once.")],
 )

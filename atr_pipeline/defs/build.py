@@ -108,10 +108,33 @@ def wiring_definitions() -> dg.Definitions:
             mapping_errors_sensor,
         ],
         resources={"atr": atr_home_resource(), "fhir_server": fhir_server_resource(), RESOURCE_KEY: sftp_resource()},
-        # One process: the multiprocess executor costs ~10x on small partitions (FACTS.md) and
-        # DuckDB takes one writer process anyway.
-        executor=dg.in_process_executor,
+        executor=executor(),
     )
+
+
+EXECUTOR_ENV = "ATR_DAGSTER_EXECUTOR"
+MAX_CONCURRENT_ENV = "ATR_DAGSTER_MAX_CONCURRENT"
+EXECUTORS = ("in_process", "multiprocess")
+
+
+def executor() -> dg.ExecutorDefinition:
+    """How the steps of one run execute: ``in_process`` (default) or ``multiprocess`` (ATR_DAGSTER_EXECUTOR).
+
+    A run is one partition (one source x month), and its steps form a chain: no two of them can
+    run at once, so the multiprocess executor buys no parallelism inside a run; it only starts a
+    process per step (~10x the time of a small partition, FACTS.md; docs/PERFORMANCE.md has the
+    figures for 250k members). Partitions of different sources run in parallel as separate runs
+    (the run queue's ``max_concurrent_runs``; history is one file per source, so they never wait
+    for one writer). ``multiprocess`` is the local form of a step per process, as Celery's and
+    Kubernetes' step executors run them: it proves no step relies on memory another step left.
+    """
+    choice = os.environ.get(EXECUTOR_ENV) or "in_process"
+    if choice not in EXECUTORS:
+        raise AtrError(f"{EXECUTOR_ENV} must be one of {', '.join(EXECUTORS)}, not {choice!r}")
+    if choice == "in_process":
+        return dg.in_process_executor
+    limit = os.environ.get(MAX_CONCURRENT_ENV)
+    return dg.multiprocess_executor.configured({"max_concurrent": int(limit)}) if limit else dg.multiprocess_executor
 
 
 def build_definitions() -> dg.Definitions:
