@@ -23,7 +23,8 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 OPEN_BITS = 0o077  # group and other: never on a PHI path
 
-# What holds PHI or secrets under ATR_HOME (history/ holds one DuckDB file per source; history.duckdb* is a pre-format-3 home's single file, its WAL and DuckDB's temp files).
+# What holds PHI or secrets under ATR_HOME. history/ holds one DuckDB file per source;
+# history.duckdb* is a pre-format-3 home's single file, its WAL and DuckDB's temp files.
 PHI_ENTRIES = ("landing", "rejects", "exports", "staging", "secrets", "inbox", "history")
 PHI_GLOBS = ("history.duckdb*", "*.duckdb", "*.duckdb.wal", "*.lock")
 

@@ -11,10 +11,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import polars as pl
 import pytest
 from test_history_cases import M1, M2, M3, MONTHS, SOURCE, lineage_for, month1
-
-import polars as pl
 
 from atr_pipeline.config import load_settings
 from atr_pipeline.history.locking import HistoryLocked, source_lock
