@@ -115,12 +115,13 @@ def split_legacy_history(legacy: Path, history_dir: Path, *, lock_timeout: float
             con.execute("SET threads = 1")  # one thread keeps each INSERT in scan (rowid) order
             con.execute(f"ATTACH '{_sql_text(legacy)}' AS legacy (READ_ONLY)")
             columns = _columns(con, "legacy")
-            unsplittable = sorted(t for t, cols in columns.items() if t != "store_meta" and "source_id" not in cols)
+            where = {t: _source_rows(t, cols, columns) for t, cols in columns.items() if t != "store_meta"}
+            unsplittable = sorted(t for t, condition in where.items() if condition is None)
             if unsplittable:
                 raise AtrError(f"{legacy}: table(s) {', '.join(unsplittable)} have no source_id column; they cannot be split per source")
             found: set[str] = set()
-            for table in columns:
-                if table != "store_meta":
+            for table, cols in columns.items():
+                if table != "store_meta" and "source_id" in cols:
                     found.update(r[0] for r in con.execute(f'SELECT DISTINCT source_id FROM legacy."{table}"').fetchall() if r[0])
             sources = sorted(found)
             for source_id in sources:
@@ -132,9 +133,9 @@ def split_legacy_history(legacy: Path, history_dir: Path, *, lock_timeout: float
                 con.execute(f"ATTACH '{_sql_text(partial)}' AS target")
                 try:
                     for table in _columns(con, "target"):
-                        if table != "store_meta" and table in columns:
+                        if table in where:
                             con.execute(f'INSERT INTO target."{table}" BY NAME SELECT * FROM legacy."{table}" '
-                                        "WHERE source_id = ? ORDER BY rowid", [source_id])
+                                        f"WHERE {where[table]} ORDER BY rowid", [source_id])
                     con.execute("CHECKPOINT target")  # the file alone is complete: no WAL to carry along
                 finally:
                     con.execute("DETACH target")
@@ -145,6 +146,17 @@ def split_legacy_history(legacy: Path, history_dir: Path, *, lock_timeout: float
         for path in (legacy, legacy.with_name(legacy.name + ".wal")):
             path.unlink(missing_ok=True)
     return sources
+
+
+def _source_rows(table: str, columns: set[str], tables: dict[str, set[str]]) -> str | None:
+    """The SQL condition picking one source's rows of a legacy table (``?`` is the source id).
+
+    A request's entries belong to its request's source (their canonical columns are the rows as
+    sent); other tables carry ``source_id`` themselves. None: the table cannot be split.
+    """
+    if "request_id" in columns and table != "list_requests" and "source_id" in tables.get("list_requests", set()):
+        return "request_id IN (SELECT request_id FROM legacy.list_requests WHERE source_id = ?)"
+    return "source_id = ?" if "source_id" in columns else None
 
 
 def _columns(con: Any, database: str) -> dict[str, set[str]]:
