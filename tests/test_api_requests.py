@@ -448,7 +448,7 @@ def test_scenario_2_create_empty_group_fill_export_confirm(served):
     assert _post(base, keys["new"], f"Group/{gid}/$confirm-attribution-list").status_code == 201
     assert _status(_group(base, keys["new"], gid)) == "final"
 
-    found = [r for r in HistoryStore(home / "history.duckdb").list_requests(group_id=gid) if r.operation == "create-group"]
+    found = [r for r in HistoryStore(home / "history" / "acme_commercial.duckdb").list_requests(group_id=gid) if r.operation == "create-group"]
     assert found[0].provenance == provenance and found[0].client_id == keys["new"].client_id
     assert orjson.loads(found[0].parameters)["name"] == "Clinic 7 panel"
 
@@ -543,5 +543,5 @@ def test_open_list_removes_at_once_and_a_superseded_month_is_refused(tmp_path_fa
         adjudicate.submit_member_change(settings, Target("acme_commercial", CONTRACT, date(2026, 8, 1), gid),
                                         MemberChange("member-remove", member_id="M12320796301"), client_id="test",
                                         parameters="{}")
-    (refused,) = [r for r in HistoryStore(home / "history.duckdb").list_requests() if r.status == "rejected"]
+    (refused,) = [r for r in HistoryStore(home / "history" / "acme_commercial.duckdb").list_requests() if r.status == "rejected"]
     assert refused.operation == "member-remove" and "superseded" in (refused.reason or "")

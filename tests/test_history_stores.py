@@ -10,8 +10,10 @@ import polars as pl
 import pytest
 from test_history_cases import M1, M2, MONTHS, SOURCE, lineage_for
 
+from atr_pipeline.canonical import CANONICAL_SCHEMA
 from atr_pipeline.errors import AtrError
-from atr_pipeline.history.store import HistoryStore
+from atr_pipeline.history.adjustments import ACTION_COLUMN, REMOVE
+from atr_pipeline.history.store import HistoryStore, ListRequest
 from atr_pipeline.history.stores import read_only_history_store, recorded_sources, split_legacy_history
 
 OTHER = "other_source"
@@ -30,16 +32,27 @@ def _legacy(path: Path) -> HistoryStore:
             store.record_snapshot(df, source_id=source, month=month, lineage=lineage_for(df))
         store.publish_group_versions(source, M2, ["C1", "C2"], datetime(2026, 3, 1, tzinfo=UTC))
     store.set_list_status(OTHER, "C1", "final")
+    # A provider's request on OTHER's list, with the entries it removes (request_rows has no
+    # source of its own beyond the rows' columns: it follows its request).
+    rows = store.member_list(OTHER, M2).head(2).select(*CANONICAL_SCHEMA.names()).with_columns(pl.lit(REMOVE).alias(ACTION_COLUMN))
+    store.record_request(ListRequest("req-1", OTHER, "C1", M2, "g-1", "member-remove", "client-1",
+                                     datetime(2026, 3, 2, tzinfo=UTC), "{}", None, "queued", channel="api"), rows)
     return store
 
 
 def _content(store: HistoryStore, source: str) -> tuple:
+    requests = store.list_requests(source)
     return (store.months(source), store.member_list(source, M2), store.group_versions(source),
-            store.list_status(source, "C1", M2), store.lineage(source, M2), store.trends(source))
+            store.list_status(source, "C1", M2), store.lineage(source, M2), store.trends(source),
+            requests, [store.request_rows(r.request_id) for r in requests])
 
 
 def _same(a: tuple, b: tuple) -> bool:
-    return all(x.equals(y) if isinstance(x, pl.DataFrame) else x == y for x, y in zip(a, b, strict=True))
+    def eq(x, y) -> bool:
+        if isinstance(x, list) and x and isinstance(x[0], pl.DataFrame):
+            return len(x) == len(y) and all(eq(u, v) for u, v in zip(x, y, strict=True))
+        return x.equals(y) if isinstance(x, pl.DataFrame) else x == y
+    return all(eq(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_split_gives_each_source_its_own_file_with_the_same_history(tmp_path: Path) -> None:
@@ -53,6 +66,7 @@ def test_split_gives_each_source_its_own_file_with_the_same_history(tmp_path: Pa
         assert store is not None and store.path == tmp_path / "history" / f"{source}.duckdb"
         assert store.sources() == [source]
         assert _same(_content(store, source), before[source])
+    assert [len(r) for r in before[OTHER][-1]] == [2] and before[SOURCE][-2] == []  # the request went with its source
     assert recorded_sources(tmp_path) == sorted([SOURCE, OTHER])
 
 

@@ -42,10 +42,26 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _store(settings: Settings) -> HistoryStore:
+def _store(settings: Settings, source_id: str) -> HistoryStore:
     from atr_pipeline.pipeline import _store as pipeline_store
 
-    return pipeline_store(settings)
+    return pipeline_store(settings, source_id)
+
+
+def _stores(settings: Settings) -> list[HistoryStore]:
+    """Every source's history store: requests looked up by id or by Group may be in any of them."""
+    from atr_pipeline.history.stores import recorded_sources
+
+    return [_store(settings, source_id) for source_id in recorded_sources(settings.home)]
+
+
+def _holding(settings: Settings, request_id: str) -> tuple[HistoryStore, ListRequest] | None:
+    """The store holding a request, and the request (history is one file per source)."""
+    for store in _stores(settings):
+        record = store.get_request(request_id)
+        if record is not None:
+            return store, record
+    return None
 
 
 def _spec(settings: Settings, source_id: str):
@@ -173,7 +189,7 @@ def submit_member_change(settings: Settings, target: Target, change: MemberChang
     if change.operation not in (MEMBER_ADD, MEMBER_REMOVE):
         raise ValueError(change.operation)
     spec = _spec(settings, target.source_id)
-    store = _store(settings)
+    store = _store(settings, target.source_id)
     with _lock(settings, target.source_id):
         record = _new_record(target, change.operation, client_id=client_id, parameters=parameters,
                              provenance=provenance, channel=channel, request_id=request_id)
@@ -233,10 +249,10 @@ def _accept(settings: Settings, store: HistoryStore, request_id: str, decided_by
 
 def accept(settings: Settings, request_id: str, *, decided_by: str = "cli", progress: Progress | None = None) -> ListRequest:
     """Accept a queued request and publish its month (`atr requests accept ID`)."""
-    store = _store(settings)
-    record = store.get_request(request_id)
-    if record is None:
+    held = _holding(settings, request_id)
+    if held is None:
         raise RequestRefused(f"no request {request_id!r} (see `atr requests list`)", status=404, code="not-found")
+    store, record = held
     with _lock(settings, record.source_id):
         try:
             decided = _accept(settings, store, request_id, decided_by, progress)
@@ -251,10 +267,10 @@ def reject(settings: Settings, request_id: str, reason: str, *, decided_by: str 
     """Reject a queued request with a reason the provider will see (`atr requests reject ID --reason`)."""
     if not reason.strip():
         raise RequestRefused("a rejection needs a reason the provider can act on", status=400, code="required")
-    store = _store(settings)
-    record = store.get_request(request_id)
-    if record is None:
+    held = _holding(settings, request_id)
+    if held is None:
         raise RequestRefused(f"no request {request_id!r} (see `atr requests list`)", status=404, code="not-found")
+    store, record = held
     if record.status != "queued":
         raise RequestRefused(f"request {request_id} is already {record.status}", request_id, status=409, code="conflict")
     decided = store.decide_request(request_id, "rejected", reason=reason.strip(), decided_by=decided_by)
@@ -277,7 +293,7 @@ def confirm(settings: Settings, target: Target, *, client_id: str, parameters: s
     Never queued: the consumer states it has no more changes. Requests still queued on the list
     are then refused when someone accepts them (the list is final).
     """
-    store = _store(settings)
+    store = _store(settings, target.source_id)
     with _lock(settings, target.source_id):
         record = _new_record(target, CONFIRM, client_id=client_id, parameters=parameters, provenance=provenance,
                              channel=channel, request_id=request_id)
@@ -300,7 +316,7 @@ def create_group(settings: Settings, source_id: str, contract_id: str, name: str
     """
     from atr_pipeline.fhir.ids import resource_id
 
-    store = _store(settings)
+    store = _store(settings, source_id)
     months = store.months(source_id)
     if not months:
         raise RequestRefused(f"source {source_id} has no list yet; a Group is created on a recorded month")
@@ -326,21 +342,28 @@ def created_group_record(store: HistoryStore, group_id: str) -> ListRequest | No
 
 def created_group(settings: Settings, group_id: str) -> ListRequest | None:
     """The POST Group record behind a Group id (scenario 2), or None."""
-    return created_group_record(_store(settings), group_id)
+    for store in _stores(settings):
+        found = created_group_record(store, group_id)
+        if found is not None:
+            return found
+    return None
 
 
 def patient_id(settings: Settings, source_id: str, month: date, member_id: str) -> str | None:
     """The Patient id of a member id known to the source (for ``$attribution-status``)."""
     from atr_pipeline.fhir.ids import resource_id
 
-    rows = _latest_rows(_store(settings), source_id, month, pl.col("member_id") == member_id)
+    rows = _latest_rows(_store(settings, source_id), source_id, month, pl.col("member_id") == member_id)
     if not rows.height:
         return None
     return resource_id(settings.id_key, "Patient", rows.get_column("payer_id")[0], member_id)
 
 
 def list_requests(settings: Settings, source_id: str | None = None, status: str | None = None) -> list[ListRequest]:
-    return _store(settings).list_requests(source_id, status=status)
+    if source_id is not None:
+        return _store(settings, source_id).list_requests(source_id, status=status)
+    found = [r for store in _stores(settings) for r in store.list_requests(status=status)]
+    return sorted(found, key=lambda r: (r.received_at, r.request_id))
 
 
 def contract_system(settings: Settings, source_id: str) -> str | None:

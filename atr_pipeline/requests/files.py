@@ -239,7 +239,7 @@ def _target(settings: Settings, spec: MappingSpec, month: date, contract_id: str
     """The list a line is about, or why there is none (not recorded: the API answers 404 alike)."""
     from atr_pipeline.fhir.ids import resource_id
 
-    store = adjudicate._store(settings)
+    store = adjudicate._store(settings, spec.source_id)
     if month not in store.months(spec.source_id):
         return f"the payer has no list of {month:%Y-%m} (the month in the file name)"
     rows = store.snapshot(spec.source_id, month)
@@ -264,7 +264,7 @@ def _submit(settings: Settings, spec: MappingSpec, layout: RequestFileSpec, mont
 
 def _submit_locked(settings: Settings, spec: MappingSpec, layout: RequestFileSpec, month: date, file_name: str,
                    req: _Line, progress: adjudicate.Progress | None) -> Answer:
-    store = adjudicate._store(settings)
+    store = adjudicate._store(settings, spec.source_id)
     rid = _request_id(spec.source_id, layout.provider, req.provider_request_id)
     said = req.parameters()
     earlier = store.get_request(rid)
