@@ -31,7 +31,7 @@ ACME = "acme_commercial"
 
 
 # The last release with one history file for every source (home format 2).
-SINGLE_FILE_RELEASE = "aabf45cf6e6ee6dfb5b00706918a21aca8925207"
+SINGLE_FILE_RELEASE = "b7e587f642c07aa47cc75f22a0ac46205252c33f"
 SWMCD = "statewide_medicaid"
 
 
