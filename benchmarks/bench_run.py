@@ -162,7 +162,7 @@ def baseline_only(home: Path, mapping: Path, n: int, out: Path) -> None:
     from atr_pipeline.layouts.spec import load_mapping
 
     spec = load_mapping(mapping)
-    store = HistoryStore(load_settings(home).history_path)
+    store = HistoryStore(load_settings(home).history_path(spec.source_id))
     # One contract's entries (group_versions lists them), so a 5M month is never loaded whole here.
     contracts = sorted(store.group_versions(spec.source_id).get_column("contract_id").unique().to_list())
     members = store.member_list(spec.source_id, MONTHS[1], contracts[0] if contracts else None).head(n)
