@@ -31,7 +31,7 @@ ACME = "acme_commercial"
 
 
 # The last release with one history file for every source (home format 2).
-SINGLE_FILE_RELEASE = "b7e587f642c07aa47cc75f22a0ac46205252c33f"
+SINGLE_FILE_RELEASE = "7dd33c59f12667d97dc85226db2a2c350d26e9f6"
 SWMCD = "statewide_medicaid"
 
 
