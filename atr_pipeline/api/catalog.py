@@ -9,7 +9,8 @@ Each indexed month keeps its files open. publish/ replaces a month by swapping t
 and deleting the old one; open descriptors still read the old files, so a request or an export
 job that started on one publication sees that publication to its end, never a mix. A month
 published while the server runs is picked up on the next request (the manifests are re-read at
-most once a second; an unchanged manifest is not re-indexed).
+on every snapshot by a stat of each month's manifest, so a month published by another process is
+served from the first request after its swap; an unchanged manifest is not re-indexed).
 
 A Group line may be hundreds of megabytes: only its head (everything but ``member``, which the
 pipeline writes last) is kept in memory; members are read from the file in chunks.
@@ -43,7 +44,6 @@ CHUNK = 1 << 20
 _MEMBER_MARK = b',"member":['
 _MONTH = re.compile(r"^\d{4}-\d{2}$")
 _REF = re.compile(rb'"reference":"(Patient|Coverage|Practitioner|PractitionerRole|Organization|RelatedPerson|Location)/([^"\\/]+)"')
-_REFRESH_SECONDS = 1.0
 log = logging.getLogger(__name__)
 assert set(LOAD_ORDER) <= set(RESOURCE_TYPES)
 
@@ -268,20 +268,48 @@ class CatalogView:
         return [entries[-1] for _, entries in sorted(self.groups.items())]
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 class Catalog:
     def __init__(self, exports_dir: Path):
         self.exports_dir = Path(exports_dir)
         self._lock = threading.Lock()
         self._months: dict[tuple[str, str], MonthExport] = {}
         self._view = CatalogView(())
-        self._checked = 0.0
+        self._seen: tuple[tuple[str, str, int, int, int], ...] | None = None
 
     def snapshot(self, force: bool = False) -> CatalogView:
+        """What is published now. A time-based throttle served a view up to a second old to a
+        client reading right after `atr run` or an accepted request in another process (and the
+        notification dispatcher's ticks kept it old); a stat per month costs microseconds."""
         with self._lock:
-            if force or time.monotonic() - self._checked >= _REFRESH_SECONDS:
+            signature = self._signature()
+            if force or signature != self._seen:
                 self._refresh()
-                self._checked = time.monotonic()
+                self._seen = signature
             return self._view
+
+    def _signature(self) -> tuple[tuple[str, str, int, int, int], ...]:
+        """(source, month, inode, mtime, size) of every month's manifest: publish/ swaps a month's
+        folder whole, so any new publication changes its manifest's inode."""
+        out = []
+        for source_dir in _subfolders(self.exports_dir):
+            if source_dir.name.startswith("."):
+                continue
+            for folder in _subfolders(source_dir):
+                if not _MONTH.match(folder.name):
+                    continue
+                try:
+                    st = (folder / MANIFEST_NAME).stat()
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                out.append((source_dir.name, folder.name, st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(sorted(out))
 
     def _refresh(self) -> None:
         found: dict[tuple[str, str], MonthExport] = {}
