@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import orjson
 import polars as pl
@@ -150,7 +150,7 @@ def _open_for_write(path: Path, gz: bool) -> tuple[io.BufferedIOBase | _HashedFi
     if not gz:
         return raw, raw
     # filename="" keeps the original name out of the header; mtime=0 keeps the bytes stable.
-    return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=_GZIP_LEVEL), raw  # type: ignore[arg-type]
+    return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=_GZIP_LEVEL), raw
 
 
 def _close(writer: io.BufferedIOBase | _HashedFile, raw: _HashedFile) -> str:
@@ -192,8 +192,9 @@ def _append(writer: io.BufferedIOBase | _HashedFile, raw: _HashedFile, chunk: li
     if isinstance(chunk, pl.Series) and len(chunk) and not gz:
         # polars writes the text column straight from its buffers, one line per row; with
         # quote_style="never" the bytes are the JSON text itself (no Python strings, no join).
-        # Without gz the writer is the raw file itself.
-        pl.DataFrame({"json": chunk}).write_csv(raw, include_header=False, quote_style="never", line_terminator="\n")
+        # Without gz the writer is the raw file itself; polars only calls its ``write`` (the cast
+        # is for the type checker: _HashedFile is the part of BinaryIO polars uses).
+        pl.DataFrame({"json": chunk}).write_csv(cast(BinaryIO, raw), include_header=False, quote_style="never", line_terminator="\n")
     elif isinstance(chunk, pl.Series):
         writer.write(("\n".join(chunk.to_list()) + "\n").encode("utf-8"))
     else:
