@@ -266,7 +266,8 @@ def _build(spec: MappingSpec, month: date, settings: Settings, progress: Progres
         intended_recipient=spec.intended_recipient,
     )
     member_entries = members.height
-    rows = prepare(members, ctx) if member_entries else None
+    # consume: the member list's columns are released as they are cleaned (one copy, not two)
+    rows = prepare(members, ctx, consume=True) if member_entries else None
     del members  # the prepared rows hold everything the builders need
     # Each type is written to the staging folder as soon as it is built and then dropped; the
     # generator holds the only reference to the rows, so they go after the last builder.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from atr_pipeline.errors import AtrError
 from atr_pipeline.fhir.build import ENCODERS, iter_encoded, iter_prepared, prepare
@@ -91,3 +92,14 @@ def test_pieces_are_cut_into_files_as_a_whole_frame_is(tmp_path: Path) -> None:
     assert [f.count for f in pieces.files["Patient"]] == [2, 2, 2, 1]
     assert pieces.files == whole.files and pieces.digests == whole.digests
     assert _files(pieces.folder) == _files(whole.folder)
+
+
+def test_prepare_consuming_the_member_list_gives_the_same_rows() -> None:
+    ctx = context()
+    members = synthetic_members(3000).sample(fraction=1.0, shuffle=True, seed=3)
+    # untrimmed and empty strings, so the cleaning has work to do column by column
+    members = members.with_columns(pl.col("family_name").str.pad_start(12), pl.col("middle_name").str.slice(0, 0))
+    expected = prepare(members, ctx)
+    taken = members.clone()
+    assert_frame_equal(prepare(taken, ctx, consume=True), expected)
+    assert taken.width == 0 and members.width > 0  # the caller's frame was emptied, column by column

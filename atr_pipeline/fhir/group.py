@@ -180,7 +180,7 @@ class GroupEncoding:
     heads: pl.DataFrame  # id, _head
     entries: pl.DataFrame  # GROUP_ID + what member_json reads
     counts: list[int]  # entries per Group, in ``heads``' order
-    entries_per_chunk: int = 200_000
+    entries_per_chunk: int = 50_000
 
     @property
     def height(self) -> int:
@@ -208,7 +208,7 @@ class GroupEncoding:
         return joined.select("id", pl.concat_str([pl.col("_head"), pl.col(_MEMBER_JSON), pl.lit("]}")]).alias("json"))
 
 
-def encode_groups(rows: pl.DataFrame, ctx: BuildContext, *, entries_per_chunk: int = 200_000) -> GroupEncoding:
+def encode_groups(rows: pl.DataFrame, ctx: BuildContext, *, entries_per_chunk: int = 50_000) -> GroupEncoding:
     # Headers are small Python dicts; the member text (~400 bytes per entry) stays in polars and
     # is spliced in by one concat_str: no Python copy of a 500k-member array.
     headers = _headers(rows)

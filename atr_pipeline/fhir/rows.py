@@ -92,8 +92,8 @@ def _date_text(dates: pl.Series) -> pl.Series:
     return dates.replace_strict(distinct, distinct.dt.to_string("%Y-%m-%d"), default=None, return_dtype=pl.String())
 
 
-def _clean(members: pl.DataFrame) -> pl.DataFrame:
-    exprs: list[pl.Expr] = []
+def _clean(members: pl.DataFrame, *, consume: bool = False) -> pl.DataFrame:
+    exprs: dict[str, pl.Expr] = {}
     dates: list[str] = []
     for name, dtype in CANONICAL_SCHEMA.items():
         if name in UNUSED:
@@ -105,11 +105,20 @@ def _clean(members: pl.DataFrame) -> pl.DataFrame:
             col = pl.when(col != "").then(col)
         elif name in DATE_FIELDS:
             dates.append(name)
-        exprs.append(col.alias(name))
-    exprs.append(pl.col("change_type").cast(pl.String()))
+        exprs[name] = col.alias(name)
+    exprs["change_type"] = pl.col("change_type").cast(pl.String())
     # ATR: a dropped member SHALL be inactive; a missing flag means active.
-    exprs.append((pl.col("inactive").cast(pl.Boolean()).fill_null(False) | (pl.col("change_type") == "dropped")).alias("inactive"))
-    df = members.select(exprs)
+    exprs["inactive"] = (pl.col("inactive").cast(pl.Boolean()).fill_null(False) | (pl.col("change_type") == "dropped")).alias("inactive")
+    if consume:
+        # Column by column, each taken out of the caller's frame as it is cleaned: the member list
+        # and its cleaned copy never sit in memory whole at once (~0.5 GB at 1M entries).
+        inactive = members.select(exprs.pop("inactive")).to_series()
+        cleaned = [members.drop_in_place(name).to_frame().select(expr).to_series() for name, expr in exprs.items()]
+        for name in members.columns:  # lineage and the diff's bookkeeping: no builder reads them
+            members.drop_in_place(name)
+        df = pl.DataFrame([*cleaned, inactive])
+    else:
+        df = members.select(exprs.values())
     return df.with_columns(_date_text(df.get_column(name)) for name in dates)
 
 
@@ -175,9 +184,14 @@ def _rank(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(order.arg_sort().alias(RANK))
 
 
-def prepare(members: pl.DataFrame, ctx: BuildContext) -> pl.DataFrame:
+def prepare(members: pl.DataFrame, ctx: BuildContext, *, consume: bool = False) -> pl.DataFrame:
+    """The builders' rows (see the module docstring).
+
+    ``consume``: take the columns out of ``members`` as they are cleaned, leaving it empty (no
+    columns): a caller done with the member list (pipeline's build) holds one copy, not two.
+    """
     _check(members, ctx)
-    return _ids(_rank(_derive(_clean(members))).drop(_RANK_ONLY), ctx.id_key)
+    return _ids(_rank(_derive(_clean(members, consume=consume))).drop(_RANK_ONLY), ctx.id_key)
 
 
 def representative(df: pl.DataFrame | pl.LazyFrame, id_column: str) -> pl.LazyFrame:
