@@ -139,8 +139,10 @@ def main() -> int:
         built = pipeline.build_month(spec, m2, settings)
     with stage("conformance (all cheap + sample)", sampler):
         from atr_pipeline.conform.checker import check_ndjson_frames
+        from atr_pipeline.conform.columns import NOTHING
 
-        report = check_ndjson_frames(built.resources, structural="sample", sample_size=args.structural_sample)
+        # With the build's column proof, as pipeline.check_month hands it on (conform/columns.py).
+        report = check_ndjson_frames(built.resources, structural="sample", sample_size=args.structural_sample, proof=built.proof or NOTHING)
     with stage("bulk export publish", sampler):
         pipeline.export_month(built, settings, errors=outcomes)
     total = time.perf_counter() - total0

@@ -1,19 +1,21 @@
-"""The fhir/ templates bound to the cheap conformance rules (groundwork for issue 22 item 3).
+"""The fhir/ templates bound to the cheap conformance rules they are trusted for (issue 22 item 3).
+
+conform/columns.py proves cheap rules on the typed columns before the templates write them, and
+``pipeline.check_month`` then skips the regex proof of the text of every type the proof covers
+(conform/columns.TRUSTED: Patient, RelatedPerson, Coverage, Group). That is sound only while each
+template writes nothing that breaks a rule it is trusted for when the columns pass.
 
 Property: for random canonical rows (tests/test_fhir_properties.py's strategy, hostile text
-included), every cheap rule the per-resource checker reports on the built resources is one that
-a check of the typed input columns (``column_rules``) predicts. So when the columns pass, the
-templates are trusted to write text that breaks no cheap rule; a template change that breaks a
-rule makes the property fail, which ``test_a_broken_template_fails_the_binding`` shows by
-changing one template string.
-
-Not yet used by the run: its conformance stage still proves the written text with
-conform/fast.py's regular expressions.
+included), every cheap rule the per-resource checker reports on a resource of a trusted type is
+one the type is trusted for and one the column checks predict (so it is not in the ``Proof``);
+for the other types every rule is predicted. A template change that breaks a rule fails it:
+``test_a_broken_template_fails_the_binding`` changes each trusted template in turn.
 """
 
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 
 import polars as pl
 import pytest
@@ -21,64 +23,54 @@ from hypothesis import HealthCheck, Phase, given, settings
 from test_fhir_properties import CTX, member_frames
 
 import atr_pipeline.fhir.coverage as coverage_module
-from atr_pipeline.conform import check_ndjson_frames
-from atr_pipeline.conform.rules import MOJIBAKE_PATTERN
+import atr_pipeline.fhir.group as group_module
+import atr_pipeline.fhir.patient as patient_module
+import atr_pipeline.fhir.related_person as related_person_module
+from atr_pipeline import systems as S
+from atr_pipeline.conform.checker import Checker, frame_order
+from atr_pipeline.conform.columns import TRUSTED, column_rules, prove
+from atr_pipeline.conform.findings import Findings
 from atr_pipeline.fhir.build import build_resources
-from atr_pipeline.systems import CHANGE_TYPES, GENDERS, PRODUCT_TYPES, RELATIONSHIPS
-from atr_pipeline.validate.identifiers import npi_is_valid, tin_is_valid
-
-_PERIODS = (("coverage_start", "coverage_end"), ("attribution_start", "attribution_end"), ("contract_start", "contract_end"))
 
 
-def column_rules(rows: pl.DataFrame) -> set[str]:
-    """The cheap rules the typed values of ``rows`` could make the built resources break."""
-    rules: set[str] = set()
-    # Periods fall back from one pair of columns to another (and to the reporting month), so any
-    # end before any start-like date of its row may end up in one period.
-    latest_start = pl.max_horizontal(*(pl.col(s) for s, _ in _PERIODS), pl.col("reporting_month"))
-    earliest_end = pl.min_horizontal(*(pl.col(e) for _, e in _PERIODS))
-    if rows.filter(latest_start > earliest_end).height:
-        rules.add("period.order")
-    texts = [c for c, t in rows.schema.items() if t == pl.String()]
-    if rows.select(pl.any_horizontal(pl.col(c).str.contains(MOJIBAKE_PATTERN) for c in texts).any()).item():
-        rules.add("text.mojibake")
-    if rows.select(pl.any_horizontal(pl.col(c) == "" for c in texts).any()).item():
-        rules.add("json.empty")
-    for column in ("provider_npi", "provider_org_npi"):
-        if not all(npi_is_valid(v) for v in rows[column].drop_nulls().to_list()):
-            rules |= {"npi.format", "npi.check-digit"}
-    if not all(tin_is_valid(v) for v in rows["provider_tin"].drop_nulls().to_list()):
-        rules.add("tin.format")
-    for column, allowed, rule in (
-        ("gender", GENDERS, "patient.gender.binding"),
-        ("relationship", RELATIONSHIPS, "coverage.relationship.code"),
-        ("product_type", PRODUCT_TYPES, "coverage.insuranceProductType.code"),
-        ("change_type", CHANGE_TYPES, "group.member.changeType.code"),
-    ):
-        if not rows[column].drop_nulls().is_in(list(allowed)).all():
-            rules.add(rule)
-    # 1..1 / 1..* elements filled from columns validate/ does not require (conservative: any row).
-    names = ("family_name", "given_name", "middle_name", "name_prefix", "name_suffix")
-    if rows.filter(pl.all_horizontal(pl.col(c).is_null() for c in names)).height:
-        rules.add("patient.name.cardinality")
-    if rows.filter(pl.all_horizontal(pl.col(c).is_null() for c in names[:3]) & pl.any_horizontal(pl.col(c).is_not_null() for c in names[3:])).height:
-        rules.add("patient.name.family-or-given")
-    if rows.select(pl.col("payer_name").is_null().any() | pl.col("provider_org_name").is_null().any()).item():
-        rules.add("organization.name.cardinality")
-    if rows.select(pl.col("provider_family_name").is_null().any() | pl.col("provider_given_name").is_null().any()).item():
-        rules |= {"practitioner.name.cardinality", "practitioner.name.family"}
-    if rows["provider_npi"].null_count():
-        rules.add("practitioner.identifier.cardinality")
-    return rules
+class _ByType(Findings):
+    """Findings that also remember which rules fired on which resource type (every finding,
+    ref.unresolved included, goes through ``add`` with the offending resource's key)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_type: dict[str, set[str]] = defaultdict(set)
+
+    def add(self, rule: str, key: str, path: str = "", n: int = 1) -> None:
+        super().add(rule, key, path, n)
+        self.by_type[key.split("/")[0]].add(rule)
+
+
+def fired_by_type(rows: pl.DataFrame) -> dict[str, set[str]]:
+    """Per resource type, the rules the per-resource checker fires on the built resources."""
+    frames = build_resources(rows, CTX)
+    checker = Checker(structural="none")
+    checker.findings = findings = _ByType()
+    for rtype in frame_order(frames):
+        for rid, text in frames[rtype].select("id", "json").iter_rows():
+            checker.add_text(text, expected_type=rtype, expected_id=rid)
+    checker.report()
+    return {t: rules for t, rules in findings.by_type.items() if rules}
 
 
 def fired(rows: pl.DataFrame) -> set[str]:
-    report = check_ndjson_frames(build_resources(rows, CTX), structural="none", fast=False)
-    return {r.rule for r in report.results}
+    return set().union(*fired_by_type(rows).values())
 
 
 def binding_holds(rows: pl.DataFrame) -> None:
-    assert fired(rows) <= column_rules(rows)
+    predicted = column_rules(rows)
+    proof = prove(rows, CTX)
+    for rtype, rules in fired_by_type(rows).items():
+        assert rules <= predicted, (rtype, rules - predicted)
+        if rtype in TRUSTED:
+            # Trusted for every rule that can fire on it, and none of them proven silent.
+            assert rules <= TRUSTED[rtype], (rtype, rules - TRUSTED[rtype])
+            assert not rules & proof.rules[rtype], (rtype, rules & proof.rules[rtype])
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -92,6 +84,7 @@ def test_the_binding_has_clean_inputs_to_bind() -> None:
     rows = _synthetic_rows()
     assert column_rules(rows) == set()
     assert fired(rows) == set()
+    assert all(prove(rows, CTX).covers(t) for t in TRUSTED)
 
 
 def _synthetic_rows() -> pl.DataFrame:
@@ -113,17 +106,53 @@ def _synthetic_rows() -> pl.DataFrame:
     return conform_columns(rows, keep_issues=False).with_columns(pl.lit("new").alias("change_type"), pl.lit(False).alias("inactive"))
 
 
-def test_a_broken_template_fails_the_binding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Coverage's template with another status: the property above must fail."""
-    real = coverage_module.template
+def _rewriting(module, old: str, new: str, *, inside: str = ""):
+    """``module``'s template with ``old`` written as ``new`` in its literal pieces (those holding
+    ``inside``)."""
+    real = module.template
 
-    def drafted(*pieces):
-        return real(*(re.sub('"status":"active"', '"status":"draft"', p) if isinstance(p, str) else p for p in pieces))
+    def broken(*pieces):
+        return real(*(p.replace(old, new) if isinstance(p, str) and inside in p else p for p in pieces))
 
-    monkeypatch.setattr(coverage_module, "template", drafted)
-    assert "coverage.status.fixed" in fired(_synthetic_rows())
+    return broken
+
+
+def _without_patient(*args, **members):
+    members.pop("patient", None)
+    return related_person_module.__dict__["_real_resource"](*args, **members)
+
+
+# One change per trusted template, each breaking a rule that template is trusted for.
+MUTATIONS = {
+    "Coverage": ("coverage.status.fixed", lambda mp: mp.setattr(
+        coverage_module, "template", _rewriting(coverage_module, '"status":"active"', '"status":"draft"'))),
+    "Patient": ("patient.gender.cardinality", lambda mp: mp.setattr(
+        patient_module, "template", _rewriting(patient_module, ',"gender":', ',"sex":'))),
+    "Group": ("group.member.changeType.code", lambda mp: mp.setattr(
+        group_module, "template", _rewriting(group_module, '"valueCode":"', '"valueCode":"re', inside=S.EXT_CHANGE_TYPE))),
+    "RelatedPerson": ("relatedperson.patient.cardinality", lambda mp: (
+        mp.setitem(related_person_module.__dict__, "_real_resource", related_person_module.resource),
+        mp.setattr(related_person_module, "resource", _without_patient))),
+}
+
+
+def test_every_trusted_template_has_a_mutation() -> None:
+    assert set(MUTATIONS) == set(TRUSTED)
+    assert all(rule in TRUSTED[rtype] for rtype, (rule, _) in MUTATIONS.items())
+
+
+@pytest.mark.parametrize("rtype", sorted(MUTATIONS))
+def test_a_broken_template_fails_the_binding(rtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trusted template changed to break a rule it is trusted for: the property above must fail
+    (and the columns still prove the type, so without the property the run would skip its regex)."""
+    rule, mutate = MUTATIONS[rtype]
+    rows = _synthetic_rows()
+    assert prove(rows, CTX).covers(rtype)
+    assert rule not in fired_by_type(rows).get(rtype, set())
+    mutate(monkeypatch)
+    assert rule in fired_by_type(rows)[rtype]
     # The same property over the same strategy (no shrinking: any failing example will do).
     quick = settings(max_examples=10, deadline=None, database=None, phases=(Phase.generate,),
                      suppress_health_check=[HealthCheck.too_slow])(given(member_frames())(binding_holds))
-    with pytest.raises(AssertionError, match="coverage.status.fixed"):
+    with pytest.raises(AssertionError, match=re.escape(rule)):
         quick()

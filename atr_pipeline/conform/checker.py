@@ -26,6 +26,7 @@ import polars as pl
 from stdnum import luhn
 
 from atr_pipeline import systems as S
+from atr_pipeline.conform.columns import NOTHING, Proof
 from atr_pipeline.conform.findings import Findings
 from atr_pipeline.conform.profiles import TYPE_CHECKS
 from atr_pipeline.conform.report import ConformReport
@@ -337,6 +338,7 @@ def check_ndjson_frames(
     assume_profiles: bool = False,
     resolve_references: bool = True,
     fast: bool = True,
+    proof: Proof = NOTHING,
 ) -> ConformReport:
     """Fast path over the fhir/ stage's frames: ``{resourceType: DataFrame[id, json]}``.
 
@@ -344,6 +346,8 @@ def check_ndjson_frames(
     resource's resourceType and the ``id`` column its id. With ``fast`` (the default), a
     column-wise proof that no cheap rule fires is tried first (conform/fast.py) and gives the same
     report; when it cannot prove that, every resource goes through the per-resource checker.
+    ``proof`` (conform/columns.py, from the build's typed columns) lets the fast path skip its
+    regexes on the types it covers; without one every type's text is proven by the regexes.
     """
     if fast:
         from atr_pipeline.conform.fast import fast_report
@@ -356,6 +360,7 @@ def check_ndjson_frames(
             seed=seed,
             assume_profiles=assume_profiles,
             resolve_references=resolve_references,
+            proof=proof,
         )
         if report is not None:
             return report
