@@ -79,11 +79,18 @@ def run_partitions(partitions: list[tuple[str, str]], progress=print) -> list[Pa
     import dagster as dg
 
     from atr_pipeline.definitions import defs
+    from atr_pipeline.defs.partitions import first_month
 
     job = defs.resolve_job_def("attribution_job")
     instance = dg.DagsterInstance.get()
     results = []
     for source_id, month in partitions:
+        start = first_month(source_id)
+        if month < f"{start:%Y-%m-01}":  # Dagster has no such partition: say why instead of a traceback
+            results.append(PartitionResult(source_id, month[:7], False, {}, {},
+                                           f"not run: {month[:7]} is before the source's first month {start:%Y-%m} "
+                                           "(first_month in its mapping)"))
+            continue
         progress(f"running attribution_job for {source_id} {month[:7]} ...")
         key = dg.MultiPartitionKey({"month": month, "source": source_id})
         res = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET)

@@ -24,7 +24,7 @@ from atr_pipeline.config import Settings
 from atr_pipeline.errors import AtrError, FileRefused
 from atr_pipeline.history.hashes import contract_content_hashes
 from atr_pipeline.layouts.read import ReadResult, read_file
-from atr_pipeline.layouts.spec import MappingSpec
+from atr_pipeline.layouts.spec import MappingSpec, load_mapping
 from atr_pipeline.publish.export import StagedResources, crash_point
 from atr_pipeline.sources.landing import LandedFile
 
@@ -339,8 +339,6 @@ def export_month(
 
 
 def _spec_for(source_id: str, settings: Settings, spec: MappingSpec | None) -> MappingSpec:
-    from atr_pipeline.layouts.spec import load_mapping
-
     if spec is not None:
         return spec
     return _SPECS.get(source_id) or load_mapping(settings.mappings_dir / f"{source_id}.yaml")
@@ -681,7 +679,10 @@ def ensure_current_delivery(landed: LandedFile, settings: Settings) -> None:
     entry = ledger.get(landed.sha256)
     if entry is None or entry.status == "refused":
         raise FileRefused(landed.original_name, "refused_earlier", "this delivery was refused; it never reaches history")
-    spec = _spec_for(landed.source_id, settings, None)
+    # The mapping as it is now (Dagster calls this from its mappings folder): a spec an earlier run
+    # in this process remembered may predate the source's request layouts.
+    mapping_file = settings.mappings_dir / f"{landed.source_id}.yaml"
+    spec = load_mapping(mapping_file) if mapping_file.exists() else _spec_for(landed.source_id, settings, None)
     # A provider's request file landed later (atr sftp-pull) is no newer delivery of the payer's list.
     newer = [e for e in ledger.entries() if e.source_id == landed.source_id and e.month == landed.month
              and e.received_at > landed.received_at and e.status != "refused"

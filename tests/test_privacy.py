@@ -234,9 +234,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirTestServer)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATR_", "DAGSTER_"))}
     env["ATR_ID_KEY"] = "privacy-test-key"
     made = _cli(["fixtures", "--mapping", "mappings/acme_commercial.yaml", "--members", str(LARGE_MEMBERS),
-                 "--month", "2026-07", "--out", str(fixtures / "acme_commercial"), "--seed", "16"], env)
+                 "--month", "2026-10", "--out", str(fixtures / "acme_commercial"), "--seed", "16"], env)
     assert made.returncode == 0, made.stderr[-2000:]
-    large = fixtures / "acme_commercial" / "ACME_ATTRIB_202607.csv"
+    large = fixtures / "acme_commercial" / "ACME_ATTRIB_202610.csv"
     run_inbox = base / "run_inbox"
     run_inbox.mkdir()
     for name in ("SWMCD_ME_202608.txt", "SWMCD_ME_202609.txt"):
@@ -359,7 +359,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirTestServer)
     assert all(UUID.match(i) for i in ids), "resource ids must be keyed-hash UUIDs"
     surfaces["resource ids"] = "\n".join(ids)
     rejects_csv = next((home / "rejects" / "acme_commercial" / "2026-08").glob("*.rejects.csv"))
-    large_text = (home / "exports" / "acme_commercial" / "2026-07" / "Patient.ndjson").read_text()
+    large_text = (home / "exports" / "acme_commercial" / "2026-10" / "Patient.ndjson").read_text()
     return World(scanner, surfaces, fhir_text, rejects_csv.read_text(), checks, outcomes, stored, large_text)
 
 
@@ -378,8 +378,8 @@ def test_the_phi_values_are_really_in_the_data(world: World) -> None:
 def test_dagster_stores_handles_not_rows(world: World) -> None:
     """Every asset value Dagster stored is a small handle, also for the 3,000-member month."""
     stored = world.stored_values
-    assert any("canonical_rows/2026-07-01/acme_commercial" in k for k in stored)
-    assert any("validated_rows/2026-07-01/acme_commercial" in k for k in stored)
+    assert any("canonical_rows/2026-10-01/acme_commercial" in k for k in stored)
+    assert any("validated_rows/2026-10-01/acme_commercial" in k for k in stored)
     assert max(stored.values()) < 8_000, {k: v for k, v in stored.items() if v >= 8_000}
     leaks = {k: world.scanner.leaks(world.surfaces[f"DAGSTER_HOME/{k}"]) for k in stored}
     assert {k: v for k, v in leaks.items() if v} == {}
