@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import uuid
 from pathlib import Path
 
 log = logging.getLogger("atr_pipeline")
@@ -53,6 +54,27 @@ def private_open(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     fd = os.open(path, flags, FILE_MODE)
     os.fchmod(fd, FILE_MODE)
     return fd
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """``data`` to ``path``, 0600 in a 0700 folder, whole or not at all: a temporary sibling, fsync,
+    one rename, then the folder's entry made durable (a reader never sees half a file)."""
+    from atr_pipeline.fsync import fsync_dir
+
+    path = Path(path)
+    private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = private_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def private_file(path: Path) -> Path:

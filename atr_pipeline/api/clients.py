@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from atr_pipeline.api.state import api_home, write_private
+from atr_pipeline.api.state import api_home
 from atr_pipeline.errors import AtrError
+from atr_pipeline.private import write_private
 
 _CLIENT_ID_PREFIX = "atr-"
 _JWKS_CACHE_SECONDS = 300.0

@@ -1,4 +1,5 @@
-"""The API's own folder, ``ATR_HOME/api/``: owner-only folders and files, written atomically.
+"""The API's own folder, ``ATR_HOME/api/``: owner-only folders and files (written with
+``atr_pipeline.private.write_private``, whole or not at all).
 
 The client registry, the token signing key and export jobs hold what lets someone read PHI, so
 every folder is 0700 and every file 0600 whatever the umask, and a file appears whole or not at all.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import uuid
 from pathlib import Path
 
 API_DIR = "api"
@@ -23,22 +23,6 @@ def owner_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
     return path
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` as 0600 via a temporary sibling and one rename."""
-    owner_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def signing_key(home: Path) -> bytes:

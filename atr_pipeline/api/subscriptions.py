@@ -32,7 +32,8 @@ import orjson
 
 from atr_pipeline.api.fhir_errors import bad_request
 from atr_pipeline.api.jobs import now_instant, parse_instant
-from atr_pipeline.api.state import api_home, write_private
+from atr_pipeline.api.state import api_home
+from atr_pipeline.private import write_private
 from atr_pipeline.systems import ATR_BASE
 
 TOPIC = f"{ATR_BASE}/SubscriptionTopic/atr-list-change"

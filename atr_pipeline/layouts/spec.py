@@ -400,6 +400,22 @@ class RequestsSpec(_Strict):
         return next((f for f in self.files if f.file.match(name)), None)
 
 
+
+def month_in(m: re.Match[str] | None) -> date | None:
+    """The month a file-name pattern's match names (``yyyymm``, or ``year`` + ``month``), else None."""
+    if not m:
+        return None
+    g = m.groupdict()
+    try:
+        if g.get("yyyymm"):
+            return date(int(g["yyyymm"][:4]), int(g["yyyymm"][4:6]), 1)
+        if g.get("year") is None or g.get("month") is None:
+            return None  # a name without a month (PAYER.ATTR.D<CCYYMMDD>.txt): the header says
+        return date(int(g["year"]), int(g["month"]), 1)
+    except (TypeError, ValueError):
+        return None
+
+
 class MappingSpec(_Strict):
     source_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,62}$")]
     description: str = ""
@@ -500,18 +516,7 @@ class MappingSpec(_Strict):
         return None if self.file.match(name) else self.requests.file_for(name)
 
     def month_from_name(self, name: str) -> date | None:
-        m = self.file.match(name)
-        if not m:
-            return None
-        g = m.groupdict()
-        try:
-            if g.get("yyyymm"):
-                return date(int(g["yyyymm"][:4]), int(g["yyyymm"][4:6]), 1)
-            if g.get("year") is None or g.get("month") is None:
-                return None  # a name without a month (PAYER.ATTR.D<CCYYMMDD>.txt): the header says
-            return date(int(g["year"]), int(g["month"]), 1)
-        except (TypeError, ValueError):
-            return None
+        return month_in(self.file.match(name))
 
 
 def _loc_path(loc: tuple[Any, ...]) -> str:

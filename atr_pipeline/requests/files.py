@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,10 +35,9 @@ import orjson
 import polars as pl
 
 from atr_pipeline.config import Settings
-from atr_pipeline.fsync import fsync_dir
 from atr_pipeline.history.store import ListRequest
-from atr_pipeline.layouts.spec import MappingSpec, RequestFileSpec, to_strftime
-from atr_pipeline.private import private_dir, private_open
+from atr_pipeline.layouts.spec import MappingSpec, RequestFileSpec, month_in, to_strftime
+from atr_pipeline.private import write_private
 from atr_pipeline.requests import adjudicate
 from atr_pipeline.requests.model import CONFIRM, MEMBER_ADD, MEMBER_REMOVE, MemberChange, RequestRefused, Target
 
@@ -117,16 +115,7 @@ def response_path(settings: Settings, provider: str, name: str) -> Path:
 
 
 def month_of(layout: RequestFileSpec, name: str) -> date | None:
-    m = layout.file.match(name)
-    if not m:
-        return None
-    g = m.groupdict()
-    try:
-        if g.get("yyyymm"):
-            return date(int(g["yyyymm"][:4]), int(g["yyyymm"][4:6]), 1)
-        return date(int(g["year"]), int(g["month"]), 1)
-    except (KeyError, TypeError, ValueError):
-        return None
+    return month_in(layout.file.match(name))
 
 
 def _request_id(source_id: str, provider: str, provider_request_id: str) -> str:
@@ -339,19 +328,7 @@ def write_response(path: Path, answers: list[Answer], layout: RequestFileSpec) -
     writer = csv.writer(buf, **_dialect(layout))  # type: ignore[arg-type]
     writer.writerow(RESPONSE_COLUMNS)
     writer.writerows(a.row() for a in answers)
-    private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = private_open(tmp)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue().encode(layout.file.encoding, "replace"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_private(path, buf.getvalue().encode(layout.file.encoding, "replace"))
 
 
 def read_response(path: Path, layout: RequestFileSpec) -> list[Answer]:
