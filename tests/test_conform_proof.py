@@ -82,6 +82,12 @@ def _edit(frames, rtype: str, index: int, edit) -> dict[str, pl.DataFrame]:
     ("Coverage", lambda t: t + " x", "json.parse"),
     ("Group", lambda t: t.replace('"member":[', '"member":[,', 1), "json.parse"),
     ("RelatedPerson", lambda t: t.replace('"id":"', '"id":"0', 1), "export.id-mismatch"),
+    # Valid JSON text to msgspec (it skips the field unbuilt), a double overflow to orjson.
+    ("Patient", lambda t: t[:-1] + ',"x":1e999}', "json.parse"),
+    ("Coverage", lambda t: t[:-1] + ',"x":[-2.5E+400]}', "json.parse"),
+    # Deeper than either parser goes (msgspec: RecursionError; orjson: recursion limit).
+    ("Coverage", lambda t: t[:-1] + ',"x":' + "[" * 1100 + "]" * 1100 + "}", "json.parse"),
+    ("Patient", lambda t: t.replace('"id":"', '"id":"\\ud800', 1), "json.parse"),
 ])
 def test_a_proven_line_that_does_not_parse_is_reported_as_before(rows, rtype, edit, rule):
     frames = _edit(build_resources(rows, CTX), rtype, 3 if rtype != "Group" else 0, edit)
