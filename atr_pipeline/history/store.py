@@ -648,26 +648,95 @@ class HistoryStore:
 
     def trends(self, source_id: str, contract_id: str | None = None) -> pl.DataFrame:
         """Per contract per recorded month: entries, members, new, changed, nochange, dropped,
-        provider_switches (``TREND_SCHEMA``), ordered by contract and month."""
+        provider_switches (``TREND_SCHEMA``), ordered by contract and month.
+
+        A month's counts depend on its snapshot and the one before it only, so they are kept
+        (``trend_months``, ``trend_counts``) under those two snapshots' identity and counted
+        again only when either was recorded anew. Counting reloads both months' rows (~0.8 s
+        per month at 1M members): done every time, every run's Dagster metadata (it shows the
+        trend) grew by that for each month of history. A read-only store counts without keeping.
+        """
         columns = list(_TREND_COLUMNS)
-        parts: list[pl.DataFrame] = []
+        keep = not self.read_only
         with self._reader() as con:
-            months = [r[0] for r in con.execute(
-                "SELECT month FROM snapshots WHERE source_id = ? ORDER BY month", [source_id]
-            ).fetchall()]
-            previous: pl.DataFrame | None = None
-            previous_month: date | None = None
-            for month in months:
-                current = _load(con, source_id, month, contract_id, columns)
-                listed = compute_changes(current, previous, month=month, previous_month=previous_month)
-                parts.append(_month_counts(source_id, month, previous_month, listed, provider_switches(current, previous)))
-                previous, previous_month = current, month
-        if not parts:
-            return pl.DataFrame(schema=TREND_SCHEMA)
-        return pl.concat(parts).sort(["contract_id", "month"])
+            bases = _trend_bases(con, source_id)
+            done, cached = _kept_trends(con, source_id, bases)
+            todo = [(month, previous) for month, previous, _ in bases if month not in done]
+            # Counted for every contract when kept (the next caller may ask for another one).
+            scope = None if keep else contract_id
+            counted: list[pl.DataFrame] = []
+            last: tuple[date, pl.DataFrame] | None = None  # consecutive months load each once
+            for month, previous in todo:
+                before = None
+                if previous is not None:
+                    before = last[1] if last and last[0] == previous else _load(con, source_id, previous, scope, columns)
+                current = _load(con, source_id, month, scope, columns)
+                listed = compute_changes(current, before, month=month, previous_month=previous)
+                counted.append(_month_counts(source_id, month, previous, listed, provider_switches(current, before)))
+                last = (month, current)
+        if keep and todo:
+            self._keep_trends(source_id, [b for b in bases if b[0] not in done], counted)
+        found = pl.concat([cached, *counted]) if counted else cached
+        if contract_id is not None:
+            found = found.filter(pl.col("contract_id") == contract_id)
+        return found.sort(["contract_id", "month"])
+
+    def _keep_trends(self, source_id: str, bases: list[tuple[date, date | None, str]], counted: list[pl.DataFrame]) -> None:
+        """Keep the counts of the months in ``bases`` (``counted``: theirs, in that order)."""
+        with self._writer() as con:
+            con.begin()
+            try:
+                for month, _, basis in bases:
+                    con.execute("DELETE FROM trend_counts WHERE source_id = ? AND month = ?", [source_id, month])
+                    con.execute("INSERT OR REPLACE INTO trend_months VALUES (?, ?, ?)", [source_id, month, basis])
+                con.register("counted", _ArrowStream(pl.concat(counted)))
+                con.execute("INSERT INTO trend_counts BY NAME SELECT * FROM counted")
+                con.unregister("counted")
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+# What a month's trend counts were computed from: its snapshot and the previous one (file and
+# recording time each), and the counting's own version (bump it when _month_counts changes).
+_TREND_LOGIC = "1"
+
+
+def _trend_bases(con: duckdb.DuckDBPyConnection, source_id: str) -> list[tuple[date, date | None, str]]:
+    found = con.execute(
+        "SELECT month, file_sha256, recorded_at FROM snapshots WHERE source_id = ? ORDER BY month", [source_id]
+    ).fetchall()
+    out: list[tuple[date, date | None, str]] = []
+    previous: tuple[date, str] | None = None
+    for month, sha, recorded in found:
+        own = f"{sha}@{recorded.isoformat() if recorded else ''}"
+        out.append((month, previous[0] if previous else None, f"{_TREND_LOGIC}|{own}|{previous[1] if previous else '-'}"))
+        previous = (month, own)
+    return out
+
+
+def _kept_trends(
+    con: duckdb.DuckDBPyConnection, source_id: str, bases: list[tuple[date, date | None, str]]
+) -> tuple[set[date], pl.DataFrame]:
+    """The months kept with an unchanged basis and their counts (a month without rows keeps no
+    counts, only its basis). Nothing from a store made before trends were kept."""
+    current = {month: basis for month, _, basis in bases}
+    try:
+        kept = con.execute("SELECT month, basis FROM trend_months WHERE source_id = ?", [source_id]).fetchall()
+    except duckdb.CatalogException:
+        return set(), pl.DataFrame(schema=TREND_SCHEMA)
+    months = sorted(month for month, basis in kept if current.get(month) == basis)
+    if not months:
+        return set(), pl.DataFrame(schema=TREND_SCHEMA)
+    frame = pl.DataFrame(con.sql(
+        f"SELECT {', '.join(TREND_SCHEMA.names())} FROM trend_counts WHERE source_id = ? AND month IN ({', '.join('?' * len(months))})",
+        params=[source_id, *months],
+    ))
+    return set(months), (frame.cast(dict(TREND_SCHEMA)) if frame.height else pl.DataFrame(schema=TREND_SCHEMA))  # type: ignore[arg-type]
 
 
 def _first_of_month(month: date) -> date:
@@ -724,6 +793,15 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     for f in FIELDS:
         if f.name not in have:
             con.execute(f"ALTER TABLE request_rows ADD COLUMN {f.name} {_DUCK_TYPES[type(f.dtype)]}")
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS trend_months (
+             source_id VARCHAR, month DATE, basis VARCHAR, PRIMARY KEY (source_id, month))"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS trend_counts (
+             source_id VARCHAR, contract_id VARCHAR, month DATE, previous_month DATE, entries BIGINT, members BIGINT,
+             new BIGINT, changed BIGINT, nochange BIGINT, dropped BIGINT, provider_switches BIGINT)"""
+    )
     con.execute("CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     _check_schema_version(con)
     # Every change from 1 to 3 is an added table (above): the store is upgraded in place.
