@@ -260,3 +260,19 @@ def test_record_stores_rows_in_line_order_and_replaces(tmp_path: Path) -> None:
     assert stored.equals(in_line_order(shuffled))
     record(store, M1, rows.head(10))
     assert store.snapshot(SOURCE, M1).equals(rows.head(10))
+
+
+def test_change_codes_are_chunked_like_the_scanned_rows() -> None:
+    """A column chunked unlike its frame makes polars rechunk every column on the next step
+    (~650 MB at 1M entries): _member_list cuts the codes like the scan's chunks."""
+    from atr_pipeline.history.store import _chunked_like
+
+    template = pl.concat([pl.Series("p", [1, 2, 3]), pl.Series("p", [4, 5])], rechunk=False)
+    values = pl.Series("change_type", ["new", "changed", "nochange", "new", "new"])
+    cut = _chunked_like(values, template)
+    assert [c.len() for c in cut.get_chunks()] == [3, 2]
+    assert cut.to_list() == values.to_list()
+    one = pl.Series("p", [1, 2])
+    assert _chunked_like(values.head(2), one).n_chunks() == 1
+    frame = pl.DataFrame([template, pl.concat([pl.Series("x", ["a", "b", "c"]), pl.Series("x", ["d", "e"])], rechunk=False)])
+    assert frame.with_columns(cut).n_chunks("all") == [2, 2, 2]  # nothing rechunked

@@ -112,8 +112,11 @@ def _clean(members: pl.DataFrame, *, consume: bool = False) -> pl.DataFrame:
     if consume:
         # Column by column, each taken out of the caller's frame as it is cleaned: the member list
         # and its cleaned copy never sit in memory whole at once (~0.5 GB at 1M entries).
-        inactive = members.select(exprs.pop("inactive")).to_series()
-        cleaned = [members.drop_in_place(name).to_frame().select(expr).to_series() for name, expr in exprs.items()]
+        # Each column made one chunk as it is cleaned (one column's copy at a time): the list
+        # arrives from history in a few chunks, and a frame whose columns are chunked unlike the
+        # ids joined onto it below is rechunked whole by polars, every column at once.
+        inactive = members.select(exprs.pop("inactive")).to_series().rechunk()
+        cleaned = [members.drop_in_place(name).to_frame().select(expr).to_series().rechunk() for name, expr in exprs.items()]
         for name in members.columns:  # lineage and the diff's bookkeeping: no builder reads them
             members.drop_in_place(name)
         df = pl.DataFrame([*cleaned, inactive])
