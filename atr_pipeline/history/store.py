@@ -171,6 +171,18 @@ class _ArrowStream:
         return self._df.__arrow_c_stream__(requested_schema)
 
 
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One transaction: committed when the block ends, rolled back if it raises."""
+    con.begin()
+    try:
+        yield
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+
+
 def _utc_naive(moment: datetime) -> datetime:
     # Stored as naive UTC; a naive input is taken to be UTC already.
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
@@ -278,35 +290,31 @@ class HistoryStore:
             # thread 4.4 s / 4.6 s, with the same stored rows. The setting ends with `con`.
             con.execute("SET threads = 1")
             con.register("incoming", _ArrowStream(rows))
-            con.begin()
             try:
-                con.execute("DELETE FROM snapshot_rows WHERE source_id = ? AND reporting_month = ?", [source_id, month])
-                con.execute("INSERT INTO snapshot_rows BY NAME SELECT * FROM incoming")
-                con.execute(
-                    "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)",
-                    [source_id, month, rows.height, lineage.file_sha256, recorded_at],
-                )
-                # One delivery per distinct file: re-running the same file refreshes its entry.
-                con.execute(
-                    """INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT (source_id, month, file_sha256) DO UPDATE SET
-                         file_name = excluded.file_name, received_at = excluded.received_at,
-                         rows = excluded.rows, last_recorded_at = excluded.last_recorded_at""",
-                    [
-                        source_id,
-                        month,
-                        lineage.file_sha256,
-                        lineage.file_name,
-                        _utc_naive(lineage.received_at),
-                        lineage.rows,
-                        recorded_at,
-                        recorded_at,
-                    ],
-                )
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
+                with _transaction(con):
+                    con.execute("DELETE FROM snapshot_rows WHERE source_id = ? AND reporting_month = ?", [source_id, month])
+                    con.execute("INSERT INTO snapshot_rows BY NAME SELECT * FROM incoming")
+                    con.execute(
+                        "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)",
+                        [source_id, month, rows.height, lineage.file_sha256, recorded_at],
+                    )
+                    # One delivery per distinct file: re-running the same file refreshes its entry.
+                    con.execute(
+                        """INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                           ON CONFLICT (source_id, month, file_sha256) DO UPDATE SET
+                             file_name = excluded.file_name, received_at = excluded.received_at,
+                             rows = excluded.rows, last_recorded_at = excluded.last_recorded_at""",
+                        [
+                            source_id,
+                            month,
+                            lineage.file_sha256,
+                            lineage.file_name,
+                            _utc_naive(lineage.received_at),
+                            lineage.rows,
+                            recorded_at,
+                            recorded_at,
+                        ],
+                    )
             finally:
                 con.unregister("incoming")
 
@@ -454,18 +462,12 @@ class HistoryStore:
         stamp = _utc_naive(transaction_time)
         published_at = _now()
         out: dict[str, GroupVersion] = {}
-        with self._writer() as con:
-            con.begin()
-            try:
-                for contract_id in sorted(dict.fromkeys(contract_ids)):
-                    status = statuses.get(contract_id) or _status(con, source_id, contract_id, month, self.default_status)
-                    out[contract_id] = _publish_one(
-                        con, source_id, contract_id, month, hashes[contract_id], status, stamp, published_at
-                    )
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
+        with self._writer() as con, _transaction(con):
+            for contract_id in sorted(dict.fromkeys(contract_ids)):
+                status = statuses.get(contract_id) or _status(con, source_id, contract_id, month, self.default_status)
+                out[contract_id] = _publish_one(
+                    con, source_id, contract_id, month, hashes[contract_id], status, stamp, published_at
+                )
         return out
 
     def set_month_status(self, source_id: str, contract_id: str, month: date, status: str) -> None:
@@ -484,24 +486,18 @@ class HistoryStore:
         values[3] = _first_of_month(request.month)
         for i in (7, 12):
             values[i] = _utc_naive(values[i]) if values[i] is not None else None
-        with self._writer() as con:
-            con.begin()
-            try:
-                con.execute(f"INSERT INTO list_requests VALUES ({', '.join('?' * len(_REQUEST_COLUMNS))})", values)
-                if rows is not None and rows.height:
-                    frame = rows.select(
-                        pl.lit(request.request_id).alias("request_id"),
-                        pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
-                        pl.col(ACTION_COLUMN).cast(pl.String),
-                        *(pl.col(c).cast(t) for c, t in CANONICAL_SCHEMA.items()),
-                    )
-                    con.register("incoming_requests", _ArrowStream(frame))
-                    con.execute("INSERT INTO request_rows BY NAME SELECT * FROM incoming_requests")
-                    con.unregister("incoming_requests")
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
+        with self._writer() as con, _transaction(con):
+            con.execute(f"INSERT INTO list_requests VALUES ({', '.join('?' * len(_REQUEST_COLUMNS))})", values)
+            if rows is not None and rows.height:
+                frame = rows.select(
+                    pl.lit(request.request_id).alias("request_id"),
+                    pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
+                    pl.col(ACTION_COLUMN).cast(pl.String),
+                    *(pl.col(c).cast(t) for c, t in CANONICAL_SCHEMA.items()),
+                )
+                con.register("incoming_requests", _ArrowStream(frame))
+                con.execute("INSERT INTO request_rows BY NAME SELECT * FROM incoming_requests")
+                con.unregister("incoming_requests")
 
     def list_requests(self, source_id: str | None = None, *, status: str | None = None,
                       group_id: str | None = None) -> list[ListRequest]:
@@ -684,21 +680,13 @@ class HistoryStore:
 
     def _keep_trends(self, source_id: str, bases: list[tuple[date, date | None, str]], counted: list[pl.DataFrame]) -> None:
         """Keep the counts of the months in ``bases`` (``counted``: theirs, in that order)."""
-        with self._writer() as con:
-            con.begin()
-            try:
-                for month, _, basis in bases:
-                    con.execute("DELETE FROM trend_counts WHERE source_id = ? AND month = ?", [source_id, month])
-                    con.execute("INSERT OR REPLACE INTO trend_months VALUES (?, ?, ?)", [source_id, month, basis])
-                con.register("counted", _ArrowStream(pl.concat(counted)))
-                con.execute("INSERT INTO trend_counts BY NAME SELECT * FROM counted")
-                con.unregister("counted")
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
-
-
+        with self._writer() as con, _transaction(con):
+            for month, _, basis in bases:
+                con.execute("DELETE FROM trend_counts WHERE source_id = ? AND month = ?", [source_id, month])
+                con.execute("INSERT OR REPLACE INTO trend_months VALUES (?, ?, ?)", [source_id, month, basis])
+            con.register("counted", _ArrowStream(pl.concat(counted)))
+            con.execute("INSERT INTO trend_counts BY NAME SELECT * FROM counted")
+            con.unregister("counted")
 # ---------------------------------------------------------------------- helpers
 
 
