@@ -658,12 +658,12 @@ class HistoryStore:
         with self._reader() as con:
             bases = _trend_bases(con, source_id)
             done, cached = _kept_trends(con, source_id, bases)
-            todo = [(month, previous) for month, previous, _ in bases if month not in done]
+            todo = [basis for basis in bases if basis[0] not in done]
             # Counted for every contract when kept (the next caller may ask for another one).
             scope = None if keep else contract_id
             counted: list[pl.DataFrame] = []
             last: tuple[date, pl.DataFrame] | None = None  # consecutive months load each once
-            for month, previous in todo:
+            for month, previous, _ in todo:
                 before = None
                 if previous is not None:
                     before = last[1] if last and last[0] == previous else _load(con, source_id, previous, scope, columns)
@@ -672,7 +672,7 @@ class HistoryStore:
                 counted.append(_month_counts(source_id, month, previous, listed, provider_switches(current, before)))
                 last = (month, current)
         if keep and todo:
-            self._keep_trends(source_id, [b for b in bases if b[0] not in done], counted)
+            self._keep_trends(source_id, todo, counted)
         found = pl.concat([cached, *counted]) if counted else cached
         if contract_id is not None:
             found = found.filter(pl.col("contract_id") == contract_id)
@@ -687,8 +687,9 @@ class HistoryStore:
             con.register("counted", _ArrowStream(pl.concat(counted)))
             con.execute("INSERT INTO trend_counts BY NAME SELECT * FROM counted")
             con.unregister("counted")
-# ---------------------------------------------------------------------- helpers
 
+
+# ---------------------------------------------------------------------- helpers
 
 # What a month's trend counts were computed from: its snapshot and the previous one (file and
 # recording time each), and the counting's own version (bump it when _month_counts changes).
@@ -786,11 +787,8 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         """CREATE TABLE IF NOT EXISTS trend_months (
              source_id VARCHAR, month DATE, basis VARCHAR, PRIMARY KEY (source_id, month))"""
     )
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS trend_counts (
-             source_id VARCHAR, contract_id VARCHAR, month DATE, previous_month DATE, entries BIGINT, members BIGINT,
-             new BIGINT, changed BIGINT, nochange BIGINT, dropped BIGINT, provider_switches BIGINT)"""
-    )
+    trend_columns = ", ".join(f"{name} {_DUCK_TYPES[type(dtype)]}" for name, dtype in TREND_SCHEMA.items())
+    con.execute(f"CREATE TABLE IF NOT EXISTS trend_counts ({trend_columns})")
     con.execute("CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     _check_schema_version(con)
     # Every change from 1 to 3 is an added table (above): the store is upgraded in place.
